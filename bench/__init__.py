@@ -1,0 +1,1 @@
+"""Benchmarks: virtual-time simulator, namespace lab, peer comparisons. Each prints JSON."""

@@ -1,0 +1,1 @@
+"""Notification Server and package server stub (HTTP), with a durable status event queue."""
