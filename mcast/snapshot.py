@@ -140,10 +140,11 @@ class Snapshot:
             SubElement(files, "File", {"path": f.path, "size": str(f.size), "mtime": str(f.mtime)})
         blocks = SubElement(root, "Blocks", {"count": str(self.block_count)})
         blocks.text = "".join(h.hex() for h in self.block_hashes)
-        SubElement(root, "Signature", {"alg": "Ed25519", "keyId": self.key_id}).text = (
-            base64.b64encode(self.signature).decode("ascii")
-        )
-        return b'<?xml version="1.0" encoding="utf-8"?>\n' + tostring(root, encoding="utf-8")
+        SubElement(
+            root, "Signature", {"alg": "Ed25519", "keyId": self.key_id}
+        ).text = base64.b64encode(self.signature).decode("ascii")
+        body: bytes = tostring(root, encoding="utf-8")
+        return b"<?xml version=\"1.0\" encoding=\"utf-8\"?>\n" + body
 
 
 # ---------------------------------------------------------------------------------------
@@ -231,13 +232,13 @@ class TrustStore:
         except InvalidSignature:
             raise SnapshotError(f"snapshot {snap.name!r}: bad signature") from None
         if now >= snap.expires:
-            raise SnapshotError(
-                f"snapshot {snap.name!r} expired at {time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(snap.expires))}"
-            )
+            when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(snap.expires))
+            raise SnapshotError(f"snapshot {snap.name!r} expired at {when}")
         known = self.newest.get(snap.name)
         if known is not None and snap.version < known:
             raise SnapshotError(
-                f"snapshot {snap.name!r} version {snap.version} is older than trusted version {known}"
+                f"snapshot {snap.name!r} version {snap.version} is older than"
+                f" trusted version {known}"
             )
         self.newest[snap.name] = max(snap.version, known or 0)
         return snap

@@ -1,0 +1,93 @@
+"""How a package is cut for the wire: hash units, shards (packets) and FEC blocks.
+
+The package is the concatenation of its files. The snapshot cuts it into hash units of
+``unit_size`` bytes (the last one shorter); the transport cuts each unit into shards of at most
+``packet_size`` bytes (the last shard of a unit shorter), so that a unit is always a whole
+number of shards and can be verified on its own. ``units_per_block`` consecutive units form an
+FEC block of k shards, protected by ``parity_count(b)`` Reed-Solomon parity shards, each
+``packet_size`` bytes (short shards are zero-padded for the codec).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Geometry:
+    total_size: int
+    unit_size: int
+    packet_size: int
+    units_per_block: int
+    parity_ratio_pct: int = 100
+    _k: tuple[int, ...] = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.packet_size < 2 or self.packet_size % 2:
+            raise ValueError("packet size must be even and positive")
+        if self.unit_size < 1 or self.units_per_block < 1 or self.total_size < 0:
+            raise ValueError("bad geometry")
+        if not 1 <= self.parity_ratio_pct <= 400:
+            raise ValueError("parity ratio must be 1..400 percent")
+        ks = []
+        for b in range((self.unit_count + self.units_per_block - 1) // self.units_per_block):
+            ks.append(sum(self.unit_shards(u) for u in self.block_units(b)))
+        object.__setattr__(self, "_k", tuple(ks))
+
+    @property
+    def shards_per_unit(self) -> int:
+        return -(-self.unit_size // self.packet_size)
+
+    @property
+    def unit_count(self) -> int:
+        return -(-self.total_size // self.unit_size)
+
+    @property
+    def block_count(self) -> int:
+        return len(self._k)
+
+    @property
+    def shard_count(self) -> int:
+        return sum(self._k)
+
+    def unit_len(self, unit: int) -> int:
+        return min(self.unit_size, self.total_size - unit * self.unit_size)
+
+    def unit_shards(self, unit: int) -> int:
+        return -(-self.unit_len(unit) // self.packet_size)
+
+    def block_units(self, block: int) -> range:
+        first = block * self.units_per_block
+        return range(first, min(first + self.units_per_block, self.unit_count))
+
+    def block_of_unit(self, unit: int) -> int:
+        return unit // self.units_per_block
+
+    def k(self, block: int) -> int:
+        return self._k[block]
+
+    def parity_count(self, block: int) -> int:
+        return max(1, -(-self._k[block] * self.parity_ratio_pct // 100))
+
+    def repair_symbol(self, block: int, seq: int) -> tuple[str, int]:
+        """What repair sequence number ``seq`` of ``block`` carries.
+
+        Repairs walk the block's k + R symbols: the R parity shards first, then the k source
+        shards (zero-padded), then round again. Any k distinct symbols decode the block, so a
+        receiver that keeps hearing repairs always completes, however much it missed.
+        """
+        r = self.parity_count(block)
+        sym = seq % (r + self._k[block])
+        return ("parity", sym) if sym < r else ("source", sym - r)
+
+    def shard_unit(self, block: int, index: int) -> int:
+        return block * self.units_per_block + index // self.shards_per_unit
+
+    def unit_first_shard(self, unit: int) -> int:
+        return (unit % self.units_per_block) * self.shards_per_unit
+
+    def shard_span(self, block: int, index: int) -> tuple[int, int]:
+        """Offset in the package and length of source shard ``index`` of ``block``."""
+        unit = self.shard_unit(block, index)
+        inner = (index % self.shards_per_unit) * self.packet_size
+        return unit * self.unit_size + inner, min(self.packet_size, self.unit_len(unit) - inner)

@@ -1,0 +1,428 @@
+"""The sans-I/O sender core: one paced multicast stream of a package, repaired by parity.
+
+It owns the send schedule: announces, one pass over every source shard in block order, and
+parity repairs answering NAKs (lowest block first, ahead of fresh data). A NAK says how many
+shards a receiver still needs for a block and how far it has seen that block's parity; the
+sender issues only the parity that is not already queued or recently sent beyond that point,
+so equivalent NAKs from many receivers cost one repair. Parity sequence numbers grow without
+bound (shard ``seq % parity_count`` is sent), so a late joiner that misses a whole block is
+served by the same mechanism: demand-driven cycling, no blind second pass.
+
+The session ends when the pass is done, no repair is queued, and every receiver heard from is
+done or has gone silent for ``receiver_timeout``, after ``linger`` seconds without activity.
+Feedback is rate-limited per source address. No clock, socket or trio: ``now`` is passed in.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from mcast import fec
+from mcast.events import Event, SenderFinished
+from mcast.geometry import Geometry
+from mcast.pacing import SourceLimiter, TokenBucket
+from mcast.snapshot import Snapshot
+from mcast.wire import (
+    Announce,
+    BadPacket,
+    End,
+    Message,
+    MsgType,
+    Nak,
+    Status,
+    decode_untrusted,
+    encode,
+    encode_shard,
+    peek_session_untrusted,
+)
+
+
+class PackageSource(Protocol):
+    """Where the sender reads package bytes (offsets into the concatenated content)."""
+
+    def read(self, offset: int, length: int) -> bytes: ...
+
+
+class BytesSource:
+    """A package held in memory (tests and the simulator)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self._data[offset : offset + length]
+
+
+@dataclass(frozen=True)
+class SenderConfig:
+    group: str = "239.255.77.1"
+    port: int = 47000
+    packet_size: int = 1432  # shard payload; 1,500-byte MTU minus IP, UDP and our 36 bytes
+    units_per_block: int = 16  # 16 x 64 KiB units = 736 shards per FEC block
+    parity_ratio_pct: int = 100  # parity shards available per block, % of its source shards
+    rate_bps: int = 100_000_000  # 0 = unpaced
+    burst_bytes: int = 64 * 1024
+    wire_overhead: int = 42  # Ethernet + IPv4 + UDP bytes per datagram, counted by the pacer
+    announce_interval: float = 0.5
+    repair_holdoff: float = 0.05  # parity sent this recently may still be on its way
+    linger: float = 1.0
+    receiver_timeout: float = 5.0
+    feedback_rate: float = 200.0  # NAK/status datagrams per second per source address
+    feedback_burst: float = 100.0
+    parity_cache_blocks: int = 8
+    max_batch: int = 256
+
+
+class SenderPhase(Enum):
+    SENDING = "sending"
+    ENDING = "ending"
+    CLOSED = "closed"
+
+
+@dataclass
+class SenderStats:
+    data_sent: int = 0
+    parity_sent: int = 0
+    announces_sent: int = 0
+    bytes_sent: int = 0
+    naks_received: int = 0
+    nak_entries: int = 0
+    parity_requested: int = 0
+    status_received: int = 0
+    feedback_refused: int = 0
+    bad_packets: int = 0
+    other_session: int = 0
+    receivers_heard: int = 0
+
+
+@dataclass
+class _Peer:
+    last_heard: float
+    verified_units: int = 0
+    done: bool = False
+    failed: bool = False
+
+
+_END_COPIES = 3
+_END_SPACING = 0.05
+_FAST_ANNOUNCES = 3
+_FAST_ANNOUNCE_SPACING = 0.01
+
+
+class Sender:
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        source: PackageSource,
+        *,
+        session_id: int,
+        sender_id: int,
+        now: float,
+        key: bytes | None = None,
+        config: SenderConfig | None = None,
+    ) -> None:
+        self.snapshot = snapshot
+        self.config = cfg = config or SenderConfig()
+        self.session_id = session_id
+        self.sender_id = sender_id
+        self.geometry = Geometry(
+            snapshot.total_size,
+            snapshot.block_size,
+            cfg.packet_size,
+            cfg.units_per_block,
+            cfg.parity_ratio_pct,
+        )
+        self.stats = SenderStats()
+        self.phase = SenderPhase.SENDING
+        self.peers: dict[int, _Peer] = {}
+        self._source = source
+        self._key = key
+        nblocks = self.geometry.block_count
+        self._cursor = (0, 0)  # next fresh (block, shard index)
+        self.pass_done = nblocks == 0
+        self._issued = [0] * nblocks  # parity sequence numbers handed out per block
+        self._sent = [0] * nblocks  # of those, how many went out
+        self._recent: dict[int, deque[float]] = {}
+        self._repair_heap: list[int] = []
+        self._in_heap: set[int] = set()
+        self._parity_cache: OrderedDict[int, list[bytes]] = OrderedDict()
+        self._fresh: tuple[int, list[bytes]] | None = None
+        self._pending: bytes | None = None  # built, waiting for pacing tokens
+        self._bucket = TokenBucket(cfg.rate_bps / 8, cfg.burst_bytes, now)
+        self._limiter = SourceLimiter(cfg.feedback_rate, cfg.feedback_burst)
+        self._next_announce = now
+        self._fast_announces = _FAST_ANNOUNCES  # a receiver that misses one joins 10 ms later
+        self._last_activity = now
+        self._end_reason = ""
+        self._ends_left = 0
+        self._next_end = now
+        self._events: deque[Event] = deque()
+        self._handlers: dict[type, Callable[[Message, object, float], None]] = {
+            Nak: self._handle_nak,  # type: ignore[dict-item]
+            Status: self._handle_status,  # type: ignore[dict-item]
+        }
+
+    # -- public API ------------------------------------------------------------------------
+    def receive_datagram(self, data: bytes, addr: object, now: float) -> None:
+        try:
+            kind, session = peek_session_untrusted(data)
+        except BadPacket:
+            self.stats.bad_packets += 1
+            return
+        if kind not in (MsgType.NAK, MsgType.STATUS):
+            return  # our own multicast looped back, or another sender's
+        if session != self.session_id:
+            self.stats.other_session += 1
+            return
+        if not self._limiter.allow(addr, now):
+            self.stats.feedback_refused += 1
+            return
+        try:
+            msg = decode_untrusted(data, self._key)
+        except BadPacket:
+            self.stats.bad_packets += 1
+            return
+        self._handlers[type(msg)](msg, addr, now)
+
+    def handle_timer(self, now: float) -> None:
+        if self.phase is SenderPhase.SENDING and self._idle(now):
+            self.close(now, "all receivers done" if self.peers else "no receivers")
+
+    def get_timer(self) -> float | None:
+        if self.phase is SenderPhase.CLOSED:
+            return None
+        if self.phase is SenderPhase.ENDING:
+            return self._next_end
+        times = [self._next_announce]
+        if self._has_work():
+            size = len(self._pending) if self._pending else self.config.packet_size + 64
+            times.append(self._bucket.ready_at(size + self.config.wire_overhead))
+        else:
+            times.append(self._idle_check_at())
+        return min(times)
+
+    def datagrams_to_send(self, now: float) -> list[bytes]:
+        out: list[bytes] = []
+        if self.phase is SenderPhase.CLOSED:
+            return out
+        if self.phase is SenderPhase.ENDING:
+            self._emit_end(now, out)
+            return out
+        if now >= self._next_announce:
+            out.append(self._announce_datagram())
+            self._schedule_announce(now)
+        overhead = self.config.wire_overhead
+        while len(out) < self.config.max_batch:
+            dgram = self._pending or self._next_datagram(now)
+            if dgram is None:
+                break
+            if not self._bucket.try_take(len(dgram) + overhead, now):
+                self._pending = dgram
+                break
+            self._pending = None
+            self._last_activity = now
+            out.append(dgram)
+        self.stats.bytes_sent += sum(len(d) for d in out)
+        return out
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def statistics(self) -> SenderStats:
+        return self.stats
+
+    def close(self, now: float, reason: str = "closed") -> None:
+        """Stop sending: the END message goes out a few times, then SenderFinished."""
+        if self.phase is not SenderPhase.SENDING:
+            return
+        self.phase = SenderPhase.ENDING
+        self._end_reason = reason
+        self._ends_left = _END_COPIES
+        self._next_end = now
+
+    @property
+    def progress(self) -> float:
+        if self.pass_done:
+            return 1.0
+        total = self.geometry.shard_count or 1
+        b, i = self._cursor
+        return (sum(self.geometry.k(x) for x in range(b)) + i) / total
+
+    def active_receivers(self, now: float) -> int:
+        return sum(1 for p in self.peers.values() if self._is_active(p, now))
+
+    # -- feedback ----------------------------------------------------------------------------
+    def _peer(self, receiver_id: int, now: float) -> _Peer:
+        peer = self.peers.get(receiver_id)
+        if peer is None:
+            peer = self.peers[receiver_id] = _Peer(now)
+            self.stats.receivers_heard += 1
+        peer.last_heard = now
+        return peer
+
+    def _handle_nak(self, msg: Nak, addr: object, now: float) -> None:
+        self.stats.naks_received += 1
+        self._peer(msg.receiver_id, now)
+        self._last_activity = now
+        g = self.geometry
+        first_unsent = g.block_count if self.pass_done else self._cursor[0]
+        holdoff = now - self.config.repair_holdoff
+        for entry in msg.entries:
+            b = entry.block
+            self.stats.nak_entries += 1
+            if b >= first_unsent:
+                continue  # not sent yet, or not a block at all
+            need = min(entry.need, g.k(b))
+            horizon = min(entry.horizon, self._issued[b])
+            recent = self._recent.get(b)
+            if recent:
+                while recent and recent[0] < holdoff:
+                    recent.popleft()
+            in_flight = self._issued[b] - self._sent[b] + (len(recent) if recent else 0)
+            extra = need - min(self._issued[b] - horizon, in_flight)
+            if extra > 0:
+                self._issued[b] += extra
+                self.stats.parity_requested += extra
+                if b not in self._in_heap:
+                    self._in_heap.add(b)
+                    heapq.heappush(self._repair_heap, b)
+
+    def _handle_status(self, msg: Status, addr: object, now: float) -> None:
+        self.stats.status_received += 1
+        peer = self._peer(msg.receiver_id, now)
+        peer.verified_units = max(peer.verified_units, msg.verified_units)
+        peer.done = peer.done or msg.done
+        peer.failed = msg.failed
+        if not (peer.done or peer.failed):
+            self._last_activity = now
+
+    # -- building datagrams --------------------------------------------------------------------
+    def _has_work(self) -> bool:
+        return self._pending is not None or bool(self._repair_heap) or not self.pass_done
+
+    def _next_datagram(self, now: float) -> bytes | None:
+        if self._repair_heap:
+            return self._next_repair(now)
+        if not self.pass_done:
+            return self._next_fresh(now)
+        return None
+
+    def _next_repair(self, now: float) -> bytes:
+        b = self._repair_heap[0]
+        seq = self._sent[b]
+        self._sent[b] += 1
+        if self._sent[b] >= self._issued[b]:
+            heapq.heappop(self._repair_heap)
+            self._in_heap.discard(b)
+        self._recent.setdefault(b, deque()).append(now)
+        self.stats.parity_sent += 1
+        parity = self._parity(b)
+        kind, index = self.geometry.repair_symbol(b, seq)
+        if kind == "parity":
+            payload = parity[index]
+        else:  # the parity ran out for this block: cycle through the source shards
+            payload = fec.pad(self._source_shards(b)[index], self.geometry.packet_size)
+        return encode_shard(MsgType.PARITY, self.session_id, b, seq, payload, self._key)
+
+    def _next_fresh(self, now: float) -> bytes:
+        b, i = self._cursor
+        if self._fresh is None or self._fresh[0] != b:
+            self._fresh = (b, self._source_shards(b))
+        dgram = encode_shard(MsgType.DATA, self.session_id, b, i, self._fresh[1][i], self._key)
+        self.stats.data_sent += 1
+        if i + 1 < self.geometry.k(b):
+            self._cursor = (b, i + 1)
+        else:
+            self._cursor = (b + 1, 0)
+            if b + 1 == self.geometry.block_count:
+                self.pass_done = True
+                self._fresh = None
+                self._next_announce = now  # tell receivers at once that the tail is passed
+                self._fast_announces = _FAST_ANNOUNCES
+        return dgram
+
+    def _source_shards(self, b: int) -> list[bytes]:
+        g = self.geometry
+        units = g.block_units(b)
+        start = units.start * g.unit_size
+        data = self._source.read(start, sum(g.unit_len(u) for u in units))
+        shards = []
+        for i in range(g.k(b)):
+            offset, length = g.shard_span(b, i)
+            shards.append(data[offset - start : offset - start + length])
+        return shards
+
+    def _parity(self, b: int) -> list[bytes]:
+        cached = self._parity_cache.get(b)
+        if cached is not None:
+            self._parity_cache.move_to_end(b)
+            return cached
+        size = self.geometry.packet_size
+        source = [fec.pad(s, size) for s in self._source_shards(b)]
+        parity = fec.encode(source, self.geometry.parity_count(b))
+        self._parity_cache[b] = parity
+        if len(self._parity_cache) > self.config.parity_cache_blocks:
+            self._parity_cache.popitem(last=False)
+        return parity
+
+    def _announce_datagram(self) -> bytes:
+        cfg = self.config
+        msg = Announce(
+            session=self.session_id,
+            package_hash=self.snapshot.package_hash,
+            sender_id=self.sender_id,
+            packet_size=cfg.packet_size,
+            units_per_block=cfg.units_per_block,
+            parity_ratio_pct=cfg.parity_ratio_pct,
+            rate_bps=cfg.rate_bps,
+            group=cfg.group,
+            port=cfg.port,
+            next_block=self._cursor[0],
+            pass_done=self.pass_done,
+            receivers=len(self.peers),
+            progress_pct=int(self.progress * 100),
+        )
+        self.stats.announces_sent += 1
+        return encode(msg, self._key)
+
+    def _schedule_announce(self, now: float) -> None:
+        if self._fast_announces:
+            self._fast_announces -= 1
+            self._next_announce = now + _FAST_ANNOUNCE_SPACING
+        else:
+            self._next_announce = now + self.config.announce_interval
+
+    def _emit_end(self, now: float, out: list[bytes]) -> None:
+        if self._ends_left and now >= self._next_end:
+            out.append(encode(End(self.session_id, self._end_reason), self._key))
+            self._ends_left -= 1
+            self._next_end = now + _END_SPACING
+        if not self._ends_left:
+            self.phase = SenderPhase.CLOSED
+            done = sum(1 for p in self.peers.values() if p.done)
+            self._events.append(SenderFinished(self._end_reason, done, len(self.peers) - done))
+
+    # -- ending ------------------------------------------------------------------------------
+    def _is_active(self, peer: _Peer, now: float) -> bool:
+        return (
+            not (peer.done or peer.failed) and now - peer.last_heard < self.config.receiver_timeout
+        )
+
+    def _idle(self, now: float) -> bool:
+        if self._has_work() or now - self._last_activity < self.config.linger:
+            return False
+        return not any(self._is_active(p, now) for p in self.peers.values())
+
+    def _idle_check_at(self) -> float:
+        t = self._last_activity + self.config.linger
+        waiting = [
+            p.last_heard + self.config.receiver_timeout
+            for p in self.peers.values()
+            if not (p.done or p.failed)
+        ]
+        return max([t, *waiting]) if waiting else t

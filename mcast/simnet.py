@@ -1,0 +1,152 @@
+"""A virtual-time multicast LAN for driving sans-I/O cores: the test and simulation harness.
+
+Every datagram a node sends is fanned out to every other started node, each copy lost,
+duplicated or delayed (jitter, hence reordering) independently by the link model. Nodes are
+anything with the core interface (``receive_datagram``, ``handle_timer``,
+``datagrams_to_send``, ``get_timer``, ``next_event``); a node may start late (a late joiner)
+or be stopped (a crash). Time is a float that jumps from event to event, so a run of a
+hundred receivers over megabytes takes seconds of real time and is exactly reproducible from
+its seed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class Core(Protocol):
+    def receive_datagram(self, data: bytes, addr: object, now: float) -> None: ...
+    def handle_timer(self, now: float) -> None: ...
+    def datagrams_to_send(self, now: float) -> list[bytes]: ...
+    def get_timer(self) -> float | None: ...
+    def next_event(self) -> Any: ...
+
+
+@dataclass
+class Link:
+    """How datagrams reach one node: independent loss, duplication and extra delay."""
+
+    loss: float = 0.0
+    duplicate: float = 0.0
+    jitter: float = 0.0  # uniform extra delay in [0, jitter): reorders datagrams
+    drop: Callable[[bytes], bool] | None = None  # a custom filter: True drops the datagram
+
+
+@dataclass
+class _Node:
+    name: str
+    factory: Callable[[float], Core]
+    start_at: float
+    link: Link
+    core: Core | None = None
+    stopped: bool = False
+    timer: float | None = None
+    received: int = 0
+    sent: int = 0
+
+
+_START, _TIMER, _DELIVER = 0, 1, 2
+
+
+class SimNet:
+    def __init__(self, *, seed: int = 0, delay: float = 0.0005) -> None:
+        self.rng = random.Random(seed)
+        self.delay = delay
+        self.now = 0.0
+        self.nodes: dict[str, _Node] = {}
+        self._heap: list[tuple[float, int, int, str, bytes, str]] = []  # time, seq, kind, ...
+        self._seq = 0
+        self.events: list[tuple[float, str, Any]] = []
+        self.on_event: Callable[[float, str, Any], None] | None = None
+        self.delivered = 0
+
+    def add(
+        self,
+        name: str,
+        factory: Callable[[float], Core],
+        *,
+        start_at: float = 0.0,
+        link: Link | None = None,
+    ) -> None:
+        """Add a node; ``factory(now)`` builds its core when it starts."""
+        self.nodes[name] = _Node(name, factory, start_at, link or Link())
+        self._push(start_at, _START, name)
+
+    def core(self, name: str) -> Core:
+        core = self.nodes[name].core
+        if core is None:
+            raise KeyError(f"{name} has not started")
+        return core
+
+    def stop(self, name: str) -> None:
+        """Crash a node: it neither sends nor receives from now on."""
+        self.nodes[name].stopped = True
+
+    def run(self, until: float, done: Callable[[], bool] | None = None) -> float:
+        """Process events until virtual time ``until`` or until ``done()`` holds."""
+        while self._heap:
+            if done is not None and done():
+                break
+            if self._heap[0][0] > until:
+                break
+            time, _, kind, name, data, src = heapq.heappop(self._heap)
+            self.now = time
+            node = self.nodes[name]
+            if node.stopped:
+                continue
+            if kind == _START:
+                node.core = node.factory(self.now)
+            elif node.core is None:
+                continue
+            elif kind == _TIMER:
+                if node.timer is None or node.timer > self.now:
+                    continue  # stale
+                node.timer = None
+                node.core.handle_timer(self.now)
+            else:
+                node.received += 1
+                self.delivered += 1
+                node.core.receive_datagram(data, src, self.now)
+            self._after(node)
+        return self.now
+
+    # -- internals -------------------------------------------------------------------------
+    def _push(self, time: float, kind: int, node: str, data: bytes = b"", src: str = "") -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (time, self._seq, kind, node, data, src))
+
+    def _after(self, node: _Node) -> None:
+        core = node.core
+        assert core is not None
+        while (event := core.next_event()) is not None:
+            self.events.append((self.now, node.name, event))
+            if self.on_event is not None:
+                self.on_event(self.now, node.name, event)
+        for dgram in core.datagrams_to_send(self.now):
+            node.sent += 1
+            self._fan_out(node.name, dgram)
+        timer = core.get_timer()
+        if timer is not None:
+            timer = max(timer, self.now + 1e-7)  # a timer in the past fires next, not forever
+            if timer != node.timer:
+                node.timer = timer  # an older heap entry for this node is now stale
+                self._push(timer, _TIMER, node.name)
+
+    def _fan_out(self, src: str, dgram: bytes) -> None:
+        rng = self.rng
+        for name, dst in self.nodes.items():
+            if name == src or dst.stopped or dst.start_at > self.now:
+                continue
+            link = dst.link
+            if link.loss and rng.random() < link.loss:
+                continue
+            if link.drop is not None and link.drop(dgram):
+                continue
+            copies = 2 if link.duplicate and rng.random() < link.duplicate else 1
+            for _ in range(copies):
+                extra = rng.random() * link.jitter if link.jitter else 0.0
+                self._push(self.now + self.delay + extra, _DELIVER, name, dgram, src)

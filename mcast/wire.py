@@ -1,0 +1,332 @@
+"""Every datagram of the protocol, wire version 1: formats, encoders, ``*_untrusted`` decoders.
+
+Layout of every datagram::
+
+    header (12 B)  magic b"MC" | version u8 | type u8 | session id u64       (network order)
+    body           DATA/PARITY: block u32 | index u32 | payload
+                   control messages: one msgpack array (fields in a fixed order)
+    tag (16 B)     HMAC-SHA-256(session key, header + body), truncated; zeros when unkeyed
+
+DATA carries source shard ``index`` of FEC block ``block``; PARITY carries parity sequence
+number ``index`` (the Reed-Solomon recovery shard is ``index % parity_count``). The hot path
+uses fixed ``struct`` formats; control bodies are msgpack, decoded with size limits.
+
+The decoders take bytes from the network and raise only :class:`BadPacket`. A receiver that
+holds the session key drops any datagram whose tag does not match before parsing the body.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import msgpack
+
+MAGIC = b"MC"
+VERSION = 1
+TAG_LEN = 16
+HEADER = struct.Struct("!2sBBQ")
+SHARD = struct.Struct("!II")
+DATA_OVERHEAD = HEADER.size + SHARD.size + TAG_LEN  # bytes around a payload
+MAX_DATAGRAM = 65507
+_ZERO_TAG = bytes(TAG_LEN)
+_MAX_U32 = 2**32 - 1
+_MAX_U64 = 2**64 - 1
+_HASH_LEN = 32
+_MAX_NAK_ENTRIES = 256
+
+
+class BadPacket(Exception):
+    """A datagram that is not a valid, authentic version-1 message."""
+
+
+class MsgType(IntEnum):
+    DATA = 1
+    PARITY = 2
+    ANNOUNCE = 3
+    NAK = 4
+    STATUS = 5
+    END = 6
+
+
+# ---------------------------------------------------------------------------------------
+# messages
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    session: int
+    block: int
+    index: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Parity:
+    session: int
+    block: int
+    seq: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Announce:
+    """A session describes itself: what it sends, how, and how far it has got."""
+
+    session: int
+    package_hash: bytes
+    sender_id: int
+    packet_size: int  # payload bytes of a full shard (even)
+    units_per_block: int  # snapshot hash units per FEC block
+    parity_ratio_pct: int  # parity shards per block, as a percentage of its source shards
+    rate_bps: int
+    group: str
+    port: int
+    next_block: int  # first block of the current pass not yet sent
+    pass_done: bool  # every block has been sent at least once
+    receivers: int  # receivers the sender currently hears
+    progress_pct: int
+
+
+@dataclass(frozen=True, slots=True)
+class NakEntry:
+    block: int
+    need: int  # shards still missing to decode the block
+    horizon: int  # highest parity sequence number seen for the block, plus one
+
+
+@dataclass(frozen=True, slots=True)
+class Nak:
+    session: int
+    receiver_id: int
+    entries: tuple[NakEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    session: int
+    receiver_id: int
+    verified_units: int
+    done: bool
+    failed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    session: int
+    reason: str
+
+
+Message = Data | Parity | Announce | Nak | Status | End
+
+
+# ---------------------------------------------------------------------------------------
+# authentication
+
+
+def compute_tag(key: bytes | None, signed_part: bytes | memoryview) -> bytes:
+    if not key:
+        return _ZERO_TAG
+    return hmac.digest(key, signed_part, hashlib.sha256)[:TAG_LEN]
+
+
+def _seal(header_and_body: bytes, key: bytes | None) -> bytes:
+    return header_and_body + compute_tag(key, header_and_body)
+
+
+# ---------------------------------------------------------------------------------------
+# encoders
+
+
+def encode_shard(
+    kind: MsgType, session: int, block: int, index: int, payload: bytes, key: bytes | None
+) -> bytes:
+    """DATA or PARITY: the hot path, one struct pack and one HMAC."""
+    head = HEADER.pack(MAGIC, VERSION, kind, session) + SHARD.pack(block, index)
+    return _seal(head + payload, key)
+
+
+def _control(kind: MsgType, session: int, fields: list[Any], key: bytes | None) -> bytes:
+    body = msgpack.packb(fields, use_bin_type=True)
+    return _seal(HEADER.pack(MAGIC, VERSION, kind, session) + body, key)
+
+
+def _enc_data(m: Data, key: bytes | None) -> bytes:
+    return encode_shard(MsgType.DATA, m.session, m.block, m.index, m.payload, key)
+
+
+def _enc_parity(m: Parity, key: bytes | None) -> bytes:
+    return encode_shard(MsgType.PARITY, m.session, m.block, m.seq, m.payload, key)
+
+
+def _enc_announce(m: Announce, key: bytes | None) -> bytes:
+    fields = [
+        m.package_hash, m.sender_id, m.packet_size, m.units_per_block, m.parity_ratio_pct,
+        m.rate_bps, m.group, m.port, m.next_block, m.pass_done, m.receivers, m.progress_pct,
+    ]  # fmt: skip
+    return _control(MsgType.ANNOUNCE, m.session, fields, key)
+
+
+def _enc_nak(m: Nak, key: bytes | None) -> bytes:
+    flat = [[e.block, e.need, e.horizon] for e in m.entries]
+    return _control(MsgType.NAK, m.session, [m.receiver_id, flat], key)
+
+
+def _enc_status(m: Status, key: bytes | None) -> bytes:
+    fields = [m.receiver_id, m.verified_units, m.done, m.failed]
+    return _control(MsgType.STATUS, m.session, fields, key)
+
+
+def _enc_end(m: End, key: bytes | None) -> bytes:
+    return _control(MsgType.END, m.session, [m.reason], key)
+
+
+_ENCODERS: dict[type, Callable[[Any, bytes | None], bytes]] = {
+    Data: _enc_data,
+    Parity: _enc_parity,
+    Announce: _enc_announce,
+    Nak: _enc_nak,
+    Status: _enc_status,
+    End: _enc_end,
+}
+
+
+def encode(msg: Message, key: bytes | None = None) -> bytes:
+    return _ENCODERS[type(msg)](msg, key)
+
+
+# ---------------------------------------------------------------------------------------
+# decoders of untrusted bytes
+
+
+def _u(value: Any, limit: int = _MAX_U32) -> int:
+    if type(value) is not int or not 0 <= value <= limit:
+        raise BadPacket("field is not an unsigned integer in range")
+    return value
+
+
+def _flag(value: Any) -> bool:
+    if type(value) is not bool:
+        raise BadPacket("field is not a boolean")
+    return value
+
+
+def _text(value: Any, limit: int = 64) -> str:
+    if type(value) is not str or len(value) > limit:
+        raise BadPacket("field is not a short string")
+    return value
+
+
+def _fields(body: bytes | memoryview, count: int) -> list[Any]:
+    try:
+        fields = msgpack.unpackb(
+            body,
+            raw=False,
+            strict_map_key=True,
+            max_bin_len=256,
+            max_str_len=256,
+            max_array_len=_MAX_NAK_ENTRIES,
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises many types for hostile input
+        raise BadPacket(f"control body is not msgpack: {type(exc).__name__}") from None
+    if type(fields) is not list or len(fields) != count:
+        raise BadPacket("control body has the wrong shape")
+    return fields
+
+
+def _dec_announce(session: int, body: memoryview) -> Announce:
+    f = _fields(body, 12)
+    if type(f[0]) is not bytes or len(f[0]) != _HASH_LEN:
+        raise BadPacket("announce: bad package hash")
+    packet_size = _u(f[2], 65_000)
+    if packet_size < 2 or packet_size % 2:
+        raise BadPacket("announce: packet size must be even and positive")
+    units = _u(f[3], 4096)
+    ratio = _u(f[4], 400)
+    if units < 1 or ratio < 1:
+        raise BadPacket("announce: bad FEC geometry")
+    return Announce(
+        session, f[0], _u(f[1], _MAX_U64), packet_size, units, ratio, _u(f[5], _MAX_U64),
+        _text(f[6]), _u(f[7], 65535), _u(f[8]), _flag(f[9]), _u(f[10]), _u(f[11], 100),
+    )  # fmt: skip
+
+
+def _dec_nak(session: int, body: memoryview) -> Nak:
+    f = _fields(body, 2)
+    if type(f[1]) is not list or not f[1]:
+        raise BadPacket("nak: no entries")
+    entries = []
+    for item in f[1]:
+        if type(item) is not list or len(item) != 3:
+            raise BadPacket("nak: bad entry")
+        entries.append(NakEntry(_u(item[0]), _u(item[1]), _u(item[2])))
+    return Nak(session, _u(f[0], _MAX_U64), tuple(entries))
+
+
+def _dec_status(session: int, body: memoryview) -> Status:
+    f = _fields(body, 4)
+    return Status(session, _u(f[0], _MAX_U64), _u(f[1]), _flag(f[2]), _flag(f[3]))
+
+
+def _dec_end(session: int, body: memoryview) -> End:
+    return End(session, _text(_fields(body, 1)[0], 200))
+
+
+def _dec_data(session: int, body: memoryview) -> Data:
+    block, index = _shard_fields(body)
+    return Data(session, block, index, bytes(body[SHARD.size :]))
+
+
+def _dec_parity(session: int, body: memoryview) -> Parity:
+    block, seq = _shard_fields(body)
+    return Parity(session, block, seq, bytes(body[SHARD.size :]))
+
+
+def _shard_fields(body: memoryview) -> tuple[int, int]:
+    if len(body) <= SHARD.size:
+        raise BadPacket("shard datagram has no payload")
+    block, index = SHARD.unpack_from(body)
+    return int(block), int(index)
+
+
+_DECODERS: dict[int, Callable[[int, memoryview], Message]] = {
+    MsgType.DATA: _dec_data,
+    MsgType.PARITY: _dec_parity,
+    MsgType.ANNOUNCE: _dec_announce,
+    MsgType.NAK: _dec_nak,
+    MsgType.STATUS: _dec_status,
+    MsgType.END: _dec_end,
+}
+
+
+def peek_session_untrusted(data: bytes) -> tuple[MsgType, int]:
+    """Type and session id of a datagram, checking only the fixed header."""
+    if len(data) < HEADER.size + TAG_LEN:
+        raise BadPacket("datagram too short")
+    magic, version, kind, session = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise BadPacket("bad magic")
+    if version != VERSION:
+        raise BadPacket(f"unsupported wire version {version}")
+    if kind not in _DECODERS:
+        raise BadPacket(f"unknown message type {kind}")
+    return MsgType(kind), int(session)
+
+
+def decode_untrusted(data: bytes, key: bytes | None = None) -> Message:
+    """Parse one datagram. With ``key``, the tag must match; raises only BadPacket."""
+    kind, session = peek_session_untrusted(data)
+    if len(data) > MAX_DATAGRAM:
+        raise BadPacket("datagram too long")
+    view = memoryview(data)
+    signed, tag = view[:-TAG_LEN], view[-TAG_LEN:]
+    if key and not hmac.compare_digest(compute_tag(key, signed), tag):
+        raise BadPacket("authentication tag mismatch")
+    return _DECODERS[kind](session, signed[HEADER.size :])
