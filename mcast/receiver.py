@@ -33,6 +33,7 @@ from mcast.wire import (
     Nak,
     NakEntry,
     Parity,
+    Solicit,
     Status,
     decode_untrusted,
     encode,
@@ -45,9 +46,11 @@ class ReceiverConfig:
     nak_retry: float = 0.15  # a NAKed block that makes no progress for this long is NAKed again
     status_interval: float = 1.0
     silence_timeout: float = 5.0  # no valid datagram from the session this long: failed
+    end_grace: float = 0.5  # after an END, this long without session traffic: failed
     max_verify_failures: int = 64
     max_nak_entries: int = 128  # per NAK datagram
     done_status_repeats: int = 3
+    solicit_interval: float = 0.25  # while no session is heard, ask for an announce this often
     early_buffer: int = 1024  # datagrams kept from before the first announce, replayed on join
 
 
@@ -139,7 +142,9 @@ class Receiver:
         self._nak_queue: list[NakEntry] = []
         self._early: deque[bytes] = deque(maxlen=self.config.early_buffer)
         self._last_heard = now
+        self._end_heard: float | None = None
         self._next_status = now
+        self._next_solicit = now
         self._done_repeats = 0
         self._handlers: dict[type, Callable[[Message, float], None]] = {
             Announce: self._handle_announce,  # type: ignore[dict-item]
@@ -148,6 +153,7 @@ class Receiver:
             Nak: self._handle_nak,  # type: ignore[dict-item]
             End: self._handle_end,  # type: ignore[dict-item]
             Status: self._handle_status,  # type: ignore[dict-item]
+            Solicit: self._handle_status,  # type: ignore[dict-item]
         }
         if self._verified_count == snapshot.block_count:
             self._finish(now)
@@ -185,9 +191,13 @@ class Receiver:
         if self.phase in (Phase.COMPLETE, Phase.FAILED):
             self._send_done_status(now)
             return
-        if now - self._last_heard >= self.config.silence_timeout:
-            what = "no session announced" if self.phase is Phase.WAITING else "sender silent"
-            self._fail(f"{what} for {self.config.silence_timeout:g}s")
+        if now >= self._silence_deadline():
+            if self._end_heard is not None:
+                self._fail("sender ended the session")
+            elif self.phase is Phase.WAITING:
+                self._fail(f"no session announced for {self.config.silence_timeout:g}s")
+            else:
+                self._fail(f"sender silent for {self.config.silence_timeout:g}s")
             return
         while self._timers and self._timers[0][0] <= now:
             due, b = heapq.heappop(self._timers)
@@ -201,6 +211,10 @@ class Receiver:
             else:  # WAIT ran out with no progress: NAK again, after a fresh back-off
                 self._arm(b, blk, NakState.BACKOFF, now + self._backoff())
         self._flush_naks()
+        if self.phase is Phase.WAITING and now >= self._next_solicit:
+            msg = Solicit(self.session_id or 0, self.snapshot.package_hash, self.receiver_id)
+            self._out.append(encode(msg, self._key))
+            self._next_solicit = now + self.config.solicit_interval * self._rng.uniform(0.5, 1.5)
         if self.phase is Phase.RECEIVING and now >= self._next_status:
             self._queue_status(done=False)
             self._next_status = now + self.config.status_interval
@@ -214,12 +228,13 @@ class Receiver:
             if blk is not None and blk.state is not NakState.IDLE and blk.due == due:
                 break
             heapq.heappop(self._timers)
-        deadline = self._last_heard + self.config.silence_timeout
-        candidates = [deadline]
+        candidates = [self._silence_deadline()]
         if self._timers:
             candidates.append(self._timers[0][0])
         if self.phase is Phase.RECEIVING:
             candidates.append(self._next_status)
+        elif self.phase is Phase.WAITING:
+            candidates.append(self._next_solicit)
         return min(candidates)
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
@@ -350,11 +365,19 @@ class Receiver:
                 self.stats.naks_suppressed += 1
                 self._arm(entry.block, blk, NakState.WAIT, now + self.config.nak_retry)
 
-    def _handle_status(self, msg: Status, now: float) -> None:
-        return  # other receivers' reports are for the sender
+    def _handle_status(self, msg: Status | Solicit, now: float) -> None:
+        return  # other receivers' reports and requests are for the sender
 
     def _handle_end(self, msg: End, now: float) -> None:
-        self._fail(f"sender ended the session: {msg.reason}")
+        # Not final on its own: without a session key anyone can send END, so the session
+        # only ends if no genuine traffic follows within end_grace.
+        self._end_heard = now
+
+    def _silence_deadline(self) -> float:
+        deadline = self._last_heard + self.config.silence_timeout
+        if self._end_heard is not None:
+            deadline = min(deadline, max(self._end_heard, self._last_heard) + self.config.end_grace)
+        return deadline
 
     # -- blocks ------------------------------------------------------------------------------
     def _block(self, b: int) -> _Block:

@@ -34,6 +34,7 @@ from mcast.wire import (
     Message,
     MsgType,
     Nak,
+    Solicit,
     Status,
     decode_untrusted,
     encode,
@@ -108,6 +109,8 @@ class _Peer:
     failed: bool = False
 
 
+_FEEDBACK = (MsgType.NAK, MsgType.STATUS, MsgType.SOLICIT)
+_MIN_ANNOUNCE_GAP = 0.02
 _END_COPIES = 3
 _END_SPACING = 0.05
 _FAST_ANNOUNCES = 3
@@ -156,6 +159,7 @@ class Sender:
         self._bucket = TokenBucket(cfg.rate_bps / 8, cfg.burst_bytes, now)
         self._limiter = SourceLimiter(cfg.feedback_rate, cfg.feedback_burst)
         self._next_announce = now
+        self._last_announce = float("-inf")
         self._fast_announces = _FAST_ANNOUNCES  # a receiver that misses one joins 10 ms later
         self._last_activity = now
         self._end_reason = ""
@@ -165,6 +169,7 @@ class Sender:
         self._handlers: dict[type, Callable[[Message, object, float], None]] = {
             Nak: self._handle_nak,  # type: ignore[dict-item]
             Status: self._handle_status,  # type: ignore[dict-item]
+            Solicit: self._handle_solicit,  # type: ignore[dict-item]
         }
 
     # -- public API ------------------------------------------------------------------------
@@ -174,9 +179,9 @@ class Sender:
         except BadPacket:
             self.stats.bad_packets += 1
             return
-        if kind not in (MsgType.NAK, MsgType.STATUS):
+        if kind not in _FEEDBACK:
             return  # our own multicast looped back, or another sender's
-        if session != self.session_id:
+        if session != self.session_id and kind is not MsgType.SOLICIT:
             self.stats.other_session += 1
             return
         if not self._limiter.allow(addr, now):
@@ -192,6 +197,10 @@ class Sender:
     def handle_timer(self, now: float) -> None:
         if self.phase is SenderPhase.SENDING and self._idle(now):
             self.close(now, "all receivers done" if self.peers else "no receivers")
+        elif self.phase is SenderPhase.ENDING and not self._ends_left and now >= self._next_end:
+            self.phase = SenderPhase.CLOSED
+            done = sum(1 for p in self.peers.values() if p.done)
+            self._events.append(SenderFinished(self._end_reason, done, len(self.peers) - done))
 
     def get_timer(self) -> float | None:
         if self.phase is SenderPhase.CLOSED:
@@ -215,6 +224,7 @@ class Sender:
             return out
         if now >= self._next_announce:
             out.append(self._announce_datagram())
+            self._last_announce = now
             self._schedule_announce(now)
         overhead = self.config.wire_overhead
         while len(out) < self.config.max_batch:
@@ -291,6 +301,13 @@ class Sender:
                 if b not in self._in_heap:
                     self._in_heap.add(b)
                     heapq.heappush(self._repair_heap, b)
+
+    def _handle_solicit(self, msg: Solicit, addr: object, now: float) -> None:
+        wanted = msg.package_hash == self.snapshot.package_hash
+        if not wanted or msg.session not in (0, self.session_id):
+            return
+        self._peer(msg.receiver_id, now)  # it is waiting for us: do not end without it
+        self._next_announce = min(self._next_announce, self._last_announce + _MIN_ANNOUNCE_GAP)
 
     def _handle_status(self, msg: Status, addr: object, now: float) -> None:
         self.stats.status_received += 1
@@ -402,10 +419,6 @@ class Sender:
             out.append(encode(End(self.session_id, self._end_reason), self._key))
             self._ends_left -= 1
             self._next_end = now + _END_SPACING
-        if not self._ends_left:
-            self.phase = SenderPhase.CLOSED
-            done = sum(1 for p in self.peers.values() if p.done)
-            self._events.append(SenderFinished(self._end_reason, done, len(self.peers) - done))
 
     # -- ending ------------------------------------------------------------------------------
     def _is_active(self, peer: _Peer, now: float) -> bool:

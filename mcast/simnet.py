@@ -122,13 +122,13 @@ class SimNet:
     def _after(self, node: _Node) -> None:
         core = node.core
         assert core is not None
+        for dgram in core.datagrams_to_send(self.now):
+            node.sent += 1
+            self._fan_out(node.name, dgram)
         while (event := core.next_event()) is not None:
             self.events.append((self.now, node.name, event))
             if self.on_event is not None:
                 self.on_event(self.now, node.name, event)
-        for dgram in core.datagrams_to_send(self.now):
-            node.sent += 1
-            self._fan_out(node.name, dgram)
         timer = core.get_timer()
         if timer is not None:
             timer = max(timer, self.now + 1e-7)  # a timer in the past fires next, not forever

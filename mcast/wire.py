@@ -52,6 +52,7 @@ class MsgType(IntEnum):
     NAK = 4
     STATUS = 5
     END = 6
+    SOLICIT = 7
 
 
 # ---------------------------------------------------------------------------------------
@@ -122,7 +123,16 @@ class End:
     reason: str
 
 
-Message = Data | Parity | Announce | Nak | Status | End
+@dataclass(frozen=True, slots=True)
+class Solicit:
+    """A receiver that needs ``package_hash`` and has heard no session asks for an announce."""
+
+    session: int  # 0 unless the receiver already knows the session it wants
+    package_hash: bytes
+    receiver_id: int
+
+
+Message = Data | Parity | Announce | Nak | Status | End | Solicit
 
 
 # ---------------------------------------------------------------------------------------
@@ -186,7 +196,12 @@ def _enc_end(m: End, key: bytes | None) -> bytes:
     return _control(MsgType.END, m.session, [m.reason], key)
 
 
+def _enc_solicit(m: Solicit, key: bytes | None) -> bytes:
+    return _control(MsgType.SOLICIT, m.session, [m.package_hash, m.receiver_id], key)
+
+
 _ENCODERS: dict[type, Callable[[Any, bytes | None], bytes]] = {
+    Solicit: _enc_solicit,
     Data: _enc_data,
     Parity: _enc_parity,
     Announce: _enc_announce,
@@ -243,8 +258,7 @@ def _fields(body: bytes | memoryview, count: int) -> list[Any]:
 
 def _dec_announce(session: int, body: memoryview) -> Announce:
     f = _fields(body, 12)
-    if type(f[0]) is not bytes or len(f[0]) != _HASH_LEN:
-        raise BadPacket("announce: bad package hash")
+    _hash(f[0])
     packet_size = _u(f[2], 65_000)
     if packet_size < 2 or packet_size % 2:
         raise BadPacket("announce: packet size must be even and positive")
@@ -279,6 +293,17 @@ def _dec_end(session: int, body: memoryview) -> End:
     return End(session, _text(_fields(body, 1)[0], 200))
 
 
+def _dec_solicit(session: int, body: memoryview) -> Solicit:
+    f = _fields(body, 2)
+    return Solicit(session, _hash(f[0]), _u(f[1], _MAX_U64))
+
+
+def _hash(value: Any) -> bytes:
+    if type(value) is not bytes or len(value) != _HASH_LEN:
+        raise BadPacket("bad package hash")
+    return value
+
+
 def _dec_data(session: int, body: memoryview) -> Data:
     block, index = _shard_fields(body)
     return Data(session, block, index, bytes(body[SHARD.size :]))
@@ -303,6 +328,7 @@ _DECODERS: dict[int, Callable[[int, memoryview], Message]] = {
     MsgType.NAK: _dec_nak,
     MsgType.STATUS: _dec_status,
     MsgType.END: _dec_end,
+    MsgType.SOLICIT: _dec_solicit,
 }
 
 

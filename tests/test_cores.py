@@ -1,0 +1,180 @@
+"""Sender and receiver cores over the virtual-time LAN: every receiver ends with exactly the
+package's bytes, whatever the loss, duplication, reordering and join times."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mcast import wire
+from mcast.receiver import Receiver, ReceiverConfig
+from mcast.sender import SenderConfig
+from mcast.simnet import Link
+from tests.harness import make_snapshot, simulate
+
+links = st.builds(
+    Link,
+    loss=st.sampled_from([0.0, 0.01, 0.05, 0.2, 0.4]),
+    duplicate=st.sampled_from([0.0, 0.05, 0.3]),
+    jitter=st.sampled_from([0.0, 0.0005, 0.005]),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    size=st.integers(0, 60_000),
+    links=st.lists(links, min_size=1, max_size=4),
+    starts=st.lists(st.sampled_from([0.0, 0.0, 0.01, 0.05, 0.3]), min_size=4, max_size=4),
+    seed=st.integers(0, 2**32),
+    units_per_block=st.integers(1, 5),
+)
+def test_every_receiver_ends_with_exactly_the_package(size, links, starts, seed, units_per_block):
+    data = random.Random(seed).randbytes(size)
+    cfg = SenderConfig(
+        packet_size=256, units_per_block=units_per_block, rate_bps=20_000_000,
+        burst_bytes=8192, linger=1.0,
+    )  # fmt: skip
+    run = simulate(data, links, seed=seed, starts=starts, sender_config=cfg)
+    assert run.failed == {}
+    assert set(run.completed) == set(run.outputs)
+    for name, out in run.outputs.items():
+        assert bytes(out) == data, name
+        assert sorted(run.units_seen[name]) == list(range(run.receiver(name).snapshot.block_count))
+
+
+def test_no_loss_needs_no_repair_and_no_nak():
+    data = random.Random(1).randbytes(200_000)
+    run = simulate(data, [Link()] * 3)
+    assert len(run.completed) == 3
+    sender = run.sender()
+    assert sender.stats.parity_sent == 0
+    assert sender.stats.data_sent == sender.geometry.shard_count
+    assert sum(run.receiver(n).stats.naks_sent for n in run.outputs) == 0
+
+
+def test_parity_repairs_cost_about_the_worst_receivers_loss():
+    data = random.Random(2).randbytes(400_000)
+    run = simulate(data, [Link(loss=0.05)] * 8, seed=3)
+    assert len(run.completed) == 8
+    sender = run.sender()
+    source = sender.geometry.shard_count
+    # Resending every lost packet would cost ~1-(0.95**8) = 34% here; parity costs about
+    # the worst receiver's loss per block, plus a little for lost repairs.
+    assert sender.stats.parity_sent < 0.2 * source
+    assert sender.stats.parity_sent > 0.05 * source
+
+
+def test_nak_suppression_keeps_nak_traffic_sublinear_in_receivers():
+    data = random.Random(4).randbytes(300_000)
+    naks = {}
+    for n in (4, 40):
+        run = simulate(data, [Link(loss=0.03)] * n, seed=5)
+        assert len(run.completed) == n
+        naks[n] = sum(run.receiver(name).stats.naks_sent for name in run.outputs)
+        assert sum(run.receiver(name).stats.naks_suppressed for name in run.outputs) > 0
+    assert naks[40] <= 5 * naks[4], naks
+
+
+def test_late_joiner_gets_blocks_sent_before_it_joined():
+    data = random.Random(6).randbytes(150_000)
+    run = simulate(data, [Link(), Link(loss=0.02)], starts=[0.0, 0.04])
+    assert bytes(run.outputs["r1"]) == data
+    assert run.sender().stats.parity_sent > 0  # what r1 missed came as repairs
+
+
+def test_sender_finishes_when_every_receiver_is_done():
+    data = random.Random(7).randbytes(50_000)
+    run = simulate(data, [Link(loss=0.05)] * 3)
+    run.net.run(run.net.now + 5.0)
+    assert run.finished is not None
+    assert run.finished.receivers_done == 3
+    assert run.finished.receivers_lost == 0
+
+
+def test_silent_sender_fails_the_session_for_receivers():
+    data = random.Random(8).randbytes(120_000)
+    rcfg = ReceiverConfig(silence_timeout=1.0)
+
+    def crash_sender_early(run):
+        run.net.run(0.01)
+        run.net.stop("sender")
+
+    run = simulate(data, [Link()] * 2, receiver_config=rcfg, prepare=crash_sender_early)
+    assert set(run.failed) == {"r0", "r1"}
+    assert all("silent" in reason for reason in run.failed.values())
+    assert run.completed == {}
+
+
+def test_resumed_receiver_fetches_only_missing_units():
+    data = random.Random(9).randbytes(100_000)
+    snap = make_snapshot(data)
+    have = set(range(0, snap.block_count, 2))
+
+    def load_unit(u: int) -> bytes:
+        start, length = snap.block_range(u)
+        return data[start : start + length]
+
+    from mcast.sender import BytesSource, Sender
+    from mcast.simnet import SimNet
+
+    net = SimNet(seed=1)
+    net.add("sender", lambda now: Sender(snap, BytesSource(data), session_id=9, sender_id=1,
+                                         now=now, config=SenderConfig(packet_size=256)))  # fmt: skip
+    net.add("r", lambda now: Receiver(snap, receiver_id=5, now=now, verified_units=have,
+                                      load_unit=load_unit), link=Link(loss=0.1))  # fmt: skip
+    seen = []
+    net.on_event = lambda now, name, ev: seen.append(ev)
+    net.run(30.0, lambda: net.nodes["r"].core is not None and net.core("r").complete)
+    verified = [ev.unit for ev in seen if type(ev).__name__ == "UnitVerified"]
+    assert sorted(verified) == sorted(set(range(snap.block_count)) - have)
+    assert net.core("r").complete
+
+
+def test_resuming_without_a_way_to_read_units_back_is_refused():
+    snap = make_snapshot(b"x" * 10_000)
+    try:
+        Receiver(snap, receiver_id=1, now=0.0, verified_units=[0])
+    except ValueError as exc:
+        assert "load_unit" in str(exc)
+    else:
+        raise AssertionError("a partial resume without load_unit was accepted")
+
+
+def test_receiver_that_has_everything_completes_at_once():
+    data = b"y" * 9000
+    snap = make_snapshot(data)
+    r = Receiver(snap, receiver_id=1, now=0.0, verified_units=range(snap.block_count))
+    assert r.complete
+    assert type(r.next_event()).__name__ == "Completed"
+
+
+def test_feedback_flood_from_one_source_is_rate_limited():
+    data = random.Random(10).randbytes(20_000)
+    snap = make_snapshot(data)
+    from mcast.sender import BytesSource, Sender
+
+    s = Sender(snap, BytesSource(data), session_id=1, sender_id=1, now=0.0,
+               config=SenderConfig(packet_size=256))  # fmt: skip
+    s.datagrams_to_send(0.0)
+    nak = wire.encode(wire.Nak(1, 66, (wire.NakEntry(0, 3, 0),)))
+    for _ in range(10_000):
+        s.receive_datagram(nak, ("198.18.0.66", 1), 0.001)
+    assert s.stats.feedback_refused > 9_000
+    assert s.stats.naks_received <= 101
+
+
+def test_nak_cannot_ask_for_more_than_a_block():
+    data = random.Random(11).randbytes(20_000)
+    snap = make_snapshot(data)
+    from mcast.sender import BytesSource, Sender
+
+    s = Sender(snap, BytesSource(data), session_id=1, sender_id=1, now=0.0,
+               config=SenderConfig(packet_size=256, rate_bps=0))  # fmt: skip
+    while not s.pass_done:
+        s.datagrams_to_send(0.0)
+    k = s.geometry.k(0)
+    nak = wire.encode(wire.Nak(1, 66, (wire.NakEntry(0, 2**32 - 1, 0),)))
+    s.receive_datagram(nak, ("a", 1), 1.0)
+    assert s.stats.parity_requested == k
