@@ -190,7 +190,7 @@ def _int_attr(el: Element, name: str, *, required: bool, signed: bool = False) -
             raise BadRequest(f"<Event> lacks attribute {name!r}")
         return None
     body = raw[1:] if signed and raw.startswith("-") else raw
-    if not body.isascii() or not body.isdigit() or len(body) > 18:
+    if not body.isascii() or not body.isdigit() or len(body) > 19:
         raise BadRequest(f"<Event> attribute {name}={raw[:40]!r} is not an integer")
     value = int(raw)
     if abs(value) > _MAX_INT:
