@@ -105,7 +105,7 @@ async def _killer(run: Run) -> None:
     await trio.to_thread.run_sync(run.server.start)
 
 
-def queue_figures(data_dir: Path) -> dict[str, int]:
+def queue_figures(data_dir: Path) -> dict[str, Any]:
     db = sqlite3.connect(f"file:{data_dir / DB_NAME}?mode=ro", uri=True)
     try:
         rows, processed = db.execute(
@@ -118,7 +118,7 @@ def queue_figures(data_dir: Path) -> dict[str, int]:
     return {"rows": rows, "processed": processed, "counted": counted, "per_computer": per}
 
 
-async def wait_drained(data_dir: Path, limit_s: float) -> dict[str, int]:
+async def wait_drained(data_dir: Path, limit_s: float) -> dict[str, Any]:
     """Poll the server's database (another process) until no event is pending."""
     deadline = trio.current_time() + limit_s
     fig = queue_figures(data_dir)

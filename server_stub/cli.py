@@ -172,7 +172,14 @@ async def _serve_main(args: argparse.Namespace) -> None:
                 break
 
 
+def _check_bind(bind: str) -> None:
+    host, sep, port = bind.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise StoreError(f"--bind {bind!r}: expected HOST:PORT, e.g. 127.0.0.1:0")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    _check_bind(args.bind)
     if args.mode == "package-server" and not args.site:
         raise StoreError("--mode package-server needs --site")
     data = _data_dir(args)

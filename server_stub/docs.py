@@ -36,7 +36,7 @@ class BadRequest(Exception):
 
 
 def _xml(root: Element) -> bytes:
-    return b'<?xml version="1.0" encoding="utf-8"?>\n' + tostring(root, encoding="utf-8")
+    return b'<?xml version="1.0" encoding="utf-8"?>\n' + bytes(tostring(root, encoding="utf-8"))
 
 
 # -- query parameters -----------------------------------------------------------------

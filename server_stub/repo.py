@@ -20,7 +20,7 @@ import os
 import secrets
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -166,7 +166,9 @@ def content_pieces(
             yield files_root.joinpath(*entry.path.split("/")), lo - offset, hi - lo
 
 
-def read_chunks(pieces: list[tuple[Path, int, int]], chunk: int = CHUNK) -> Iterator[bytes]:
+def read_chunks(
+    pieces: list[tuple[Path, int, int]], chunk: int = CHUNK
+) -> Generator[bytes, None, None]:
     """Read the pieces in order, ``chunk`` bytes at a time (a blocking generator)."""
     for path, offset, length in pieces:
         with open(path, "rb") as fh:
