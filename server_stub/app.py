@@ -25,11 +25,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from mcast.snapshot import SnapshotError, UnsafePath, safe_relpath
+from mcast.snapshot import Snapshot, SnapshotError, TrustStore, UnsafePath, safe_relpath
 
 from . import docs, repo
 from .events import EventProcessor
 from .ranges import RangeError, parse_range
+from .replica import ReplicaError, replicate
 from .store import Store, StoreError
 
 log = logging.getLogger("server_stub")
@@ -46,9 +47,18 @@ class Server:
     """State shared by the handlers: the data directory, the store, the mode."""
 
     def __init__(
-        self, data_dir: Path, mode: Mode, site: str | None, public_url: str | None
+        self,
+        data_dir: Path,
+        mode: Mode,
+        site: str | None,
+        public_url: str | None,
+        upstream: str | None = None,
+        trust: TrustStore | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.upstream = upstream
+        self.trust = trust
+        self._replicating: dict[str, anyio.Lock] = {}
         self.mode = mode
         self.site = site
         self.public_url = public_url.rstrip("/") + "/" if public_url else None
@@ -62,6 +72,24 @@ class Server:
 
     def base_url(self, request: Request) -> str:
         return self.public_url or str(request.base_url)
+
+    async def snapshot(self, hash_hex: str) -> Snapshot | None:
+        """The snapshot of a stored package; a package server replicates it on first use."""
+        snap = await self.db(_snapshot_of, self, hash_hex)
+        if snap is not None or self.upstream is None or self.trust is None:
+            return snap
+        lock = self._replicating.setdefault(hash_hex, anyio.Lock())
+        async with lock:
+            snap = await self.db(_snapshot_of, self, hash_hex)
+            if snap is None:
+                try:
+                    snap = await self.db(
+                        replicate, self.data_dir, self.upstream, hash_hex, self.trust
+                    )
+                except ReplicaError as exc:
+                    log.warning("replication of %s failed: %s", hash_hex, exc)
+                    return None
+        return snap
 
     def ns(self) -> Store:
         assert self.store is not None
@@ -178,7 +206,7 @@ async def _stream(pieces: list[tuple[Path, int, int]]) -> AsyncIterator[bytes]:
         chunks.close()
 
 
-def _snapshot_of(srv: Server, hash_hex: str) -> Any:
+def _snapshot_of(srv: Server, hash_hex: str) -> Snapshot | None:
     try:
         return repo.load_snapshot(srv.data_dir, hash_hex)
     except (repo.RepoError, SnapshotError):
@@ -216,7 +244,7 @@ async def _serve_span(request: Request, srv: Server, snap: Any, start: int, size
 async def pkg_content(request: Request) -> Response:
     srv: Server = request.app.state.server
     hash_hex = docs.parse_hash(request.path_params["hash"])
-    snap = await srv.db(_snapshot_of, srv, hash_hex)
+    snap = await srv.snapshot(hash_hex)
     if snap is None:
         return xml_error(404, f"no package with hash {hash_hex}")
     return await _serve_span(request, srv, snap, 0, snap.total_size)
@@ -230,7 +258,7 @@ async def pkg_file(request: Request) -> Response:
         safe_relpath(relpath)
     except UnsafePath as exc:
         return xml_error(400, str(exc))
-    snap = await srv.db(_snapshot_of, srv, hash_hex)
+    snap = await srv.snapshot(hash_hex)
     if snap is None:
         return xml_error(404, f"no package with hash {hash_hex}")
     # Only names listed in the signed snapshot are served: nothing else is reachable.
@@ -244,6 +272,7 @@ async def pkg_snapshot(request: Request) -> Response:
     srv: Server = request.app.state.server
     hash_hex = docs.parse_hash(request.path_params["hash"])
     try:
+        await srv.snapshot(hash_hex)
         body = await srv.db(repo.snapshot_xml, srv.data_dir, hash_hex)
     except repo.RepoError:
         return xml_error(404, f"no package with hash {hash_hex}")
@@ -286,9 +315,15 @@ def create_app(
     mode: Mode = "notification",
     site: str | None = None,
     public_url: str | None = None,
+    upstream: str | None = None,
+    trust: TrustStore | None = None,
 ) -> Starlette:
-    """The ASGI app for one data directory. Serve it with :func:`server_stub.serve.serve`."""
-    srv = Server(data_dir, mode, site, public_url)
+    """The ASGI app for one data directory. Serve it with :func:`server_stub.serve.serve`.
+
+    A package server given ``upstream`` (the Notification Server's URL) and ``trust`` (its
+    signing key) fetches and verifies packages it does not hold on first request.
+    """
+    srv = Server(data_dir, mode, site, public_url, upstream, trust)
     pkg_methods = ["GET", "HEAD"]
     routes = [
         Route("/pkg/{hash}/content", pkg_content, methods=pkg_methods),

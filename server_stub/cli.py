@@ -12,7 +12,8 @@ into the store or the repository. Commands::
     mcast-ns task add --package N --command C --targets G1,G2 [...]
     mcast-ns settings show | settings set KEY VALUE Agent Settings of the policy
     mcast-ns status [--json]                        task status per computer
-    mcast-ns serve --bind 127.0.0.1:0 [--mode package-server --site S]
+    mcast-ns serve --bind 127.0.0.1:0 [--mode package-server --site S
+                   [--upstream NS_URL --trust NS_DATA/signing.pub]]
 
 Every command takes ``--data DIR`` (default: $MCAST_NS_DATA, else ./ns-data). ``serve``
 prints the bound URL (``http://HOST:PORT``) as its first line on stdout.
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import trio
 
-from mcast.snapshot import SnapshotError
+from mcast.snapshot import SnapshotError, TrustStore, load_public_key
 
 from . import repo
 from .docs import BadRequest, parse_guid
@@ -162,7 +163,18 @@ async def _serve_main(args: argparse.Namespace) -> None:
     from .app import create_app
     from .serve import serve
 
-    app = create_app(_data_dir(args), mode=args.mode, site=args.site, public_url=args.public_url)
+    trust = None
+    if args.upstream:
+        pem = Path(args.trust) if args.trust else _data_dir(args) / repo.PUB_NAME
+        trust = TrustStore.of(load_public_key(pem.read_bytes()))
+    app = create_app(
+        _data_dir(args),
+        mode=args.mode,
+        site=args.site,
+        public_url=args.public_url,
+        upstream=args.upstream,
+        trust=trust,
+    )
     async with trio.open_nursery() as nursery:
         url = await nursery.start(partial(serve, app, args.bind))
         print(url, flush=True)
@@ -182,6 +194,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _check_bind(args.bind)
     if args.mode == "package-server" and not args.site:
         raise StoreError("--mode package-server needs --site")
+    if args.upstream and args.mode != "package-server":
+        raise StoreError("--upstream is for --mode package-server")
+    if args.upstream:
+        pem = Path(args.trust) if args.trust else _data_dir(args) / repo.PUB_NAME
+        if not pem.is_file():
+            raise StoreError(f"--upstream needs the upstream's public key: --trust PEM ({pem})")
     data = _data_dir(args)
     if args.mode == "package-server":
         (data / "packages").mkdir(parents=True, exist_ok=True)
@@ -255,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--mode", default="notification", choices=["notification", "package-server"])
     a.add_argument("--site", help="the site a package server serves")
     a.add_argument("--public-url", help="base URL agents reach this server at")
+    a.add_argument("--upstream", help="package server: fetch missing packages from this URL")
+    a.add_argument("--trust", help="PEM public key that signs upstream snapshots")
     a.add_argument("-v", "--verbose", action="store_true")
     a.set_defaults(fn=cmd_serve)
     return p

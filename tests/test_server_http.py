@@ -390,3 +390,28 @@ async def test_package_server_mode_serves_only_content(pop: Populated):
         assert r.status_code == 404
         r = await c.post("/PostEvent.aspx", content=b"<Event/>")
         assert r.status_code == 404
+
+
+async def test_package_server_replicates_from_upstream_and_verifies(
+    pop: Populated, url: str, tmp_path: Path
+):
+    trust = TrustStore.of(load_public_key((pop.data_dir / repo.PUB_NAME).read_bytes()))
+    ps_dir = tmp_path / "ps"
+    (ps_dir / "packages").mkdir(parents=True)
+    app = create_app(ps_dir, mode="package-server", site="lab", upstream=url, trust=trust)
+    h = pop.package.hash
+    async with running_server(app) as base, httpx.AsyncClient(base_url=base, timeout=20) as c:
+        r = await c.get(f"/pkg/{h}/content", headers={"Range": "bytes=65536-"})
+        assert r.status_code == 206 and r.content == full_content(pop)[65536:]
+        assert (ps_dir / "packages" / h / "files" / "sub" / "small.txt").exists()
+        r = await c.get(f"/pkg/{'1' * 64}/content")
+        assert r.status_code == 404
+    # an upstream whose content does not match its signed snapshot is refused
+    (pop.data_dir / "packages" / h / "files" / "big.bin").write_bytes(b"\0" * PACKAGE_BYTES)
+    other = tmp_path / "ps2"
+    (other / "packages").mkdir(parents=True)
+    app = create_app(other, mode="package-server", site="lab", upstream=url, trust=trust)
+    async with running_server(app) as base, httpx.AsyncClient(base_url=base, timeout=20) as c:
+        r = await c.get(f"/pkg/{h}/files/sub/small.txt")
+        assert r.status_code == 404
+    assert not (other / "packages" / h).exists()
