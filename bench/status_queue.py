@@ -4,8 +4,10 @@ Starts ``mcast-ns serve`` as a subprocess on a fresh data directory, lets ``--cl
 concurrent trio/httpx clients post ``--events`` status events (each retried until
 acknowledged), SIGKILLs the server once ``--kill-at`` events are acknowledged, restarts it on
 the same port and data directory, waits until the queue is drained, and prints one JSON
-object: events, clients, killed_at, acked, duplicates (acks of already stored events, i.e.
-retries after the crash), rows, processed, counted, lost, twice, wall_s. A correct server
+object: events, clients, killed_at (events acknowledged when killed), stored_at_kill and
+pending_at_kill (rows on disk right after the kill, and how many of them were not yet
+processed), acked, duplicates (acks of events already stored: retries across the crash),
+retries, rows, processed, counted, lost, twice, computers_ok, wall_s. A correct server
 has rows == processed == counted == events and lost == twice == 0.
 
     python -m bench.status_queue --events 1000 --clients 50 --kill-at 500
@@ -44,6 +46,7 @@ class Run:
     retries: int = 0
     errors: list[str] = field(default_factory=list)
     killed_at: int | None = None
+    at_kill: dict[str, int] = field(default_factory=dict)
     restarted: trio.Event = field(default_factory=trio.Event)
     reached: trio.Event = field(default_factory=trio.Event)
 
@@ -102,6 +105,8 @@ async def _killer(run: Run) -> None:
     await run.reached.wait()
     run.killed_at = run.acked
     run.server.kill9()
+    fig = queue_figures(run.server.data_dir)
+    run.at_kill = {"rows": fig["rows"], "pending": fig["rows"] - fig["processed"]}
     await trio.to_thread.run_sync(run.server.start)
 
 
@@ -158,6 +163,8 @@ async def run_crash_test(
         "events": events,
         "clients": clients,
         "killed_at": run.killed_at,
+        "stored_at_kill": run.at_kill.get("rows"),
+        "pending_at_kill": run.at_kill.get("pending"),
         "acked": run.acked,
         "duplicates": run.duplicates,
         "retries": run.retries,

@@ -170,6 +170,7 @@ async def test_range_download_resumes_a_partial_fetch(pop: Populated, client: ht
             if len(partial) >= 200_000:
                 break  # "connection lost" part-way through
     assert 0 < len(partial) < PACKAGE_BYTES
+    print(f"range resume: {len(partial)} bytes before the abort")
     rest = await client.get(path, headers={"Range": f"bytes={len(partial)}-"})
     assert rest.status_code == 206
     size = PACKAGE_BYTES + 21
