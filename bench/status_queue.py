@@ -1,0 +1,200 @@
+"""Crash test of the durable status event queue, from the command line.
+
+Starts ``mcast-ns serve`` as a subprocess on a fresh data directory, lets ``--clients``
+concurrent trio/httpx clients post ``--events`` status events (each retried until
+acknowledged), SIGKILLs the server once ``--kill-at`` events are acknowledged, restarts it on
+the same port and data directory, waits until the queue is drained, and prints one JSON
+object: events, clients, killed_at (events acknowledged when killed), stored_at_kill and
+pending_at_kill (rows on disk right after the kill, and how many of them were not yet
+processed), acked, duplicates (acks of events already stored: retries across the crash),
+retries, rows, processed, counted, lost, twice, computers_ok, wall_s. A correct server
+has rows == processed == counted == events and lost == twice == 0.
+
+    python -m bench.status_queue --events 1000 --clients 50 --kill-at 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from server_stub.docs import event_xml
+from server_stub.store import DB_NAME, EventRecord
+from server_stub.testing import ServerProcess, populate
+
+STATES = ("downloading", "downloaded", "running", "succeeded")
+
+
+@dataclass
+class Run:
+    server: ServerProcess
+    kill_at: int
+    acked: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    retries: int = 0
+    errors: list[str] = field(default_factory=list)
+    killed_at: int | None = None
+    at_kill: dict[str, int] = field(default_factory=dict)
+    restarted: trio.Event = field(default_factory=trio.Event)
+    reached: trio.Event = field(default_factory=trio.Event)
+
+
+def _events_for(computer: str, task_id: str, n: int) -> list[EventRecord]:
+    base = time.time()
+    return [
+        EventRecord(
+            event_id=str(uuid.uuid4()),
+            computer=computer,
+            task_id=task_id,
+            state=STATES[min(i, len(STATES) - 1)],
+            exit_code=0 if i == n - 1 else None,
+            bytes_multicast=1000 * i,
+            bytes_http=10 * i,
+            message=f"event {i} of {computer[:8]}",
+            agent_time=base + i * 0.001,
+        )
+        for i in range(n)
+    ]
+
+
+async def _post_until_acked(client: httpx.AsyncClient, run: Run, body: bytes) -> None:
+    while True:
+        try:
+            resp = await client.post(f"{run.server.url}/PostEvent.aspx", content=body)
+        except httpx.TransportError:
+            run.retries += 1
+            await trio.sleep(0.05)
+            continue
+        if resp.status_code >= 500:
+            run.retries += 1
+            await trio.sleep(0.05)
+            continue
+        if resp.status_code != 200:
+            run.errors.append(f"{resp.status_code}: {resp.text[:200]}")
+            return
+        run.acked += 1
+        if 'result="duplicate"' in resp.text:
+            run.duplicates += 1
+        else:
+            run.stored += 1
+        if run.acked >= run.kill_at:
+            run.reached.set()
+        return
+
+
+async def _client(run: Run, events: list[EventRecord]) -> None:
+    timeout = httpx.Timeout(10.0, connect=2.0)
+    async with httpx.AsyncClient(timeout=timeout) as client:
+        for ev in events:
+            await _post_until_acked(client, run, event_xml(ev))
+
+
+async def _killer(run: Run) -> None:
+    await run.reached.wait()
+    run.killed_at = run.acked
+    run.server.kill9()
+    fig = queue_figures(run.server.data_dir)
+    run.at_kill = {"rows": fig["rows"], "pending": fig["rows"] - fig["processed"]}
+    await trio.to_thread.run_sync(run.server.start)
+
+
+def queue_figures(data_dir: Path) -> dict[str, Any]:
+    db = sqlite3.connect(f"file:{data_dir / DB_NAME}?mode=ro", uri=True)
+    try:
+        rows, processed = db.execute(
+            "SELECT count(*), coalesce(sum(processed), 0) FROM events"
+        ).fetchone()
+        counted = db.execute("SELECT coalesce(sum(events), 0) FROM task_status").fetchone()[0]
+        per = dict(db.execute("SELECT computer, events FROM task_status").fetchall())
+    finally:
+        db.close()
+    return {"rows": rows, "processed": processed, "counted": counted, "per_computer": per}
+
+
+async def wait_drained(data_dir: Path, limit_s: float) -> dict[str, Any]:
+    """Poll the server's database (another process) until no event is pending."""
+    deadline = trio.current_time() + limit_s
+    fig = queue_figures(data_dir)
+    while fig["processed"] < fig["rows"] and trio.current_time() < deadline:
+        await trio.sleep(0.05)
+        fig = queue_figures(data_dir)
+    return fig
+
+
+async def run_crash_test(
+    data_dir: Path, *, events: int = 1000, clients: int = 50, kill_at: int | None = None
+) -> dict[str, Any]:
+    """The whole scenario; returns the figures (see the module docstring)."""
+    per_client = events // clients
+    if per_client * clients != events:
+        raise ValueError("events must be a multiple of clients")
+    fixture = populate(data_dir, computers=clients, package_bytes=1000)
+    server = ServerProcess(data_dir)
+    await trio.to_thread.run_sync(server.start)
+    run = Run(server, kill_at if kill_at is not None else events // 2)
+    t0 = time.monotonic()
+    try:
+        async with trio.open_nursery() as nursery:
+            if 0 < run.kill_at <= events:
+                nursery.start_soon(_killer, run)
+            async with trio.open_nursery() as posting:
+                for guid in fixture.computers:
+                    posting.start_soon(_client, run, _events_for(guid, fixture.task_id, per_client))
+            run.reached.set()  # let the killer finish if the threshold was never reached
+        await wait_drained(data_dir, limit_s=30)
+        wall = time.monotonic() - t0
+    finally:
+        server.stop()
+    fig = queue_figures(data_dir)
+    per = fig.pop("per_computer")
+    return {
+        "events": events,
+        "clients": clients,
+        "killed_at": run.killed_at,
+        "stored_at_kill": run.at_kill.get("rows"),
+        "pending_at_kill": run.at_kill.get("pending"),
+        "acked": run.acked,
+        "duplicates": run.duplicates,
+        "retries": run.retries,
+        "errors": run.errors[:5],
+        **fig,
+        "lost": events - fig["rows"],
+        "twice": fig["counted"] - fig["rows"],
+        "computers_ok": sum(1 for g in fixture.computers if per.get(g) == per_client),
+        "wall_s": round(wall, 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--events", type=int, default=1000)
+    p.add_argument("--clients", type=int, default=50)
+    p.add_argument("--kill-at", type=int, default=None, help="acked events before SIGKILL")
+    p.add_argument("--data", type=Path, default=None, help="data dir (default: a temp dir)")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="status-queue-") as tmp:
+        data = args.data or Path(tmp) / "ns"
+        out = trio.run(
+            lambda: run_crash_test(
+                data, events=args.events, clients=args.clients, kill_at=args.kill_at
+            )
+        )
+    print(json.dumps(out))
+    ok = out["lost"] == 0 and out["twice"] == 0 and out["processed"] == out["events"]
+    return 0 if ok and not out["errors"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,362 @@
+"""The Starlette application: every HTTP endpoint of the Notification Server and package server.
+
+This module owns routing, the mapping of client errors to 4xx XML answers, the package content
+responses (whole or one byte range, streamed in chunks from the stored files), and the
+lifespan task that runs the status event processor. Business rules live in the store
+(SQL), the repository (files on disk) and docs (XML); handlers only glue them.
+
+Two modes: ``notification`` (all endpoints) and ``package-server`` (only ``/pkg/...``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import anyio
+import anyio.to_thread
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from mcast.snapshot import Snapshot, SnapshotError, TrustStore, UnsafePath, safe_relpath
+
+from . import docs, repo
+from .events import EventProcessor
+from .ranges import RangeError, parse_range
+from .replica import ReplicaError, replicate
+from .store import Store, StoreError
+
+log = logging.getLogger("server_stub")
+XML = "application/xml"
+Mode = Literal["notification", "package-server"]
+T = TypeVar("T")
+
+
+def xml_error(status: int, message: str) -> Response:
+    return Response(docs.error_xml(status, message), status_code=status, media_type=XML)
+
+
+class Server:
+    """State shared by the handlers: the data directory, the store, the mode."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        mode: Mode,
+        site: str | None,
+        public_url: str | None,
+        upstream: str | None = None,
+        trust: TrustStore | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.upstream = upstream
+        self.trust = trust
+        self._replicating: dict[str, anyio.Lock] = {}
+        self.mode = mode
+        self.site = site
+        self.public_url = public_url.rstrip("/") + "/" if public_url else None
+        if not (self.data_dir / repo.KEY_NAME).exists() and mode == "notification":
+            raise FileNotFoundError(f"{self.data_dir} is not initialised (run `mcast-ns init`)")
+        self.store = Store(self.data_dir) if mode == "notification" else None
+        self.processor = EventProcessor(self.store) if self.store else None
+
+    async def db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await anyio.to_thread.run_sync(partial(fn, *args))
+
+    def base_url(self, request: Request) -> str:
+        return self.public_url or str(request.base_url)
+
+    async def snapshot(self, hash_hex: str) -> Snapshot | None:
+        """The snapshot of a stored package; a package server replicates it on first use."""
+        snap = await self.db(_snapshot_of, self, hash_hex)
+        if snap is not None or self.upstream is None or self.trust is None:
+            return snap
+        lock = self._replicating.setdefault(hash_hex, anyio.Lock())
+        async with lock:
+            snap = await self.db(_snapshot_of, self, hash_hex)
+            if snap is None:
+                try:
+                    snap = await self.db(
+                        replicate, self.data_dir, self.upstream, hash_hex, self.trust
+                    )
+                except ReplicaError as exc:
+                    log.warning("replication of %s failed: %s", hash_hex, exc)
+                    return None
+        return snap
+
+    def ns(self) -> Store:
+        assert self.store is not None
+        return self.store
+
+
+# -- Notification Server endpoints ----------------------------------------------------
+
+
+async def get_client_policies(request: Request) -> Response:
+    srv: Server = request.app.state.server
+    guid = docs.parse_guid(request.query_params.get("guid"), "guid")
+    store = srv.ns()
+    if not await srv.db(store.computer_exists, guid):
+        return xml_error(404, f"unknown computer {guid}")
+    settings = await srv.db(store.settings)
+    tasks = await srv.db(store.tasks_for, guid)
+    items = [
+        docs.PolicyTask(t, await srv.db(partial(store.latest_package, package_id=t.package_id)))
+        for t in tasks
+    ]
+    return Response(docs.policy_xml(guid, settings, items), media_type=XML)
+
+
+def _codebases(
+    srv: Server, request: Request, site: str | None, totaltime: int
+) -> list[docs.Codebase]:
+    store = srv.ns()
+    settings = store.settings()
+    limit = int(settings.get("MaxAgentDownloadTryingTimeMins") or 0)
+    if limit > 0 and totaltime > limit:
+        ns_site = settings.get("serverSite") or ""
+        servers = store.pkgservers(ns_site) if ns_site else []
+    else:
+        servers = store.pkgservers(site) if site else []
+    if not servers:
+        servers = [(srv.base_url(request), settings.get("serverSite") or "")]
+    return [docs.Codebase(url.rstrip("/") + "/pkg/{hash}/", s) for url, s in servers]
+
+
+async def get_package_info(request: Request) -> Response:
+    srv: Server = request.app.state.server
+    q = request.query_params
+    computer = docs.parse_guid(q.get("computer"), "computer")
+    package_id = docs.parse_guid(q.get("package"), "package")
+    ip = docs.parse_ip(q.get("ip"))
+    totaltime = docs.parse_nonneg_int(q.get("totaltime"), "totaltime", default=0)
+    store = srv.ns()
+    if not await srv.db(store.computer_exists, computer):
+        return xml_error(404, f"unknown computer {computer}")
+    package = await srv.db(partial(store.latest_package, package_id=package_id))
+    if package is None:
+        return xml_error(404, f"unknown package {package_id}")
+    site = await srv.db(store.site_of, ip)
+    codebases = await srv.db(_codebases, srv, request, site, totaltime)
+    codebases = [docs.Codebase(c.url.format(hash=package.hash), c.site) for c in codebases]
+    snap = await srv.db(repo.load_snapshot, srv.data_dir, package.hash)
+    snapshot_url = f"{srv.base_url(request)}getSnapshot.asp?package={package.package_id}"
+    body = docs.package_info_xml(package, snapshot_url, codebases, site, snap.block_size)
+    return Response(body, media_type=XML)
+
+
+async def get_snapshot(request: Request) -> Response:
+    srv: Server = request.app.state.server
+    package_id = docs.parse_guid(request.query_params.get("package"), "package")
+    package = await srv.db(partial(srv.ns().latest_package, package_id=package_id))
+    if package is None:
+        return xml_error(404, f"unknown package {package_id}")
+    return Response(await srv.db(repo.snapshot_xml, srv.data_dir, package.hash), media_type=XML)
+
+
+async def _read_capped(request: Request, cap: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise docs.BadRequest(f"body is larger than {cap} bytes", 413)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > cap:
+            raise docs.BadRequest(f"body is larger than {cap} bytes", 413)
+    return bytes(body)
+
+
+async def post_event(request: Request) -> Response:
+    srv: Server = request.app.state.server
+    ev = docs.parse_event_untrusted(await _read_capped(request, docs.MAX_EVENT_BYTES))
+    store = srv.ns()
+    if not await srv.db(store.computer_exists, ev.computer):
+        return xml_error(404, f"unknown computer {ev.computer}")
+    if not await srv.db(store.is_target, ev.task_id, ev.computer):
+        return xml_error(404, f"task {ev.task_id} is not assigned to computer {ev.computer}")
+    try:
+        stored = await srv.db(store.record_event, ev)
+    except StoreError as exc:
+        return xml_error(409, str(exc))
+    # The event is committed (fsynced) at this point; only now do we acknowledge it.
+    assert srv.processor is not None
+    srv.processor.wake()
+    return Response(docs.event_ack_xml(ev.event_id, stored), media_type=XML)
+
+
+# -- package content (both modes) ----------------------------------------------------
+
+
+async def _stream(pieces: list[tuple[Path, int, int]]) -> AsyncIterator[bytes]:
+    chunks = repo.read_chunks(pieces)
+    try:
+        while True:
+            chunk = await anyio.to_thread.run_sync(next, chunks, None)
+            if chunk is None:
+                return
+            yield chunk
+    finally:
+        chunks.close()
+
+
+def _snapshot_of(srv: Server, hash_hex: str) -> Snapshot | None:
+    try:
+        return repo.load_snapshot(srv.data_dir, hash_hex)
+    except (repo.RepoError, SnapshotError):
+        return None
+
+
+async def _serve_span(request: Request, srv: Server, snap: Any, start: int, size: int) -> Response:
+    """Answer with content bytes [start, start+size) of the package, honouring Range."""
+    etag = f'"{snap.package_hash_hex}-{start}-{size}"'
+    headers = {"Accept-Ranges": "bytes", "ETag": etag, "Cache-Control": "public, max-age=31536000"}
+    header = request.headers.get("range")
+    if_range = request.headers.get("if-range")
+    if header is not None and if_range is not None and if_range != etag:
+        header = None  # the client's copy is of another version: send it all
+    try:
+        rng = parse_range(header, size)
+    except RangeError as exc:
+        if exc.status == 416:
+            headers["Content-Range"] = f"bytes */{size}"
+        resp = xml_error(exc.status, str(exc))
+        resp.headers.update(headers)
+        return resp
+    status, lo, hi = 200, 0, size
+    if rng is not None:
+        status, lo, hi = 206, rng.start, rng.end
+        headers["Content-Range"] = rng.content_range(size)
+    headers["Content-Length"] = str(hi - lo)
+    media = "application/octet-stream"
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers, media_type=media)
+    pieces = list(repo.content_pieces(srv.data_dir, snap, start + lo, start + hi))
+    return StreamingResponse(_stream(pieces), status_code=status, headers=headers, media_type=media)
+
+
+async def pkg_content(request: Request) -> Response:
+    srv: Server = request.app.state.server
+    hash_hex = docs.parse_hash(request.path_params["hash"])
+    snap = await srv.snapshot(hash_hex)
+    if snap is None:
+        return xml_error(404, f"no package with hash {hash_hex}")
+    return await _serve_span(request, srv, snap, 0, snap.total_size)
+
+
+async def pkg_file(request: Request) -> Response:
+    srv: Server = request.app.state.server
+    hash_hex = docs.parse_hash(request.path_params["hash"])
+    relpath = request.path_params["relpath"]
+    try:
+        safe_relpath(relpath)
+    except UnsafePath as exc:
+        return xml_error(400, str(exc))
+    snap = await srv.snapshot(hash_hex)
+    if snap is None:
+        return xml_error(404, f"no package with hash {hash_hex}")
+    # Only names listed in the signed snapshot are served: nothing else is reachable.
+    for entry, offset in snap.file_spans():
+        if entry.path == relpath:
+            return await _serve_span(request, srv, snap, offset, entry.size)
+    return xml_error(404, f"package {hash_hex} has no file {relpath[:200]!r}")
+
+
+async def pkg_snapshot(request: Request) -> Response:
+    srv: Server = request.app.state.server
+    hash_hex = docs.parse_hash(request.path_params["hash"])
+    try:
+        await srv.snapshot(hash_hex)
+        body = await srv.db(repo.snapshot_xml, srv.data_dir, hash_hex)
+    except repo.RepoError:
+        return xml_error(404, f"no package with hash {hash_hex}")
+    return Response(body, media_type=XML)
+
+
+async def health(request: Request) -> Response:
+    srv: Server = request.app.state.server
+    return Response(f"ok {srv.mode}\n", media_type="text/plain")
+
+
+# -- errors -----------------------------------------------------------------------------
+
+
+async def _bad_request(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, docs.BadRequest)
+    return xml_error(exc.status, str(exc))
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return xml_error(exc.status_code, str(exc.detail))
+
+
+async def _disconnect(request: Request, exc: Exception) -> Response:
+    return xml_error(400, "client disconnected")
+
+
+async def _internal(request: Request, exc: Exception) -> Response:
+    log.exception("internal error on %s", request.url.path, exc_info=exc)
+    return xml_error(500, "internal server error")
+
+
+# -- assembly --------------------------------------------------------------------------
+
+
+def create_app(
+    data_dir: Path,
+    *,
+    mode: Mode = "notification",
+    site: str | None = None,
+    public_url: str | None = None,
+    upstream: str | None = None,
+    trust: TrustStore | None = None,
+) -> Starlette:
+    """The ASGI app for one data directory. Serve it with :func:`server_stub.serve.serve`.
+
+    A package server given ``upstream`` (the Notification Server's URL) and ``trust`` (its
+    signing key) fetches and verifies packages it does not hold on first request.
+    """
+    srv = Server(data_dir, mode, site, public_url, upstream, trust)
+    pkg_methods = ["GET", "HEAD"]
+    routes = [
+        Route("/pkg/{hash}/content", pkg_content, methods=pkg_methods),
+        Route("/pkg/{hash}/files/{relpath:path}", pkg_file, methods=pkg_methods),
+        Route("/pkg/{hash}/snapshot.xml", pkg_snapshot, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+    ]
+    if mode == "notification":
+        routes += [
+            Route("/GetClientPolicies.aspx", get_client_policies, methods=["GET"]),
+            Route("/getPackageInfo.aspx", get_package_info, methods=["GET"]),
+            Route("/getSnapshot.asp", get_snapshot, methods=["GET"]),
+            Route("/PostEvent.aspx", post_event, methods=["POST"]),
+            Route("/status", post_event, methods=["POST"]),
+        ]
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with anyio.create_task_group() as tg:
+            if srv.processor is not None:
+                tg.start_soon(srv.processor.run)
+            yield
+            tg.cancel_scope.cancel()
+
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            docs.BadRequest: _bad_request,
+            HTTPException: _http_exception,
+            ClientDisconnect: _disconnect,
+            Exception: _internal,
+        },
+    )
+    app.state.server = srv
+    return app

@@ -1,0 +1,293 @@
+"""``mcast-ns``: the admin command line of the Notification Server and package servers.
+
+This module owns argument parsing and the presentation of results; every action is a call
+into the store or the repository. Commands::
+
+    mcast-ns init                                   create DATA (store + signing key)
+    mcast-ns package add DIR --name N               copy, hash and sign a package version
+    mcast-ns package list
+    mcast-ns site add NAME --subnet CIDR [...]      a site owns subnets
+    mcast-ns pkgserver add --site S --url U         a package server of a site
+    mcast-ns computer add GUID [--name NAME]        optional: tasks register their targets
+    mcast-ns task add --package N --command C --targets G1,G2 [...]
+    mcast-ns settings show | settings set KEY VALUE Agent Settings of the policy
+    mcast-ns status [--json]                        task status per computer
+    mcast-ns serve --bind 127.0.0.1:0 [--mode package-server --site S
+                   [--upstream NS_URL --trust NS_DATA/signing.pub]]
+
+Every command takes ``--data DIR`` (default: $MCAST_NS_DATA, else ./ns-data). ``serve``
+prints the bound URL (``http://HOST:PORT``) as its first line on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import uuid
+from functools import partial
+from pathlib import Path
+
+import trio
+
+from mcast.snapshot import SnapshotError, TrustStore, load_public_key
+
+from . import repo
+from .docs import BadRequest, parse_guid
+from .store import Store, StoreError, TaskRow
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    return Path(args.data or os.environ.get("MCAST_NS_DATA") or "ns-data")
+
+
+def _open(args: argparse.Namespace) -> Store:
+    data = _data_dir(args)
+    if not (data / repo.KEY_NAME).exists():
+        raise SystemExit(f"mcast-ns: {data} is not initialised; run `mcast-ns init --data {data}`")
+    return Store(data)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    data = _data_dir(args)
+    repo.init_data_dir(data).close()
+    print(f"initialised {data} (public key: {data / repo.PUB_NAME})")
+    return 0
+
+
+def cmd_package_add(args: argparse.Namespace) -> int:
+    store = _open(args)
+    result = repo.add_package(store, Path(args.dir), args.name)
+    row = result.row
+    verb = "added" if result.changed else "unchanged, kept"
+    print(
+        f"{verb} package {row.name!r} id {row.package_id} version {row.version} "
+        f"hash {row.hash} size {row.size}"
+    )
+    return 0
+
+
+def cmd_package_list(args: argparse.Namespace) -> int:
+    for row in _open(args).packages():
+        print(f"{row.name}\t{row.package_id}\tv{row.version}\t{row.size}\t{row.hash}")
+    return 0
+
+
+def cmd_site_add(args: argparse.Namespace) -> int:
+    _open(args).add_site(args.name, args.subnet or [])
+    print(f"site {args.name!r}: {', '.join(args.subnet or []) or 'no subnets'}")
+    return 0
+
+
+def cmd_pkgserver_add(args: argparse.Namespace) -> int:
+    url = args.url.rstrip("/") + "/"
+    if not url.startswith(("http://", "https://")):
+        raise StoreError(f"{args.url!r} is not an http(s) URL")
+    _open(args).add_pkgserver(args.site, url)
+    print(f"package server {url} serves site {args.site!r}")
+    return 0
+
+
+def cmd_computer_add(args: argparse.Namespace) -> int:
+    guid = parse_guid(args.guid, "computer")
+    _open(args).add_computer(guid, args.name or "")
+    print(f"computer {guid}")
+    return 0
+
+
+def cmd_task_add(args: argparse.Namespace) -> int:
+    store = _open(args)
+    package = store.latest_package(name=args.package)
+    if package is None:
+        raise StoreError(f"unknown package {args.package!r} (add it with `package add`)")
+    targets = [parse_guid(t, "target") for t in args.targets.split(",") if t.strip()]
+    if not targets:
+        raise StoreError("--targets needs at least one computer GUID")
+    task = TaskRow(
+        task_id=str(uuid.uuid4()),
+        package_id=package.package_id,
+        command=args.command,
+        schedule=args.schedule,
+        credentials=args.credentials,
+        run_from=args.run_from,
+    )
+    store.add_task(task, targets)
+    print(f"task {task.task_id} runs {package.name!r} on {len(targets)} computer(s)")
+    return 0
+
+
+def cmd_settings_show(args: argparse.Namespace) -> int:
+    for key, value in sorted(_open(args).settings().items()):
+        print(f"{key} = {value}")
+    return 0
+
+
+def cmd_settings_set(args: argparse.Namespace) -> int:
+    _open(args).set_setting(args.key, args.value)
+    print(f"{args.key} = {args.value}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    store = _open(args)
+    rows = store.task_status()
+    counts = store.queue_counts()
+    if args.json:
+        print(json.dumps({"queue": counts, "status": [r.__dict__ for r in rows]}))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"task status ({counts['processed']}/{counts['events']} events processed)")
+    for col in ("task", "package", "computer", "state", "exit", "multicast", "http", "events"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r.task_id[:8],
+            r.package_name,
+            r.computer_name or r.computer,
+            r.state,
+            "" if r.exit_code is None else str(r.exit_code),
+            str(r.bytes_multicast),
+            str(r.bytes_http),
+            str(r.events),
+        )
+    Console().print(table)
+    return 0
+
+
+async def _serve_main(args: argparse.Namespace) -> None:
+    from .app import create_app
+    from .serve import serve
+
+    trust = None
+    if args.upstream:
+        pem = Path(args.trust) if args.trust else _data_dir(args) / repo.PUB_NAME
+        trust = TrustStore.of(load_public_key(pem.read_bytes()))
+    app = create_app(
+        _data_dir(args),
+        mode=args.mode,
+        site=args.site,
+        public_url=args.public_url,
+        upstream=args.upstream,
+        trust=trust,
+    )
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(partial(serve, app, args.bind))
+        print(url, flush=True)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
+
+
+def _check_bind(bind: str) -> None:
+    host, sep, port = bind.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise StoreError(f"--bind {bind!r}: expected HOST:PORT, e.g. 127.0.0.1:0")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    _check_bind(args.bind)
+    if args.mode == "package-server" and not args.site:
+        raise StoreError("--mode package-server needs --site")
+    if args.upstream and args.mode != "package-server":
+        raise StoreError("--upstream is for --mode package-server")
+    if args.upstream:
+        pem = Path(args.trust) if args.trust else _data_dir(args) / repo.PUB_NAME
+        if not pem.is_file():
+            raise StoreError(f"--upstream needs the upstream's public key: --trust PEM ({pem})")
+    data = _data_dir(args)
+    if args.mode == "package-server":
+        (data / "packages").mkdir(parents=True, exist_ok=True)
+    else:
+        _open(args).close()
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    trio.run(_serve_main, args)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data", help="data directory (default $MCAST_NS_DATA or ./ns-data)")
+    p = argparse.ArgumentParser(prog="mcast-ns", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    sub.add_parser("init", parents=[common], help="create the data directory").set_defaults(
+        fn=cmd_init
+    )
+
+    pkg = sub.add_parser("package", help="packages").add_subparsers(dest="sub", required=True)
+    a = pkg.add_parser("add", parents=[common], help="add or update a package")
+    a.add_argument("dir", help="directory (or single file) with the package's files")
+    a.add_argument("--name", required=True)
+    a.set_defaults(fn=cmd_package_add)
+    pkg.add_parser("list", parents=[common]).set_defaults(fn=cmd_package_list)
+
+    site = sub.add_parser("site", help="sites").add_subparsers(dest="sub", required=True)
+    a = site.add_parser("add", parents=[common], help="add a site, or subnets to a site")
+    a.add_argument("name")
+    a.add_argument("--subnet", action="append", help="CIDR owned by the site (repeatable)")
+    a.set_defaults(fn=cmd_site_add)
+
+    ps = sub.add_parser("pkgserver", help="package servers").add_subparsers(
+        dest="sub", required=True
+    )
+    a = ps.add_parser("add", parents=[common], help="register a package server of a site")
+    a.add_argument("--site", required=True)
+    a.add_argument("--url", required=True, help="base URL, e.g. http://127.0.0.1:8081/")
+    a.set_defaults(fn=cmd_pkgserver_add)
+
+    comp = sub.add_parser("computer", help="computers").add_subparsers(dest="sub", required=True)
+    a = comp.add_parser("add", parents=[common], help="register a computer GUID")
+    a.add_argument("guid")
+    a.add_argument("--name")
+    a.set_defaults(fn=cmd_computer_add)
+
+    task = sub.add_parser("task", help="tasks").add_subparsers(dest="sub", required=True)
+    a = task.add_parser("add", parents=[common], help="run a package on computers")
+    a.add_argument("--package", required=True, help="package name")
+    a.add_argument("--command", required=True, help="command line to run")
+    a.add_argument("--targets", required=True, help="comma-separated computer GUIDs")
+    a.add_argument("--schedule", default="asap", help="asap, or an ISO 8601 time")
+    a.add_argument("--credentials", default="system", help="credentials reference")
+    a.add_argument("--run-from", default="agent", choices=["agent", "server"])
+    a.set_defaults(fn=cmd_task_add)
+
+    st = sub.add_parser("settings", help="Agent Settings").add_subparsers(dest="sub", required=True)
+    st.add_parser("show", parents=[common]).set_defaults(fn=cmd_settings_show)
+    a = st.add_parser("set", parents=[common])
+    a.add_argument("key")
+    a.add_argument("value")
+    a.set_defaults(fn=cmd_settings_set)
+
+    a = sub.add_parser("status", parents=[common], help="task status per computer")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(fn=cmd_status)
+
+    a = sub.add_parser("serve", parents=[common], help="serve over HTTP")
+    a.add_argument("--bind", default="127.0.0.1:0", help="HOST:PORT (port 0: pick one)")
+    a.add_argument("--mode", default="notification", choices=["notification", "package-server"])
+    a.add_argument("--site", help="the site a package server serves")
+    a.add_argument("--public-url", help="base URL agents reach this server at")
+    a.add_argument("--upstream", help="package server: fetch missing packages from this URL")
+    a.add_argument("--trust", help="PEM public key that signs upstream snapshots")
+    a.add_argument("-v", "--verbose", action="store_true")
+    a.set_defaults(fn=cmd_serve)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except (StoreError, repo.RepoError, SnapshotError, BadRequest) as exc:
+        print(f"mcast-ns: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

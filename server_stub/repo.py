@@ -1,0 +1,182 @@
+"""The package repository on disk: what ``package add`` writes and the servers read.
+
+Layout of a data directory::
+
+    DATA/ns.sqlite3                  the store (see store.py)
+    DATA/signing.key                 Ed25519 private key that signs snapshots (0600)
+    DATA/signing.pub                 its public half, for agents' trust stores
+    DATA/packages/<hash>/snapshot.xml   the signed snapshot of one package version
+    DATA/packages/<hash>/files/...      a private copy of the package's files
+
+A package version is immutable once renamed into place under its hash: the files are copied
+into a staging directory first and the snapshot is built from the copy, so what is served is
+exactly what was hashed. This module owns that layout, adding packages, and reading byte
+ranges of a package's content (the concatenation of its files in snapshot order) in chunks.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import uuid
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from mcast.snapshot import (
+    Snapshot,
+    build_snapshot,
+    generate_key,
+    load_private_key,
+    parse_snapshot_xml,
+    public_key_pem,
+    save_private_key,
+)
+
+from .store import PackageRow, Store
+
+KEY_NAME = "signing.key"
+PUB_NAME = "signing.pub"
+CHUNK = 256 * 1024
+
+
+class RepoError(Exception):
+    """A package could not be added or read."""
+
+
+def init_data_dir(data_dir: Path) -> Store:
+    """Create the data directory, the store and the signing key (idempotent)."""
+    data_dir = Path(data_dir)
+    (data_dir / "packages").mkdir(parents=True, exist_ok=True)
+    key_path = data_dir / KEY_NAME
+    if not key_path.exists():
+        key = generate_key()
+        save_private_key(key, key_path)
+        (data_dir / PUB_NAME).write_bytes(public_key_pem(key.public_key()))
+    return Store(data_dir)
+
+
+def package_dir(data_dir: Path, hash_hex: str) -> Path:
+    return Path(data_dir) / "packages" / hash_hex
+
+
+@dataclass(frozen=True)
+class AddResult:
+    row: PackageRow
+    changed: bool  # False: the content equals the newest version, nothing was added
+
+
+def _same_content(old: Snapshot, new: Snapshot) -> bool:
+    return (
+        old.content_hash == new.content_hash
+        and [(f.path, f.size) for f in old.files] == [(f.path, f.size) for f in new.files]
+        and old.block_size == new.block_size
+    )
+
+
+def add_package(store: Store, source: Path, name: str) -> AddResult:
+    """Copy ``source`` (file or directory), build and sign its snapshot, register it.
+
+    The package keeps its id across versions; a changed content gets version + 1 and a new
+    hash. Re-adding unchanged content is a no-op that returns the current version.
+    """
+    data_dir = store.data_dir
+    source = Path(source)
+    if not source.exists():
+        raise RepoError(f"{source} does not exist")
+    key = load_private_key(data_dir / KEY_NAME)
+    staging = data_dir / "packages" / f".staging-{uuid.uuid4().hex}"
+    files = staging / "files"
+    try:
+        if source.is_dir():
+            shutil.copytree(source, files, symlinks=True)
+        else:
+            files.mkdir(parents=True)
+            shutil.copy2(source, files / source.name)
+        current = store.latest_package(name=name)
+        version = current.version + 1 if current else 1
+        snap = build_snapshot(files, name, version=version)
+        if current is not None:
+            old = load_snapshot(data_dir, current.hash)
+            if _same_content(old, snap):
+                return AddResult(current, changed=False)
+        signed = snap.signed(key)
+        (staging / "snapshot.xml").write_bytes(signed.to_xml())
+        _fsync_tree(staging)
+        final = package_dir(data_dir, signed.package_hash_hex)
+        os.rename(staging, final)
+        row = PackageRow(
+            hash=signed.package_hash_hex,
+            package_id=current.package_id if current else str(uuid.uuid4()),
+            name=name,
+            version=version,
+            size=signed.total_size,
+            content_hash=signed.content_hash.hex(),
+            session_key=secrets.token_hex(32),
+        )
+        store.add_package(row)
+        return AddResult(row, changed=True)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _dirs, names in os.walk(root):
+        for n in names:
+            fd = os.open(os.path.join(dirpath, n), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+@lru_cache(maxsize=256)
+def _load_snapshot_cached(path: str, mtime_ns: int) -> Snapshot:
+    return parse_snapshot_xml(Path(path).read_bytes())
+
+
+def load_snapshot(data_dir: Path, hash_hex: str) -> Snapshot:
+    """The parsed snapshot of a stored package version (cached). Raises RepoError if absent."""
+    path = package_dir(data_dir, hash_hex) / "snapshot.xml"
+    try:
+        st = path.stat()
+    except OSError:
+        raise RepoError(f"no package with hash {hash_hex}") from None
+    return _load_snapshot_cached(str(path), st.st_mtime_ns)
+
+
+def snapshot_xml(data_dir: Path, hash_hex: str) -> bytes:
+    try:
+        return (package_dir(data_dir, hash_hex) / "snapshot.xml").read_bytes()
+    except OSError:
+        raise RepoError(f"no package with hash {hash_hex}") from None
+
+
+def content_pieces(
+    data_dir: Path, snap: Snapshot, start: int, end: int
+) -> Iterator[tuple[Path, int, int]]:
+    """(file, offset in file, length) pieces covering content bytes [start, end)."""
+    files_root = package_dir(data_dir, snap.package_hash_hex) / "files"
+    for entry, offset in snap.file_spans():
+        lo, hi = max(start, offset), min(end, offset + entry.size)
+        if lo < hi:
+            yield files_root.joinpath(*entry.path.split("/")), lo - offset, hi - lo
+
+
+def read_chunks(
+    pieces: list[tuple[Path, int, int]], chunk: int = CHUNK
+) -> Generator[bytes, None, None]:
+    """Read the pieces in order, ``chunk`` bytes at a time (a blocking generator)."""
+    for path, offset, length in pieces:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            left = length
+            while left > 0:
+                data = fh.read(min(chunk, left))
+                if not data:
+                    raise RepoError(f"{path} is shorter than its snapshot says")
+                left -= len(data)
+                yield data

@@ -1,0 +1,478 @@
+"""The embedded store: one SQLite database per data directory.
+
+This module owns the schema and every SQL statement of the server: agent settings, sites and
+their subnets, package servers, packages (one row per signed version), tasks and their target
+computers, the status event queue and the task status it is processed into.
+
+Durability rules: the database runs in WAL mode with ``synchronous=FULL`` and every write is
+an explicit ``BEGIN IMMEDIATE ... COMMIT``, so a write that returned is on disk. One
+:class:`Store` holds one connection guarded by a lock; the HTTP app calls it from worker
+threads, the CLI calls it directly.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+DB_NAME = "ns.sqlite3"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sites (
+    name TEXT PRIMARY KEY
+);
+CREATE TABLE IF NOT EXISTS subnets (
+    cidr TEXT PRIMARY KEY,
+    site TEXT NOT NULL REFERENCES sites(name)
+);
+CREATE TABLE IF NOT EXISTS pkgservers (
+    url  TEXT PRIMARY KEY,
+    site TEXT NOT NULL REFERENCES sites(name)
+);
+CREATE TABLE IF NOT EXISTS packages (
+    hash        TEXT PRIMARY KEY,
+    package_id  TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    size        INTEGER NOT NULL,
+    content_hash TEXT NOT NULL,
+    session_key TEXT NOT NULL,
+    added       REAL NOT NULL,
+    UNIQUE (package_id, version)
+);
+CREATE INDEX IF NOT EXISTS packages_by_name ON packages(name, version);
+CREATE TABLE IF NOT EXISTS computers (
+    guid TEXT PRIMARY KEY,
+    name TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id     TEXT PRIMARY KEY,
+    package_id  TEXT NOT NULL,
+    command     TEXT NOT NULL,
+    schedule    TEXT NOT NULL,
+    credentials TEXT NOT NULL,
+    run_from    TEXT NOT NULL,
+    created     REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS task_targets (
+    task_id  TEXT NOT NULL REFERENCES tasks(task_id),
+    computer TEXT NOT NULL REFERENCES computers(guid),
+    PRIMARY KEY (task_id, computer)
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id   TEXT NOT NULL UNIQUE,
+    digest     TEXT NOT NULL,
+    computer   TEXT NOT NULL,
+    task_id    TEXT NOT NULL,
+    state      TEXT NOT NULL,
+    exit_code  INTEGER,
+    bytes_multicast INTEGER NOT NULL,
+    bytes_http INTEGER NOT NULL,
+    message    TEXT NOT NULL,
+    agent_time REAL NOT NULL,
+    received   REAL NOT NULL,
+    processed  INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS events_unprocessed ON events(processed, seq);
+CREATE TABLE IF NOT EXISTS task_status (
+    computer   TEXT NOT NULL,
+    task_id    TEXT NOT NULL,
+    state      TEXT NOT NULL,
+    exit_code  INTEGER,
+    bytes_multicast INTEGER NOT NULL,
+    bytes_http INTEGER NOT NULL,
+    message    TEXT NOT NULL,
+    agent_time REAL NOT NULL,
+    events     INTEGER NOT NULL,
+    updated    REAL NOT NULL,
+    PRIMARY KEY (computer, task_id)
+);
+"""
+
+DEFAULT_SETTINGS: dict[str, str] = {
+    "multicastEnabled": "true",
+    "minMulticastSize": str(1024 * 1024),
+    "maxSessionsPerSubnet": "2",
+    "SpeedTestCodebases": "1",
+    "MaxAgentDownloadTryingTimeMins": "0",  # 0 = off, as in the seed
+    "checkInIntervalMins": "60",
+    "serverSite": "",  # the site the Notification Server itself belongs to
+}
+
+
+class StoreError(Exception):
+    """A store operation was refused (unknown name, duplicate, bad value)."""
+
+
+@dataclass(frozen=True)
+class PackageRow:
+    hash: str
+    package_id: str
+    name: str
+    version: int
+    size: int
+    content_hash: str
+    session_key: str
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    task_id: str
+    package_id: str
+    command: str
+    schedule: str
+    credentials: str
+    run_from: str
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """One status event as the agent sent it (validated by the caller)."""
+
+    event_id: str
+    computer: str
+    task_id: str
+    state: str
+    exit_code: int | None
+    bytes_multicast: int
+    bytes_http: int
+    message: str
+    agent_time: float
+
+    def digest(self) -> str:
+        """Identity of the content, to tell a retry from a different event reusing an id."""
+        return "|".join(
+            str(v)
+            for v in (
+                self.computer,
+                self.task_id,
+                self.state,
+                self.exit_code,
+                self.bytes_multicast,
+                self.bytes_http,
+                self.message,
+                repr(self.agent_time),
+            )
+        )
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    computer: str
+    computer_name: str
+    task_id: str
+    package_name: str
+    state: str
+    exit_code: int | None
+    bytes_multicast: int
+    bytes_http: int
+    events: int
+    message: str
+
+
+class Store:
+    """One SQLite connection to ``DATA/ns.sqlite3`` with the server's operations."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.path = self.data_dir / DB_NAME
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        with self._write() as db:
+            for stmt in SCHEMA.split(";"):
+                if stmt.strip():
+                    db.execute(stmt)
+            for key, value in DEFAULT_SETTINGS.items():
+                db.execute("INSERT OR IGNORE INTO settings VALUES (?, ?)", (key, value))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One durable transaction: committed (fsynced) on exit, rolled back on error."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield self._db
+
+    # -- settings ----------------------------------------------------------------------
+    def settings(self) -> dict[str, str]:
+        with self._read() as db:
+            return dict(db.execute("SELECT key, value FROM settings").fetchall())
+
+    def set_setting(self, key: str, value: str) -> None:
+        if key not in DEFAULT_SETTINGS:
+            raise StoreError(f"unknown setting {key!r}; known: {', '.join(DEFAULT_SETTINGS)}")
+        with self._write() as db:
+            db.execute("UPDATE settings SET value = ? WHERE key = ?", (value, key))
+
+    # -- sites, subnets, package servers -----------------------------------------------
+    def add_site(self, name: str, subnets: list[str]) -> None:
+        nets = []
+        for cidr in subnets:
+            try:
+                nets.append(str(ipaddress.ip_network(cidr, strict=False)))
+            except ValueError:
+                raise StoreError(f"{cidr!r} is not a subnet in CIDR form") from None
+        with self._write() as db:
+            db.execute("INSERT OR IGNORE INTO sites VALUES (?)", (name,))
+            for net in nets:
+                owner = db.execute("SELECT site FROM subnets WHERE cidr = ?", (net,)).fetchone()
+                if owner and owner[0] != name:
+                    raise StoreError(f"subnet {net} already belongs to site {owner[0]!r}")
+                db.execute("INSERT OR IGNORE INTO subnets VALUES (?, ?)", (net, name))
+
+    def sites(self) -> dict[str, list[str]]:
+        with self._read() as db:
+            out: dict[str, list[str]] = {n: [] for (n,) in db.execute("SELECT name FROM sites")}
+            for cidr, site in db.execute("SELECT cidr, site FROM subnets ORDER BY cidr"):
+                out[site].append(cidr)
+            return out
+
+    def site_of(self, ip: str) -> str | None:
+        """The site owning the most specific subnet that contains ``ip``."""
+        addr = ipaddress.ip_address(ip)
+        best: tuple[int, str] | None = None
+        with self._read() as db:
+            rows = db.execute("SELECT cidr, site FROM subnets").fetchall()
+        for cidr, site in rows:
+            net = ipaddress.ip_network(cidr)
+            if (
+                net.version == addr.version
+                and addr in net
+                and (best is None or net.prefixlen > best[0])
+            ):
+                best = (net.prefixlen, site)
+        return best[1] if best else None
+
+    def add_pkgserver(self, site: str, url: str) -> None:
+        with self._write() as db:
+            if not db.execute("SELECT 1 FROM sites WHERE name = ?", (site,)).fetchone():
+                raise StoreError(f"unknown site {site!r} (add it with `site add`)")
+            db.execute("INSERT OR REPLACE INTO pkgservers VALUES (?, ?)", (url, site))
+
+    def pkgservers(self, site: str | None = None) -> list[tuple[str, str]]:
+        """(url, site) pairs, of one site or of all."""
+        with self._read() as db:
+            if site is None:
+                return db.execute("SELECT url, site FROM pkgservers ORDER BY url").fetchall()
+            return db.execute(
+                "SELECT url, site FROM pkgservers WHERE site = ? ORDER BY url", (site,)
+            ).fetchall()
+
+    # -- packages ----------------------------------------------------------------------
+    def add_package(self, row: PackageRow) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO packages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    row.hash,
+                    row.package_id,
+                    row.name,
+                    row.version,
+                    row.size,
+                    row.content_hash,
+                    row.session_key,
+                    time.time(),
+                ),
+            )
+
+    _PKG_COLS = "hash, package_id, name, version, size, content_hash, session_key"
+
+    def latest_package(
+        self, *, name: str | None = None, package_id: str | None = None
+    ) -> PackageRow | None:
+        """The newest version of a package, looked up by name or by package id."""
+        col, value = ("name", name) if name is not None else ("package_id", package_id)
+        with self._read() as db:
+            row = db.execute(
+                f"SELECT {self._PKG_COLS} FROM packages WHERE {col} = ? "
+                "ORDER BY version DESC LIMIT 1",
+                (value,),
+            ).fetchone()
+        return PackageRow(*row) if row else None
+
+    def package_by_hash(self, hash_hex: str) -> PackageRow | None:
+        with self._read() as db:
+            row = db.execute(
+                f"SELECT {self._PKG_COLS} FROM packages WHERE hash = ?", (hash_hex,)
+            ).fetchone()
+        return PackageRow(*row) if row else None
+
+    def packages(self) -> list[PackageRow]:
+        with self._read() as db:
+            rows = db.execute(
+                f"SELECT {self._PKG_COLS} FROM packages ORDER BY name, version"
+            ).fetchall()
+        return [PackageRow(*r) for r in rows]
+
+    # -- computers and tasks -----------------------------------------------------------
+    def add_computer(self, guid: str, name: str = "") -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO computers VALUES (?, ?) "
+                "ON CONFLICT(guid) DO UPDATE SET name = excluded.name WHERE excluded.name != ''",
+                (guid, name),
+            )
+
+    def computer_exists(self, guid: str) -> bool:
+        with self._read() as db:
+            return (
+                db.execute("SELECT 1 FROM computers WHERE guid = ?", (guid,)).fetchone() is not None
+            )
+
+    def add_task(self, task: TaskRow, targets: list[str]) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    task.task_id,
+                    task.package_id,
+                    task.command,
+                    task.schedule,
+                    task.credentials,
+                    task.run_from,
+                    time.time(),
+                ),
+            )
+            for guid in targets:
+                db.execute("INSERT OR IGNORE INTO computers (guid) VALUES (?)", (guid,))
+                db.execute("INSERT OR IGNORE INTO task_targets VALUES (?, ?)", (task.task_id, guid))
+
+    def tasks_for(self, guid: str) -> list[TaskRow]:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT t.task_id, t.package_id, t.command, t.schedule, t.credentials, t.run_from "
+                "FROM tasks t JOIN task_targets g ON g.task_id = t.task_id "
+                "WHERE g.computer = ? ORDER BY t.created",
+                (guid,),
+            ).fetchall()
+        return [TaskRow(*r) for r in rows]
+
+    def is_target(self, task_id: str, guid: str) -> bool:
+        with self._read() as db:
+            return (
+                db.execute(
+                    "SELECT 1 FROM task_targets WHERE task_id = ? AND computer = ?",
+                    (task_id, guid),
+                ).fetchone()
+                is not None
+            )
+
+    # -- status event queue ------------------------------------------------------------
+    def record_event(self, ev: EventRecord) -> bool:
+        """Store an event durably. True if new, False if this exact event was already stored.
+
+        Raises StoreError if the id was already used for a different event.
+        """
+        digest = ev.digest()
+        with self._write() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO events (event_id, digest, computer, task_id, state, "
+                "exit_code, bytes_multicast, bytes_http, message, agent_time, received) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    ev.event_id,
+                    digest,
+                    ev.computer,
+                    ev.task_id,
+                    ev.state,
+                    ev.exit_code,
+                    ev.bytes_multicast,
+                    ev.bytes_http,
+                    ev.message,
+                    ev.agent_time,
+                    time.time(),
+                ),
+            )
+            if cur.rowcount == 1:
+                return True
+            (stored,) = db.execute(
+                "SELECT digest FROM events WHERE event_id = ?", (ev.event_id,)
+            ).fetchone()
+        if stored != digest:
+            raise StoreError(f"event id {ev.event_id} was already used for a different event")
+        return False
+
+    def process_events(self, limit: int = 500) -> int:
+        """Fold up to ``limit`` unprocessed events into task_status; returns how many.
+
+        The fold and the ``processed`` mark are one transaction: after a crash an event is
+        either fully counted and marked, or neither.
+        """
+        now = time.time()
+        with self._write() as db:
+            rows = db.execute(
+                "SELECT seq, computer, task_id, state, exit_code, bytes_multicast, bytes_http, "
+                "message, agent_time FROM events WHERE processed = 0 ORDER BY seq LIMIT ?",
+                (limit,),
+            ).fetchall()
+            for seq, computer, task_id, state, code, bmc, bhttp, msg, atime in rows:
+                # Count every event; the newest by agent time decides state and figures.
+                db.execute(
+                    "INSERT INTO task_status VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?) "
+                    "ON CONFLICT(computer, task_id) DO UPDATE SET "
+                    "events = events + 1, updated = excluded.updated, "
+                    "state = iif(excluded.agent_time >= agent_time, excluded.state, state), "
+                    "exit_code = iif(excluded.agent_time >= agent_time, excluded.exit_code, "
+                    "exit_code), "
+                    "bytes_multicast = iif(excluded.agent_time >= agent_time, "
+                    "excluded.bytes_multicast, bytes_multicast), "
+                    "bytes_http = iif(excluded.agent_time >= agent_time, excluded.bytes_http, "
+                    "bytes_http), "
+                    "message = iif(excluded.agent_time >= agent_time, excluded.message, message), "
+                    "agent_time = max(agent_time, excluded.agent_time)",
+                    (computer, task_id, state, code, bmc, bhttp, msg, atime, now),
+                )
+                db.execute("UPDATE events SET processed = 1 WHERE seq = ?", (seq,))
+        return len(rows)
+
+    def queue_counts(self) -> dict[str, int]:
+        with self._read() as db:
+            total, done = db.execute(
+                "SELECT count(*), coalesce(sum(processed), 0) FROM events"
+            ).fetchone()
+            counted = db.execute("SELECT coalesce(sum(events), 0) FROM task_status").fetchone()[0]
+        return {"events": total, "processed": done, "pending": total - done, "counted": counted}
+
+    def task_status(self) -> list[StatusRow]:
+        """One row per (task, target computer); "pending" where no event was processed yet."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT g.computer, coalesce(c.name, ''), g.task_id, "
+                "coalesce((SELECT p.name FROM packages p WHERE p.package_id = t.package_id "
+                "  LIMIT 1), ''), "
+                "coalesce(s.state, 'pending'), s.exit_code, coalesce(s.bytes_multicast, 0), "
+                "coalesce(s.bytes_http, 0), coalesce(s.events, 0), coalesce(s.message, '') "
+                "FROM task_targets g JOIN tasks t ON t.task_id = g.task_id "
+                "LEFT JOIN computers c ON c.guid = g.computer "
+                "LEFT JOIN task_status s ON s.computer = g.computer AND s.task_id = g.task_id "
+                "ORDER BY t.created, g.computer"
+            ).fetchall()
+        return [StatusRow(*r) for r in rows]
