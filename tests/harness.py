@@ -72,10 +72,15 @@ def simulate(
     net.add(
         "sender",
         lambda now: Sender(
-            snap, BytesSource(data), session_id=0xC0FFEE, sender_id=7, now=now, key=key,
+            snap,
+            BytesSource(data),
+            session_id=0xC0FFEE,
+            sender_id=7,
+            now=now,
+            key=key,
             config=scfg,
         ),
-    )  # fmt: skip
+    )
     names = []
     for i, link in enumerate(links):
         name = f"r{i}"
@@ -85,12 +90,16 @@ def simulate(
         net.add(
             name,
             lambda now, i=i: Receiver(
-                snap, receiver_id=100 + i, now=now, rng=random.Random(seed * 1000 + i), key=key,
+                snap,
+                receiver_id=100 + i,
+                now=now,
+                rng=random.Random(seed * 1000 + i),
+                key=key,
                 config=receiver_config,
             ),
             start_at=(starts[i] if starts else 0.0),
             link=link,
-        )  # fmt: skip
+        )
     for name, factory in (extra_nodes or {}).items():
         net.add(name, factory)
 

@@ -33,9 +33,12 @@ links = st.builds(
 def test_every_receiver_ends_with_exactly_the_package(size, links, starts, seed, units_per_block):
     data = random.Random(seed).randbytes(size)
     cfg = SenderConfig(
-        packet_size=256, units_per_block=units_per_block, rate_bps=20_000_000,
-        burst_bytes=8192, linger=1.0,
-    )  # fmt: skip
+        packet_size=256,
+        units_per_block=units_per_block,
+        rate_bps=20_000_000,
+        burst_bytes=8192,
+        linger=1.0,
+    )
     run = simulate(data, links, seed=seed, starts=starts, sender_config=cfg)
     assert run.failed == {}
     assert set(run.completed) == set(run.outputs)
@@ -120,10 +123,24 @@ def test_resumed_receiver_fetches_only_missing_units():
     from mcast.simnet import SimNet
 
     net = SimNet(seed=1)
-    net.add("sender", lambda now: Sender(snap, BytesSource(data), session_id=9, sender_id=1,
-                                         now=now, config=SenderConfig(packet_size=256)))  # fmt: skip
-    net.add("r", lambda now: Receiver(snap, receiver_id=5, now=now, verified_units=have,
-                                      load_unit=load_unit), link=Link(loss=0.1))  # fmt: skip
+    net.add(
+        "sender",
+        lambda now: Sender(
+            snap,
+            BytesSource(data),
+            session_id=9,
+            sender_id=1,
+            now=now,
+            config=SenderConfig(packet_size=256),
+        ),
+    )
+    net.add(
+        "r",
+        lambda now: Receiver(
+            snap, receiver_id=5, now=now, verified_units=have, load_unit=load_unit
+        ),
+        link=Link(loss=0.1),
+    )
     seen = []
     net.on_event = lambda now, name, ev: seen.append(ev)
     net.run(30.0, lambda: net.nodes["r"].core is not None and net.core("r").complete)
@@ -155,8 +172,14 @@ def test_feedback_flood_from_one_source_is_rate_limited():
     snap = make_snapshot(data)
     from mcast.sender import BytesSource, Sender
 
-    s = Sender(snap, BytesSource(data), session_id=1, sender_id=1, now=0.0,
-               config=SenderConfig(packet_size=256))  # fmt: skip
+    s = Sender(
+        snap,
+        BytesSource(data),
+        session_id=1,
+        sender_id=1,
+        now=0.0,
+        config=SenderConfig(packet_size=256),
+    )
     s.datagrams_to_send(0.0)
     nak = wire.encode(wire.Nak(1, 66, (wire.NakEntry(0, 3, 0),)))
     for _ in range(10_000):
@@ -170,8 +193,14 @@ def test_nak_cannot_ask_for_more_than_a_block():
     snap = make_snapshot(data)
     from mcast.sender import BytesSource, Sender
 
-    s = Sender(snap, BytesSource(data), session_id=1, sender_id=1, now=0.0,
-               config=SenderConfig(packet_size=256, rate_bps=0))  # fmt: skip
+    s = Sender(
+        snap,
+        BytesSource(data),
+        session_id=1,
+        sender_id=1,
+        now=0.0,
+        config=SenderConfig(packet_size=256, rate_bps=0),
+    )
     while not s.pass_done:
         s.datagrams_to_send(0.0)
     k = s.geometry.k(0)

@@ -116,12 +116,18 @@ def test_receivers_ignore_other_packages_and_sessions():
 
     class OtherSender(Forger):
         def _forge_everything(self, a: wire.Announce) -> None:
-            fake = wire.Announce(**{**{f: getattr(a, f) for f in a.__slots__},
-                                    "session": a.session + 1, "package_hash": b"\x01" * 32})  # fmt: skip
+            fake = wire.Announce(
+                **{
+                    **{f: getattr(a, f) for f in a.__slots__},
+                    "session": a.session + 1,
+                    "package_hash": b"\x01" * 32,
+                }
+            )
             self.out.append(wire.encode(fake))
             for i in range(20):
-                self.out.append(wire.encode_shard(wire.MsgType.DATA, a.session + 1, 0, i,
-                                                  other[:256], None))  # fmt: skip
+                self.out.append(
+                    wire.encode_shard(wire.MsgType.DATA, a.session + 1, 0, i, other[:256], None)
+                )
             self.forged = 21
 
     run = simulate(data, [Link()] * 2, key=None, extra_nodes={"mallory": OtherSender})

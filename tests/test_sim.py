@@ -10,9 +10,16 @@ from bench.sim import main
 def test_sim_prints_the_required_figures(capsys):
     assert main(["--receivers", "5", "--loss", "0.02", "--size", "300000", "--seed", "3"]) == 0
     out = json.loads(capsys.readouterr().out)
-    for key in ("receivers", "completed", "all_bytes_verified", "source_packets",
-                "data_packets_sent", "repair_packets_sent", "nak_packets_sent",
-                "virtual_seconds"):  # fmt: skip
+    for key in (
+        "receivers",
+        "completed",
+        "all_bytes_verified",
+        "source_packets",
+        "data_packets_sent",
+        "repair_packets_sent",
+        "nak_packets_sent",
+        "virtual_seconds",
+    ):
         assert key in out
     assert out["receivers"] == out["completed"] == 5
     assert out["all_bytes_verified"] is True
