@@ -26,12 +26,13 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,9 @@ def rate_text(bps: int) -> str:
         if bps % div == 0:
             return f"{bps // div}{unit}"
     return f"{bps}bit"
+
+
+DEFAULT_MCAST_CMD = (PY, "-m", "mcast.cli")
 
 
 def mcast_cli_has_send() -> tuple[bool, str]:
@@ -203,19 +207,23 @@ def run_http(lab: Lab, pkg: Package, work: Path, timeout: float,
             and entry.get("bytes") == size
         per.append(entry)
     done_times = [f[0] for f in finals.values() if f and f[1].get("event") == "done"]
-    return {"size": size, "per_receiver": per, "t_end": max(done_times, default=None),
+    return {"per_receiver": per, "t_end": max(done_times, default=None),
             "t0": t0, "sender_tx_bytes": after["tx_bytes"] - before["tx_bytes"],
             "sender_tx_packets": after["tx_packets"] - before["tx_packets"]}
 
 
 def run_multicast(lab: Lab, pkg: Package, work: Path, timeout: float, keep_going: bool,
-                  sender_rate: str | None) -> dict[str, Any]:
-    ok, why = mcast_cli_has_send()
-    if not ok:
-        raise LabError(f"multicast mode unavailable: {why}")
+                  sender_rate: str | None,
+                  mcast_cmd: Sequence[str] | None = None) -> dict[str, Any]:
+    """The engine run via its CLI contract (``mcast_cmd`` replaces ``python -m mcast.cli``)."""
+    if mcast_cmd is None:
+        ok, why = mcast_cli_has_send()
+        if not ok:
+            raise LabError(f"multicast mode unavailable: {why}")
+    cli = list(mcast_cmd or DEFAULT_MCAST_CMD)
     snap, key = work / "snapshot.xml", work / "lab.key"
     # In h0: the snapshot step needs no network, and in a lab host it could not reach any.
-    lab.exec("h0", [PY, "-m", "mcast.cli", "snapshot", str(pkg.root), "-o", str(snap),
+    lab.exec("h0", [*cli, "snapshot", str(pkg.root), "-o", str(snap),
                     "--key", str(key)], timeout=max(120, pkg.total / 20e6))
     pub = key.with_name(key.name + ".pub")
     common = ["--snapshot", str(snap), "--group", MCAST_GROUP, "--port", str(MCAST_PORT),
@@ -224,14 +232,14 @@ def run_multicast(lab: Lab, pkg: Package, work: Path, timeout: float, keep_going
     for host in lab.receiver_hosts:
         out = work / host
         out.mkdir()
-        receivers[host] = lab.popen(host, [PY, "-m", "mcast.cli", "recv", "--trust-key",
+        receivers[host] = lab.popen(host, [*cli, "recv", "--trust-key",
                                            str(pub), "--out", str(out), "--interface",
                                            lab.addr(host), *common])
     _wait_joined(lab, receivers, MCAST_GROUP, 60)
     rate = ["--rate", sender_rate] if sender_rate else []
     before = lab.link_stats("h0")
     t0 = time.monotonic()
-    sender = lab.popen("h0", [PY, "-m", "mcast.cli", "send", str(pkg.root), "--key-file",
+    sender = lab.popen("h0", [*cli, "send", str(pkg.root), "--key-file",
                               str(key), "--interface", lab.addr("h0"), *rate, *common])
     finals = _wait_all(receivers, lambda o: o.get("event") == "done", t0 + timeout, keep_going)
     with contextlib.suppress(Exception):
@@ -246,7 +254,7 @@ def run_multicast(lab: Lab, pkg: Package, work: Path, timeout: float, keep_going
         per.append(entry)
     done_times = [f[0] for f in finals.values() if f]
     sender_last = sender.last_json()
-    return {"size": pkg.total, "per_receiver": per, "t_end": max(done_times, default=None),
+    return {"per_receiver": per, "t_end": max(done_times, default=None),
             "t0": t0, "sender_tx_bytes": after["tx_bytes"] - before["tx_bytes"],
             "sender_tx_packets": after["tx_packets"] - before["tx_packets"],
             "sender": sender_last[1] if sender_last else {"error": sender.describe()},
@@ -275,7 +283,8 @@ def _wait_joined(lab: Lab, receivers: dict[str, Proc], group: str, timeout: floa
 def run_lab(receivers: int, size: int, rate_bps: int | None, loss: float, mode: str, *,
             keep_going: bool = False, timeout: float | None = None,
             workdir: str | None = None, sender_rate: str | None = None,
-            loss_proto: str = "udp") -> dict[str, Any]:
+            loss_proto: str = "udp",
+            mcast_cmd: Sequence[str] | None = None) -> dict[str, Any]:
     """Build the lab, run one distribution, tear everything down; return the report dict."""
     line_rate_s = size * 8 / rate_bps if rate_bps else None
     if timeout is None:
@@ -293,7 +302,8 @@ def run_lab(receivers: int, size: int, rate_bps: int | None, loss: float, mode: 
             if mode == "http":
                 res = run_http(lab, pkg, work, timeout, keep_going)
             else:
-                res = run_multicast(lab, pkg, work, timeout, keep_going, sender_rate)
+                res = run_multicast(lab, pkg, work, timeout, keep_going, sender_rate,
+                                    mcast_cmd)
         leftovers = lab.leftovers()  # after close: must be empty
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -340,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="wait for every receiver even after one failed")
     ap.add_argument("--timeout", type=float, default=None, help="seconds (default from size/rate)")
     ap.add_argument("--sender-rate", default=None, help="multicast --rate (default: the link rate)")
+    ap.add_argument("--mcast-cmd", default=None,
+                    help="engine CLI command (default: 'python -m mcast.cli')")
     ap.add_argument("--workdir", default=None, help="where the temp package dir goes")
     ap.add_argument("--json", action="store_true", help="compact one-line JSON")
     args = ap.parse_args(argv)
@@ -366,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         report = run_lab(args.receivers, size, rate_bps, args.loss, args.mode,
                          keep_going=args.keep_going, timeout=args.timeout,
                          workdir=args.workdir, sender_rate=args.sender_rate,
-                         loss_proto=args.loss_proto)
+                         loss_proto=args.loss_proto,
+                         mcast_cmd=shlex.split(args.mcast_cmd) if args.mcast_cmd else None)
     except LabError as exc:
         report = {"mode": args.mode, "receivers": args.receivers, "size": size,
                   "rate_bps": rate_bps, "loss": args.loss, "completed": False,
