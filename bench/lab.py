@@ -44,6 +44,7 @@ from bench.labnet import (
     cleanup_stale,
     parse_rate,
     parse_size,
+    pid_alive,
     run,
 )
 
@@ -53,6 +54,7 @@ MCAST_GROUP = "239.255.77.1"
 MCAST_PORT = 47000
 BIG_NAME = "payload.bin"
 _CHUNK = 1 << 20
+WORKDIR_PREFIX = "mcast-lab-"
 
 
 # ---------------------------------------------------------------- the package
@@ -104,6 +106,18 @@ def check_tree(outdir: Path, pkg: Package) -> bool | None:
 
 
 # ---------------------------------------------------------------- helpers
+
+def cleanup_stale_workdirs(parent: str | None = None) -> list[str]:
+    """Remove temp dirs of crashed runs (``mcast-lab-<pid>-*`` whose pid is dead)."""
+    removed = []
+    base = Path(parent or tempfile.gettempdir())
+    for path in base.glob(f"{WORKDIR_PREFIX}*-*"):
+        pid = path.name[len(WORKDIR_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and path.is_dir() and not pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(str(path))
+    return removed
+
 
 def rate_text(bps: int) -> str:
     for div, unit in ((10**9, "gbit"), (10**6, "mbit"), (10**3, "kbit")):
@@ -292,7 +306,7 @@ def run_lab(receivers: int, size: int, rate_bps: int | None, loss: float, mode: 
         timeout = 60 + 5 * (line_rate_s or size * 8 / 1e9) * copies
     if sender_rate is None and rate_bps:
         sender_rate = rate_text(rate_bps)
-    work = Path(tempfile.mkdtemp(prefix="mcast-lab-", dir=workdir))
+    work = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-", dir=workdir))
     try:
         t_gen = time.monotonic()
         pkg = make_package(work / "pkg", size)
@@ -369,9 +383,10 @@ def main(argv: list[str] | None = None) -> int:
     def on_term(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if inherited as ignored
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
-    stale = cleanup_stale()
+    stale = cleanup_stale() + cleanup_stale_workdirs(args.workdir)
     if stale:
         print(f"lab: removed stale {stale}", file=sys.stderr)
     try:
@@ -380,6 +395,10 @@ def main(argv: list[str] | None = None) -> int:
                          workdir=args.workdir, sender_rate=args.sender_rate,
                          loss_proto=args.loss_proto,
                          mcast_cmd=shlex.split(args.mcast_cmd) if args.mcast_cmd else None)
+    except KeyboardInterrupt:
+        print(json.dumps({"mode": args.mode, "completed": False, "verified": False,
+                          "error": "interrupted"}), flush=True)
+        return 130
     except LabError as exc:
         report = {"mode": args.mode, "receivers": args.receivers, "size": size,
                   "rate_bps": rate_bps, "loss": args.loss, "completed": False,

@@ -131,7 +131,7 @@ def netns_list() -> list[str]:
         return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -164,7 +164,7 @@ def cleanup_stale(prefix: str = PREFIX) -> list[str]:
     """Remove namespaces/links of crashed lab runs (owner pid dead); return what was removed."""
     name_re = re.compile(rf"^{re.escape(prefix)}(\d+)_(\d+)-")
     stale = [ns for ns in netns_list()
-             if (m := name_re.match(ns)) and not _pid_alive(int(m.group(1)))]
+             if (m := name_re.match(ns)) and not pid_alive(int(m.group(1)))]
     _delete_netns(stale)
     # We never create links in the root namespace, but a crashed older build might have.
     out = run(["ip", "-j", "link", "show"], check=False).stdout.strip()
@@ -172,7 +172,7 @@ def cleanup_stale(prefix: str = PREFIX) -> list[str]:
     with contextlib.suppress(ValueError):
         links = [entry["ifname"] for entry in json.loads(out or "[]")]
     for link in links:
-        if (m := name_re.match(link)) and not _pid_alive(int(m.group(1))):
+        if (m := name_re.match(link)) and not pid_alive(int(m.group(1))):
             run(["ip", "link", "delete", link], check=False)
             stale.append(link)
     return stale

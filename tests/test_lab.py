@@ -18,7 +18,7 @@ import pytest
 
 from bench import labnet
 from bench.http_serve import parse_range
-from bench.lab import mcast_cli_has_send, rate_text, run_lab
+from bench.lab import cleanup_stale_workdirs, mcast_cli_has_send, rate_text, run_lab
 from bench.labnet import (
     Lab,
     cleanup_stale,
@@ -433,3 +433,14 @@ def test_multicast_plumbing_with_fake_engine(tmp_path: Path) -> None:
     # a carousel at 2 % loss needs ~3 passes; the real engine's parity repair must do better
     assert 1.0 < rep["sender_tx_copies"] < 4.5, rep
     assert rep["wall_s"] >= 0.9 * rep["line_rate_s"]
+
+
+def test_cleanup_stale_workdirs(tmp_path: Path) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f"mcast-lab-{dead.pid}-abc"
+    live = tmp_path / f"mcast-lab-{os.getpid()}-abc"
+    for d in (stale, live):
+        (d / "pkg").mkdir(parents=True)
+    assert cleanup_stale_workdirs(str(tmp_path)) == [str(stale)]
+    assert not stale.exists() and live.exists()
