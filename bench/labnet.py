@@ -437,6 +437,11 @@ class Lab:
         self._ip(ns, "route", "add", MCAST_ROUTE, "dev", "eth0")
         # Per-datagram loss needs software segmentation before the wire (DESIGN.md).
         run(["ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tx-udp-segmentation", "off"])
+        if self.loss > 0 and self.loss_proto != "udp":
+            # The same for TCP: a veth carries a whole TSO/GSO burst (up to 64 KB) as one
+            # packet, and dropping it would lose ~44 segments at once. Segment before the wire.
+            run(["ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tso", "off", "gso", "off",
+                 "gro", "off"])
 
     def _tbf(self, ns: str, dev: str) -> None:
         self._ip(ns, "link", "set", dev, "up")

@@ -444,3 +444,14 @@ def test_cleanup_stale_workdirs(tmp_path: Path) -> None:
         (d / "pkg").mkdir(parents=True)
     assert cleanup_stale_workdirs(str(tmp_path)) == [str(stale)]
     assert not stale.exists() and live.exists()
+
+
+@needs_lab
+@lab
+def test_tcp_loss_segments_before_the_wire() -> None:
+    with Lab(receivers=1, loss=2, loss_proto="all") as the_lab:
+        feats = the_lab.exec("h0", ["ethtool", "-k", "eth0"]).stdout
+        assert "tcp-segmentation-offload: off" in feats
+        assert "generic-segmentation-offload: off" in feats
+        rules = the_lab.exec("h1", ["nft", "list", "ruleset"]).stdout
+        assert "l4proto" not in rules and "mod 10000 < 200" in rules
