@@ -29,6 +29,7 @@ import os
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -151,21 +152,20 @@ def _wait_all(procs: dict[str, Proc], is_final: Callable[[dict[str, Any]], bool]
     Without ``keep_going`` the wait stops at the first failure (the rest count as failed).
     """
     results: dict[str, tuple[float, dict[str, Any]] | None] = {}
+    seen = dict.fromkeys(procs, 0)
     while len(results) < len(procs):
         for host, proc in procs.items():
             if host in results:
                 continue
-            final = next(((t, o) for t, o in reversed(proc.json_lines()) if is_final(o)), None)
-            if final is not None:
-                results[host] = final
-            elif proc.popen.poll() is not None:
-                time.sleep(0.05)  # let the reader thread drain the last line
-                final = next(((t, o) for t, o in reversed(proc.json_lines()) if is_final(o)),
-                             None)
+            finished = proc.finished  # read before the lines: no line can be missed
+            new = proc.json_lines(seen[host])
+            seen[host] += len(new)
+            final = next(((t, o) for t, o in new if is_final(o)), None)
+            if final is not None or finished:
                 results[host] = final
                 if final is None and not keep_going:
                     return results
-        if time.monotonic() > deadline:
+        if len(results) < len(procs) and time.monotonic() > deadline:
             break
         time.sleep(0.02)
     return results
@@ -249,15 +249,22 @@ def run_multicast(lab: Lab, pkg: Package, work: Path, timeout: float, keep_going
         receivers[host] = lab.popen(host, [*cli, "recv", "--trust-key",
                                            str(pub), "--out", str(out), "--interface",
                                            lab.addr(host), *common])
-    _wait_joined(lab, receivers, MCAST_GROUP, 60)
+    failed = _wait_joined(lab, receivers, MCAST_GROUP, 60)
+    active = {h: p for h, p in receivers.items() if h not in failed}
     rate = ["--rate", sender_rate] if sender_rate else []
     before = lab.link_stats("h0")
     t0 = time.monotonic()
-    sender = lab.popen("h0", [*cli, "send", str(pkg.root), "--key-file",
-                              str(key), "--interface", lab.addr("h0"), *rate, *common])
-    finals = _wait_all(receivers, lambda o: o.get("event") == "done", t0 + timeout, keep_going)
-    with contextlib.suppress(Exception):
-        sender.wait(timeout=30)  # it exits by itself once every receiver is done
+    sender: Proc | None = None
+    finals: dict[str, tuple[float, dict[str, Any]] | None] = {}
+    if active and (keep_going or not failed):
+        sender = lab.popen("h0", [*cli, "send", str(pkg.root), "--key-file",
+                                  str(key), "--interface", lab.addr("h0"), *rate, *common])
+        finals = _wait_all(active, lambda o: o.get("event") == "done", t0 + timeout,
+                           keep_going)
+        if len(finals) == len(active) and all(finals.values()):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                sender.wait(timeout=30)  # it exits by itself once every receiver is done
+        sender.kill()  # a failed run: do not wait out its linger
     after = lab.link_stats("h0")
     per = []
     for host, proc in receivers.items():
@@ -267,29 +274,38 @@ def run_multicast(lab: Lab, pkg: Package, work: Path, timeout: float, keep_going
         entry["verified"] = bool(entry.get("verified")) and files_ok is not False
         per.append(entry)
     done_times = [f[0] for f in finals.values() if f]
-    sender_last = sender.last_json()
+    if sender is None:
+        sender_info: dict[str, Any] = {"error": f"not started: receivers failed {failed}"}
+    else:
+        last = sender.last_json()
+        sender_info = last[1] if last else {"error": sender.describe()}
     return {"per_receiver": per, "t_end": max(done_times, default=None),
             "t0": t0, "sender_tx_bytes": after["tx_bytes"] - before["tx_bytes"],
             "sender_tx_packets": after["tx_packets"] - before["tx_packets"],
-            "sender": sender_last[1] if sender_last else {"error": sender.describe()},
-            "sender_rc": sender.popen.poll()}
+            "sender": sender_info, "sender_rc": sender.popen.poll() if sender else None}
 
 
-def _wait_joined(lab: Lab, receivers: dict[str, Proc], group: str, timeout: float) -> None:
-    """Wait until every receiver's eth0 has joined ``group`` (its IGMP membership is visible)."""
+def _wait_joined(lab: Lab, receivers: dict[str, Proc], group: str, timeout: float) -> set[str]:
+    """Wait until every receiver's eth0 has joined ``group`` (its IGMP membership is visible).
+
+    Returns the receivers that failed instead: exited, or still not joined at the timeout.
+    """
     deadline = time.monotonic() + timeout
-    pending = set(receivers)
+    pending, failed = set(receivers), set()
     while pending:
         for host in sorted(pending):
             if receivers[host].popen.poll() is not None:
-                raise LabError(f"receiver exited before joining: {receivers[host].describe()}")
+                pending.discard(host)
+                failed.add(host)
+                continue
             out = lab.exec(host, ["ip", "maddr", "show", "dev", "eth0"], check=False).stdout
             if group in out:
                 pending.discard(host)
         if pending and time.monotonic() > deadline:
-            raise LabError(f"receivers never joined {group}: {sorted(pending)}")
+            return failed | pending
         if pending:
             time.sleep(0.05)
+    return failed
 
 
 # ---------------------------------------------------------------- one run

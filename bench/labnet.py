@@ -210,16 +210,22 @@ class Line:
 
 
 class Proc:
-    """A process running inside a lab host; stdout lines are read and timestamped as they come."""
+    """A process running inside a lab host.
+
+    A reader thread timestamps every stdout line as it arrives and parses JSON lines once
+    (``objs``); raw text keeps only the last lines, so a chatty engine costs no quadratic work.
+    """
 
     def __init__(self, host: str, argv: Sequence[str], popen: subprocess.Popen[str]) -> None:
         self.host = host
         self.argv = list(argv)
         self.popen = popen
         self.t_start = time.monotonic()
-        self.lines: list[Line] = []
+        self.objs: list[tuple[float, dict[str, Any]]] = []  # (monotonic time, JSON object)
+        self.stdout_tail: collections.deque[Line] = collections.deque(maxlen=200)
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=50)
         self._cond = threading.Condition()
+        self._eof = False
         self._readers = [
             threading.Thread(target=self._read_stdout, daemon=True),
             threading.Thread(target=self._read_stderr, daemon=True),
@@ -230,10 +236,18 @@ class Proc:
     def _read_stdout(self) -> None:
         assert self.popen.stdout is not None
         for raw in self.popen.stdout:
+            t, text = time.monotonic(), raw.rstrip("\n")
+            obj = None
+            if text.lstrip().startswith("{"):
+                with contextlib.suppress(ValueError):
+                    obj = json.loads(text)
             with self._cond:
-                self.lines.append(Line(time.monotonic(), raw.rstrip("\n")))
+                self.stdout_tail.append(Line(t, text))
+                if isinstance(obj, dict):
+                    self.objs.append((t, obj))
                 self._cond.notify_all()
         with self._cond:
+            self._eof = True
             self._cond.notify_all()
 
     def _read_stderr(self) -> None:
@@ -245,22 +259,19 @@ class Proc:
     def pid(self) -> int:
         return self.popen.pid
 
-    def json_lines(self) -> list[tuple[float, dict[str, Any]]]:
-        out = []
+    @property
+    def finished(self) -> bool:
+        """The process exited and all of its stdout has been read."""
         with self._cond:
-            lines = list(self.lines)
-        for line in lines:
-            s = line.text.strip()
-            if s.startswith("{"):
-                with contextlib.suppress(ValueError):
-                    obj = json.loads(s)
-                    if isinstance(obj, dict):
-                        out.append((line.t, obj))
-        return out
+            return self._eof and self.popen.poll() is not None
+
+    def json_lines(self, start: int = 0) -> list[tuple[float, dict[str, Any]]]:
+        with self._cond:
+            return self.objs[start:]
 
     def last_json(self) -> tuple[float, dict[str, Any]] | None:
-        objs = self.json_lines()
-        return objs[-1] if objs else None
+        with self._cond:
+            return self.objs[-1] if self.objs else None
 
     def wait_json(self, pred: Any, timeout: float) -> tuple[float, dict[str, Any]] | None:
         """Wait for a JSON stdout line with ``pred(obj)`` true; None on timeout or process end."""
@@ -268,21 +279,19 @@ class Proc:
         seen = 0
         while True:
             with self._cond:
-                lines = self.lines[seen:]
-                seen = len(self.lines)
-                if not lines:
-                    if self.popen.poll() is not None and not self._readers[0].is_alive():
+                new = self.objs[seen:]
+                seen = len(self.objs)
+                if not new:
+                    if self._eof:
                         return None
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return None
                     self._cond.wait(min(remaining, 0.2))
                     continue
-            for line in lines:
-                with contextlib.suppress(ValueError):
-                    obj = json.loads(line.text)
-                    if isinstance(obj, dict) and pred(obj):
-                        return line.t, obj
+            for t, obj in new:
+                if pred(obj):
+                    return t, obj
 
     def send(self, text: str) -> None:
         assert self.popen.stdin is not None

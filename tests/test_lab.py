@@ -363,6 +363,8 @@ FAKE_ENGINE = textwrap.dedent('''
         print(json.dumps({"event": "done", "passes": passes, "datagrams": sent}), flush=True)
 
     def recv(a):
+        if os.environ.get("FAKE_FAIL_IFACE") == a.interface:
+            sys.exit("fake receiver: told to fail")
         t0 = time.monotonic()
         files = sorted(json.loads(Path(a.snapshot).read_text()).items())
         want = set(chunks(files))
@@ -455,3 +457,24 @@ def test_tcp_loss_segments_before_the_wire() -> None:
         assert "generic-segmentation-offload: off" in feats
         rules = the_lab.exec("h1", ["nft", "list", "ruleset"]).stdout
         assert "l4proto" not in rules and "mod 10000 < 200" in rules
+
+
+@needs_lab
+@lab
+@pytest.mark.parametrize("keep_going", [False, True])
+def test_failed_receiver_and_keep_going(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        keep_going: bool) -> None:
+    fake = tmp_path / "fake_mcast_cli.py"
+    fake.write_text(FAKE_ENGINE)
+    monkeypatch.setenv("FAKE_FAIL_IFACE", "198.18.0.3")  # h2's receiver exits at once
+    t0 = time.monotonic()
+    rep = run_lab(3, 1 * MiB, None, 0.0, "multicast", timeout=30, keep_going=keep_going,
+                  mcast_cmd=[sys.executable, str(fake)])
+    assert not rep["completed"] and not rep["verified"]
+    per = {p["host"]: p for p in rep["per_receiver"]}
+    assert not per["h2"]["completed"] and "told to fail" in per["h2"]["error"]
+    assert rep["lab_leftovers"] == []
+    if keep_going:
+        assert per["h1"]["completed"] and per["h3"]["completed"]
+        assert rep["completed_count"] == 2
+    assert time.monotonic() - t0 < 20
