@@ -1,0 +1,427 @@
+"""The namespace lab benchmark: one distribution across a lab LAN, measured, then torn down.
+
+Builds the lab of :mod:`bench.labnet` (h0 sends, h1..hN receive; tbf rate; nftables loss),
+generates a random package (one big file plus two small ones) in a temp dir, moves it to every
+receiver in one of two modes and prints ONE JSON object:
+
+* ``http``: the unicast baseline. h0 runs :mod:`bench.http_serve`; every receiver runs
+  :mod:`bench.http_get` at the same moment; each download's sha256 is checked against the
+  source.
+* ``multicast``: the engine. ``mcast.cli snapshot`` signs the package, every receiver runs
+  ``mcast.cli recv`` (started first; the lab waits until each has joined the group, seen in
+  ``ip maddr``), then h0 runs ``mcast.cli send``; ``wall_s`` is from the sender's start to
+  the last receiver's ``done`` line. The lab also re-hashes every received file itself.
+
+    python -m bench.lab --receivers 8 --size 64M --rate 100mbit --loss 2 --mode http
+
+Exit status 0 when every receiver completed and verified, 1 otherwise, 2 on bad arguments.
+Without ``--keep-going`` the run stops at the first failed receiver; with it the lab waits
+for all of them and reports each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.labnet import (
+    Lab,
+    LabError,
+    Proc,
+    cleanup_stale,
+    parse_rate,
+    parse_size,
+    pid_alive,
+    run,
+)
+
+PY = sys.executable
+HTTP_PORT = 8080
+MCAST_GROUP = "239.255.77.1"
+MCAST_PORT = 47000
+BIG_NAME = "payload.bin"
+_CHUNK = 1 << 20
+WORKDIR_PREFIX = "mcast-lab-"
+
+
+# ---------------------------------------------------------------- the package
+
+@dataclass
+class Package:
+    root: Path
+    files: dict[str, tuple[int, str]] = field(default_factory=dict)  # rel -> (size, sha256)
+
+    @property
+    def total(self) -> int:
+        return sum(size for size, _ in self.files.values())
+
+
+def make_package(root: Path, size: int) -> Package:
+    """Random bytes: ``payload.bin`` of ``size`` bytes plus two small files (1 and 3 KiB)."""
+    pkg = Package(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for rel, n in ((BIG_NAME, size), ("README.txt", 1024), ("etc/config.ini", 3072)):
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        with open(path, "wb") as f:
+            left = n
+            while left:
+                chunk = os.urandom(min(_CHUNK, left))
+                f.write(chunk)
+                digest.update(chunk)
+                left -= len(chunk)
+        pkg.files[rel] = (n, digest.hexdigest())
+    return pkg
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_tree(outdir: Path, pkg: Package) -> bool | None:
+    """True if every package file is under ``outdir`` with the right hash; None if none is."""
+    found = [rel for rel in pkg.files if (outdir / rel).is_file()]
+    if not found:
+        return None
+    return len(found) == len(pkg.files) and all(
+        sha256_file(outdir / rel) == pkg.files[rel][1] for rel in pkg.files)
+
+
+# ---------------------------------------------------------------- helpers
+
+def cleanup_stale_workdirs(parent: str | None = None) -> list[str]:
+    """Remove temp dirs of crashed runs (``mcast-lab-<pid>-*`` whose pid is dead)."""
+    removed = []
+    base = Path(parent or tempfile.gettempdir())
+    for path in base.glob(f"{WORKDIR_PREFIX}*-*"):
+        pid = path.name[len(WORKDIR_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and path.is_dir() and not pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(str(path))
+    return removed
+
+
+def rate_text(bps: int) -> str:
+    for div, unit in ((10**9, "gbit"), (10**6, "mbit"), (10**3, "kbit")):
+        if bps % div == 0:
+            return f"{bps // div}{unit}"
+    return f"{bps}bit"
+
+
+DEFAULT_MCAST_CMD = (PY, "-m", "mcast.cli")
+
+
+def mcast_cli_has_send() -> tuple[bool, str]:
+    """(True, "") when ``mcast.cli`` exists and offers ``send``; else (False, reason)."""
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec("mcast.cli") is None:
+            return False, "mcast.cli does not exist yet"
+    except ImportError as exc:
+        return False, f"mcast.cli not importable: {exc}"
+    proc = run([PY, "-m", "mcast.cli", "send", "--help"], check=False)
+    if proc.returncode != 0 or "--snapshot" not in proc.stdout:
+        return False, "mcast.cli has no 'send' subcommand (with --snapshot) yet"
+    return True, ""
+
+
+def _wait_all(procs: dict[str, Proc], is_final: Callable[[dict[str, Any]], bool],
+              deadline: float, keep_going: bool) -> dict[str, tuple[float, dict[str, Any]] | None]:
+    """Wait until each process printed a final JSON line or exited; None for a failure.
+
+    Without ``keep_going`` the wait stops at the first failure (the rest count as failed).
+    """
+    results: dict[str, tuple[float, dict[str, Any]] | None] = {}
+    seen = dict.fromkeys(procs, 0)
+    while len(results) < len(procs):
+        for host, proc in procs.items():
+            if host in results:
+                continue
+            finished = proc.finished  # read before the lines: no line can be missed
+            new = proc.json_lines(seen[host])
+            seen[host] += len(new)
+            final = next(((t, o) for t, o in new if is_final(o)), None)
+            if final is not None or finished:
+                results[host] = final
+                if final is None and not keep_going:
+                    return results
+        if len(results) < len(procs) and time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    return results
+
+
+def _receiver_entry(lab: Lab, host: str, proc: Proc, final: tuple[float, dict[str, Any]] | None,
+                    t0: float) -> dict[str, Any]:
+    entry: dict[str, Any] = {"host": host, "addr": lab.addr(host)}
+    obj = final[1] if final else {}
+    entry["completed"] = bool(final) and obj.get("event") == "done"
+    entry["done_after_s"] = round(final[0] - t0, 4) if final else None
+    for key in ("bytes", "wall_s", "peak_rss_mb", "verified", "sha256", "status"):
+        if key in obj:
+            entry[key] = obj[key]
+    if not entry["completed"]:
+        entry["error"] = obj.get("error") or proc.describe()
+    with contextlib.suppress(LabError, OSError):
+        entry["nft_dropped"] = lab.nft_dropped(host)
+        entry["rx_bytes"] = lab.link_stats(host)["rx_bytes"]
+    return entry
+
+
+# ---------------------------------------------------------------- modes
+
+def run_http(lab: Lab, pkg: Package, work: Path, timeout: float,
+             keep_going: bool) -> dict[str, Any]:
+    server = lab.popen("h0", [PY, "-m", "bench.http_serve", "--root", str(pkg.root),
+                              "--bind", lab.addr("h0"), "--port", str(HTTP_PORT)])
+    if server.wait_json(lambda o: o.get("event") == "ready", 20) is None:
+        raise LabError(f"http server did not start: {server.describe()}")
+    url = f"http://{lab.addr('h0')}:{HTTP_PORT}/{BIG_NAME}"
+    clients: dict[str, Proc] = {}
+    for host in lab.receiver_hosts:
+        out = work / host
+        out.mkdir()
+        clients[host] = lab.popen(host, [PY, "-m", "bench.http_get", url, "--out",
+                                         str(out / BIG_NAME), "--wait-go"], stdin=True)
+    for host, proc in clients.items():
+        if proc.wait_json(lambda o: o.get("event") == "ready", 60) is None:
+            raise LabError(f"http client on {host} did not start: {proc.describe()}")
+    before = lab.link_stats("h0")
+    t0 = time.monotonic()
+    for proc in clients.values():
+        proc.send("go\n")
+    finals = _wait_all(clients, lambda o: o.get("event") in ("done", "error"),
+                       t0 + timeout, keep_going)
+    after = lab.link_stats("h0")
+    size, sha = pkg.files[BIG_NAME]
+    per = []
+    for host, proc in clients.items():
+        entry = _receiver_entry(lab, host, proc, finals.get(host), t0)
+        entry["verified"] = entry["completed"] and entry.get("sha256") == sha \
+            and entry.get("bytes") == size
+        per.append(entry)
+    done_times = [f[0] for f in finals.values() if f and f[1].get("event") == "done"]
+    return {"per_receiver": per, "t_end": max(done_times, default=None),
+            "t0": t0, "sender_tx_bytes": after["tx_bytes"] - before["tx_bytes"],
+            "sender_tx_packets": after["tx_packets"] - before["tx_packets"]}
+
+
+def run_multicast(lab: Lab, pkg: Package, work: Path, timeout: float, keep_going: bool,
+                  sender_rate: str | None,
+                  mcast_cmd: Sequence[str] | None = None) -> dict[str, Any]:
+    """The engine run via its CLI contract (``mcast_cmd`` replaces ``python -m mcast.cli``)."""
+    if mcast_cmd is None:
+        ok, why = mcast_cli_has_send()
+        if not ok:
+            raise LabError(f"multicast mode unavailable: {why}")
+    cli = list(mcast_cmd or DEFAULT_MCAST_CMD)
+    snap, key = work / "snapshot.xml", work / "lab.key"
+    # In h0: the snapshot step needs no network, and in a lab host it could not reach any.
+    lab.exec("h0", [*cli, "snapshot", str(pkg.root), "-o", str(snap),
+                    "--key", str(key)], timeout=max(120, pkg.total / 20e6))
+    pub = key.with_name(key.name + ".pub")
+    common = ["--snapshot", str(snap), "--group", MCAST_GROUP, "--port", str(MCAST_PORT),
+              "--json"]
+    receivers: dict[str, Proc] = {}
+    for host in lab.receiver_hosts:
+        out = work / host
+        out.mkdir()
+        receivers[host] = lab.popen(host, [*cli, "recv", "--trust-key",
+                                           str(pub), "--out", str(out), "--interface",
+                                           lab.addr(host), *common])
+    failed = _wait_joined(lab, receivers, MCAST_GROUP, 60)
+    active = {h: p for h, p in receivers.items() if h not in failed}
+    rate = ["--rate", sender_rate] if sender_rate else []
+    before = lab.link_stats("h0")
+    t0 = time.monotonic()
+    sender: Proc | None = None
+    finals: dict[str, tuple[float, dict[str, Any]] | None] = {}
+    if active and (keep_going or not failed):
+        sender = lab.popen("h0", [*cli, "send", str(pkg.root), "--key-file",
+                                  str(key), "--interface", lab.addr("h0"), *rate, *common])
+        finals = _wait_all(active, lambda o: o.get("event") == "done", t0 + timeout,
+                           keep_going)
+        if len(finals) == len(active) and all(finals.values()):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                sender.wait(timeout=30)  # it exits by itself once every receiver is done
+        sender.kill()  # a failed run: do not wait out its linger
+    after = lab.link_stats("h0")
+    per = []
+    for host, proc in receivers.items():
+        entry = _receiver_entry(lab, host, proc, finals.get(host), t0)
+        files_ok = check_tree(work / host, pkg) if entry["completed"] else False
+        entry["files_ok"] = files_ok
+        entry["verified"] = bool(entry.get("verified")) and files_ok is not False
+        per.append(entry)
+    done_times = [f[0] for f in finals.values() if f]
+    if sender is None:
+        sender_info: dict[str, Any] = {"error": f"not started: receivers failed {failed}"}
+    else:
+        last = sender.last_json()
+        sender_info = last[1] if last else {"error": sender.describe()}
+    return {"per_receiver": per, "t_end": max(done_times, default=None),
+            "t0": t0, "sender_tx_bytes": after["tx_bytes"] - before["tx_bytes"],
+            "sender_tx_packets": after["tx_packets"] - before["tx_packets"],
+            "sender": sender_info, "sender_rc": sender.popen.poll() if sender else None}
+
+
+def _wait_joined(lab: Lab, receivers: dict[str, Proc], group: str, timeout: float) -> set[str]:
+    """Wait until every receiver's eth0 has joined ``group`` (its IGMP membership is visible).
+
+    Returns the receivers that failed instead: exited, or still not joined at the timeout.
+    """
+    deadline = time.monotonic() + timeout
+    pending, failed = set(receivers), set()
+    while pending:
+        for host in sorted(pending):
+            if receivers[host].popen.poll() is not None:
+                pending.discard(host)
+                failed.add(host)
+                continue
+            out = lab.exec(host, ["ip", "maddr", "show", "dev", "eth0"], check=False).stdout
+            if group in out:
+                pending.discard(host)
+        if pending and time.monotonic() > deadline:
+            return failed | pending
+        if pending:
+            time.sleep(0.05)
+    return failed
+
+
+# ---------------------------------------------------------------- one run
+
+def run_lab(receivers: int, size: int, rate_bps: int | None, loss: float, mode: str, *,
+            keep_going: bool = False, timeout: float | None = None,
+            workdir: str | None = None, sender_rate: str | None = None,
+            loss_proto: str = "udp",
+            mcast_cmd: Sequence[str] | None = None) -> dict[str, Any]:
+    """Build the lab, run one distribution, tear everything down; return the report dict."""
+    line_rate_s = size * 8 / rate_bps if rate_bps else None
+    if timeout is None:
+        copies = receivers if mode == "http" else 1
+        timeout = 60 + 5 * (line_rate_s or size * 8 / 1e9) * copies
+    if sender_rate is None and rate_bps:
+        sender_rate = rate_text(rate_bps)
+    work = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-", dir=workdir))
+    try:
+        t_gen = time.monotonic()
+        pkg = make_package(work / "pkg", size)
+        gen_s = time.monotonic() - t_gen
+        with Lab(receivers=receivers, rate_bps=rate_bps, loss=loss,
+                 loss_proto=loss_proto) as lab:
+            if mode == "http":
+                res = run_http(lab, pkg, work, timeout, keep_going)
+            else:
+                res = run_multicast(lab, pkg, work, timeout, keep_going, sender_rate,
+                                    mcast_cmd)
+        leftovers = lab.leftovers()  # after close: must be empty
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    per = res.pop("per_receiver")
+    t0, t_end = res.pop("t0"), res.pop("t_end")
+    completed = len(per) == receivers and all(p["completed"] for p in per)
+    verified = completed and all(p.get("verified") for p in per)
+    wall_s = round(t_end - t0, 4) if t_end is not None and completed else None
+    ratio = round(wall_s / line_rate_s, 3) if wall_s and line_rate_s else None
+    rss = [p["peak_rss_mb"] for p in per if isinstance(p.get("peak_rss_mb"), int | float)]
+    report = {
+        "mode": mode, "receivers": receivers, "size": size, "package_bytes": pkg.total,
+        "rate_bps": rate_bps, "loss": loss, "loss_proto": loss_proto,
+        "completed": completed, "verified": verified,
+        "completed_count": sum(bool(p["completed"]) for p in per),
+        "wall_s": wall_s,
+        "line_rate_s": round(line_rate_s, 4) if line_rate_s else None,
+        "ratio": ratio,
+        "sender_tx_bytes": res.pop("sender_tx_bytes"),
+        "sender_tx_packets": res.pop("sender_tx_packets"),
+        "peak_rss_mb": max(rss, default=None),
+        "generate_s": round(gen_s, 3),
+        "timeout_s": round(timeout, 1),
+        "lab_leftovers": leftovers,
+        **res,
+        "per_receiver": per,
+    }
+    report["sender_tx_copies"] = round(report["sender_tx_bytes"] / max(1, size), 3)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.lab",
+        description="Run one package distribution across a network-namespace lab LAN.")
+    ap.add_argument("--receivers", type=int, default=3)
+    ap.add_argument("--size", default="16M", help="package size, binary units: 4096, 512K, 64M, 1G")
+    ap.add_argument("--rate", default="100mbit", help="link rate (tc tbf): 100mbit, 1gbit; 0/none")
+    ap.add_argument("--loss", type=float, default=0.0, help="percent of UDP dropped per receiver")
+    ap.add_argument("--loss-proto", default="udp", choices=["udp", "tcp", "all"],
+                    help="which incoming packets the loss applies to (default udp)")
+    ap.add_argument("--mode", choices=["multicast", "http"], default="multicast")
+    ap.add_argument("--keep-going", action="store_true",
+                    help="wait for every receiver even after one failed")
+    ap.add_argument("--timeout", type=float, default=None, help="seconds (default from size/rate)")
+    ap.add_argument("--sender-rate", default=None, help="multicast --rate (default: the link rate)")
+    ap.add_argument("--mcast-cmd", default=None,
+                    help="engine CLI command (default: 'python -m mcast.cli')")
+    ap.add_argument("--workdir", default=None, help="where the temp package dir goes")
+    ap.add_argument("--json", action="store_true", help="compact one-line JSON")
+    args = ap.parse_args(argv)
+    try:
+        size = parse_size(args.size)
+        rate_bps = parse_rate(args.rate)
+    except ValueError as exc:
+        ap.error(str(exc))
+    if not 0 <= args.loss <= 100:
+        ap.error("--loss is a percentage, 0..100")
+    if os.geteuid() != 0:
+        print("bench.lab needs root (network namespaces)", file=sys.stderr)
+        return 2
+
+    def on_term(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if inherited as ignored
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, on_term)
+    stale = cleanup_stale() + cleanup_stale_workdirs(args.workdir)
+    if stale:
+        print(f"lab: removed stale {stale}", file=sys.stderr)
+    try:
+        report = run_lab(args.receivers, size, rate_bps, args.loss, args.mode,
+                         keep_going=args.keep_going, timeout=args.timeout,
+                         workdir=args.workdir, sender_rate=args.sender_rate,
+                         loss_proto=args.loss_proto,
+                         mcast_cmd=shlex.split(args.mcast_cmd) if args.mcast_cmd else None)
+    except KeyboardInterrupt:
+        print(json.dumps({"mode": args.mode, "completed": False, "verified": False,
+                          "error": "interrupted"}), flush=True)
+        return 130
+    except LabError as exc:
+        report = {"mode": args.mode, "receivers": args.receivers, "size": size,
+                  "rate_bps": rate_bps, "loss": args.loss, "completed": False,
+                  "verified": False, "error": str(exc)}
+    print(json.dumps(report) if args.json else json.dumps(report, indent=2), flush=True)
+    return 0 if report.get("verified") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
