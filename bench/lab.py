@@ -177,7 +177,8 @@ def _receiver_entry(lab: Lab, host: str, proc: Proc, final: tuple[float, dict[st
     obj = final[1] if final else {}
     entry["completed"] = bool(final) and obj.get("event") == "done"
     entry["done_after_s"] = round(final[0] - t0, 4) if final else None
-    for key in ("bytes", "wall_s", "peak_rss_mb", "verified", "sha256", "status"):
+    for key in ("bytes", "wall_s", "peak_rss_mb", "verified", "sha256", "status", "timeline",
+                "naks_sent", "repairs", "bad_packets", "verify_failures", "reason"):
         if key in obj:
             entry[key] = obj[key]
     if not entry["completed"]:
@@ -240,8 +241,10 @@ def run_multicast(lab: Lab, pkg: Package, work: Path, timeout: float, keep_going
     lab.exec("h0", [*cli, "snapshot", str(pkg.root), "-o", str(snap),
                     "--key", str(key)], timeout=max(120, pkg.total / 20e6))
     pub = key.with_name(key.name + ".pub")
+    session_key = work / "session.key"  # the HMAC key every datagram of the session carries
+    session_key.write_text(os.urandom(32).hex())
     common = ["--snapshot", str(snap), "--group", MCAST_GROUP, "--port", str(MCAST_PORT),
-              "--json"]
+              "--session-key-file", str(session_key), "--json"]
     receivers: dict[str, Proc] = {}
     for host in lab.receiver_hosts:
         out = work / host
@@ -256,9 +259,19 @@ def run_multicast(lab: Lab, pkg: Package, work: Path, timeout: float, keep_going
     t0 = time.monotonic()
     sender: Proc | None = None
     finals: dict[str, tuple[float, dict[str, Any]] | None] = {}
+    startup_s = None
     if active and (keep_going or not failed):
-        sender = lab.popen("h0", [*cli, "send", str(pkg.root), "--key-file",
-                                  str(key), "--interface", lab.addr("h0"), *rate, *common])
+        # Like the HTTP baseline (server up, clients started on "go"), the sender loads first
+        # and the clock starts at "go"; its start-up time is reported on its own.
+        sender = lab.popen("h0", [*cli, "send", str(pkg.root), "--trust-key", str(pub),
+                                  "--interface", lab.addr("h0"), "--wait-go", *rate, *common],
+                           stdin=True)
+        if sender.wait_json(lambda o: o.get("event") in ("ready", "error"), 60) is None:
+            raise LabError(f"sender did not start: {sender.describe()}")
+        startup_s = round(time.monotonic() - t0, 3)
+        before = lab.link_stats("h0")
+        t0 = time.monotonic()
+        sender.send("go\n")
         finals = _wait_all(active, lambda o: o.get("event") == "done", t0 + timeout,
                            keep_going)
         if len(finals) == len(active) and all(finals.values()):
@@ -282,7 +295,8 @@ def run_multicast(lab: Lab, pkg: Package, work: Path, timeout: float, keep_going
     return {"per_receiver": per, "t_end": max(done_times, default=None),
             "t0": t0, "sender_tx_bytes": after["tx_bytes"] - before["tx_bytes"],
             "sender_tx_packets": after["tx_packets"] - before["tx_packets"],
-            "sender": sender_info, "sender_rc": sender.popen.poll() if sender else None}
+            "sender": sender_info, "sender_rc": sender.popen.poll() if sender else None,
+            "sender_startup_s": startup_s}
 
 
 def _wait_joined(lab: Lab, receivers: dict[str, Proc], group: str, timeout: float) -> set[str]:

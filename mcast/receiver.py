@@ -30,11 +30,13 @@ from mcast.wire import (
     Data,
     End,
     Message,
+    MsgType,
     Nak,
     NakEntry,
     Parity,
     Solicit,
     Status,
+    decode_shard_untrusted,
     decode_untrusted,
     encode,
 )
@@ -49,7 +51,8 @@ class ReceiverConfig:
     end_grace: float = 0.5  # after an END, this long without session traffic: failed
     max_verify_failures: int = 64
     max_nak_entries: int = 128  # per NAK datagram
-    done_status_repeats: int = 3
+    done_status_repeats: int = 3  # the final status goes out this many times, spaced by:
+    done_status_spacing: float = 0.02
     solicit_interval: float = 0.25  # while no session is heard, ask for an announce this often
     early_buffer: int = 1024  # datagrams kept from before the first announce, replayed on join
 
@@ -91,6 +94,7 @@ class _Block:
     k: int
     parity_count: int
     shards: dict[int, bytes] = field(default_factory=dict)  # source shards held, unpadded
+    held: dict[int, int] = field(default_factory=dict)  # unit -> source shards held of it
     parity: dict[int, bytes] = field(default_factory=dict)  # recovery index -> shard
     on_disk: int = 0  # source shards held only as verified units on disk (after a resume)
     horizon: int = 0
@@ -172,8 +176,25 @@ class Receiver:
 
     def receive_datagram(self, data: bytes, addr: object, now: float) -> None:
         self.stats.datagrams += 1
-        if self.phase in (Phase.COMPLETE, Phase.FAILED):
+        if self.phase is not Phase.RECEIVING:
+            if self.phase is Phase.WAITING:
+                self._receive_message(data, now)
             return
+        try:
+            shard = decode_shard_untrusted(data, self._key)
+        except BadPacket:
+            self.stats.bad_packets += 1
+            return
+        if shard is None:
+            self._receive_message(data, now)
+        elif shard[1] != self.session_id:
+            self.stats.other_session += 1
+        elif shard[0] == MsgType.DATA:
+            self._handle_data(Data(*shard[1:]), now)
+        else:
+            self._handle_parity(Parity(*shard[1:]), now)
+
+    def _receive_message(self, data: bytes, now: float) -> None:
         try:
             msg = decode_untrusted(data, self._key)
         except BadPacket:
@@ -321,8 +342,9 @@ class Receiver:
             self.stats.duplicates += 1
             return
         blk.shards[index] = payload
+        held = blk.held[unit] = blk.held.get(unit, 0) + 1
         self._progress(b, blk, now)
-        if self._unit_shards_held(blk, unit):
+        if held == g.unit_shards(unit):
             self._verify_unit(b, blk, unit)
         self._after_arrival(b, blk, now)
 
@@ -410,12 +432,6 @@ class Receiver:
             if self._verified_count == self.snapshot.block_count:
                 self._finish(now)
 
-    def _unit_shards_held(self, blk: _Block, unit: int) -> bool:
-        g = self.geometry
-        assert g is not None
-        first = g.unit_first_shard(unit)
-        return all(i in blk.shards for i in range(first, first + g.unit_shards(unit)))
-
     def _verify_unit(self, b: int, blk: _Block, unit: int) -> bool:
         g = self.geometry
         assert g is not None
@@ -426,6 +442,7 @@ class Receiver:
             self.stats.verify_failures += 1
             for i in indices:  # forged or corrupt: drop and ask again
                 del blk.shards[i]
+            blk.held[unit] = 0
             if self.stats.verify_failures > self.config.max_verify_failures:
                 self._fail(f"{self.stats.verify_failures} units failed verification")
             return False
@@ -508,7 +525,7 @@ class Receiver:
         if self._done_repeats and now >= self._next_status:
             self._queue_status(done=self.phase is Phase.COMPLETE, failed=self.phase is Phase.FAILED)
             self._done_repeats -= 1
-            self._next_status = now + 0.1
+            self._next_status = now + self.config.done_status_spacing
 
     def _finish(self, now: float) -> None:
         self.phase = Phase.COMPLETE
@@ -517,7 +534,7 @@ class Receiver:
         self._events.append(Completed())
         self._queue_status(done=True)  # repeated a few times: the sender may lose one
         self._done_repeats = self.config.done_status_repeats - 1
-        self._next_status = now + 0.1
+        self._next_status = now + self.config.done_status_spacing
 
     def _fail(self, reason: str) -> None:
         if self.phase in (Phase.COMPLETE, Phase.FAILED):

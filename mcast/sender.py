@@ -67,7 +67,8 @@ class SenderConfig:
     units_per_block: int = 16  # 16 x 64 KiB units = 736 shards per FEC block
     parity_ratio_pct: int = 100  # parity shards available per block, % of its source shards
     rate_bps: int = 100_000_000  # 0 = unpaced
-    burst_bytes: int = 64 * 1024
+    burst_bytes: int = 128 * 1024  # a late wake-up may catch up this much (tbf bursts 256k)
+    wake_bytes: int = 16 * 1500  # sleep until this much may be sent: fewer, larger wake-ups
     wire_overhead: int = 42  # Ethernet + IPv4 + UDP bytes per datagram, counted by the pacer
     announce_interval: float = 0.5
     repair_holdoff: float = 0.05  # parity sent this recently may still be on its way
@@ -210,7 +211,8 @@ class Sender:
         times = [self._next_announce]
         if self._has_work():
             size = len(self._pending) if self._pending else self.config.packet_size + 64
-            times.append(self._bucket.ready_at(size + self.config.wire_overhead))
+            size = max(size + self.config.wire_overhead, self.config.wake_bytes)
+            times.append(self._bucket.ready_at(size))
         else:
             times.append(self._idle_check_at())
         return min(times)

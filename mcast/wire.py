@@ -346,6 +346,30 @@ def peek_session_untrusted(data: bytes) -> tuple[MsgType, int]:
     return MsgType(kind), int(session)
 
 
+_SHARD_HEADER = struct.Struct("!2sBBQII")
+_SHARD_KINDS = (MsgType.DATA, MsgType.PARITY)
+
+
+def decode_shard_untrusted(
+    data: bytes, key: bytes | None = None
+) -> tuple[int, int, int, int, bytes] | None:
+    """The hot path: (type, session, block, index, payload) of a DATA or PARITY datagram.
+
+    Returns None for any other (well-formed) type, so the caller falls back to
+    :func:`decode_untrusted`. Raises only BadPacket.
+    """
+    if len(data) <= _SHARD_HEADER.size + TAG_LEN or len(data) > MAX_DATAGRAM:
+        return None
+    magic, version, kind, session, block, index = _SHARD_HEADER.unpack_from(data)
+    if kind not in _SHARD_KINDS or magic != MAGIC or version != VERSION:
+        return None
+    if key and not hmac.compare_digest(
+        hmac.digest(key, memoryview(data)[:-TAG_LEN], hashlib.sha256)[:TAG_LEN], data[-TAG_LEN:]
+    ):
+        raise BadPacket("authentication tag mismatch")
+    return kind, session, block, index, data[_SHARD_HEADER.size : -TAG_LEN]
+
+
 def decode_untrusted(data: bytes, key: bytes | None = None) -> Message:
     """Parse one datagram. With ``key``, the tag must match; raises only BadPacket."""
     kind, session = peek_session_untrusted(data)

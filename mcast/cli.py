@@ -1,0 +1,411 @@
+"""The ``mcast`` command line: snapshot, send, recv (and the commands later issues add).
+
+Owns argument parsing, turning every expected failure into one clear line and an exit code,
+and the two output styles: a rich progress bar on a terminal, or JSON lines (``--json``)
+whose last line is a summary with ``"event": "done"`` (or ``"error"``).
+
+Exit codes: 0 done, 1 the session ended before the package was complete, 2 bad arguments,
+3 snapshot not trusted or malformed, 4 file or disk error, 5 network or safety refusal,
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import trio
+
+from mcast.units import parse_rate, parse_size
+
+EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_TRUST, EXIT_IO, EXIT_NET, EXIT_INTERRUPTED = (
+    0, 1, 2, 3, 4, 5, 130,
+)  # fmt: skip
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ---------------------------------------------------------------------------------------
+# output
+
+
+class Output:
+    """JSON lines on stdout, or human lines and a progress bar on stderr."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self._progress: Any = None
+        self._task: Any = None
+
+    def event(self, name: str, **fields: Any) -> None:
+        if self.as_json:
+            print(json.dumps({"event": name, **fields}, default=str), flush=True)
+
+    def say(self, text: str) -> None:
+        if not self.as_json:
+            self._console().print(text)
+
+    def bar(self, description: str, total: float) -> None:
+        if self.as_json or not sys.stderr.isatty():
+            return
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self._progress = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=self._console(),
+            transient=False,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(description, total=total)
+
+    def update(self, completed: float, description: str | None = None) -> None:
+        if self._progress is not None:
+            kw = {"description": description} if description else {}
+            self._progress.update(self._task, completed=completed, **kw)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def _console(self) -> Any:
+        from rich.console import Console
+
+        return Console(stderr=True)
+
+
+def peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+# ---------------------------------------------------------------------------------------
+# shared argument helpers
+
+
+def _channel_args(p: argparse.ArgumentParser) -> None:
+    from mcast.udp import DEFAULT_GROUP, DEFAULT_INTERFACE, DEFAULT_PORT
+
+    p.add_argument("--interface", default=DEFAULT_INTERFACE, help="local IPv4 address to use")
+    p.add_argument("--group", default=DEFAULT_GROUP, help="multicast group (239.255.0.0/16)")
+    p.add_argument("--port", type=_port, default=DEFAULT_PORT)
+    p.add_argument("--session-key-file", type=Path, help="file with the session's HMAC key")
+    p.add_argument("--json", action="store_true", help="JSON lines on stdout")
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range: {port}")
+    return port
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def _channel(args: argparse.Namespace) -> Any:
+    from mcast.recv_driver import Channel
+    from mcast.udp import UnsafeAddress, check_endpoint
+
+    try:
+        check_endpoint(args.group, args.interface)
+    except UnsafeAddress as exc:
+        raise CliError(str(exc), EXIT_NET) from None
+    return Channel(args.group, args.port, args.interface)
+
+
+def read_session_key(path: Path | None) -> bytes | None:
+    """A session key file holds the key as hex (64 digits) or as 32 raw bytes."""
+    if path is None:
+        return None
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read session key {path}: {exc.strerror}", EXIT_IO) from None
+    text = raw.strip()
+    try:
+        key = bytes.fromhex(text.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        key = raw
+    if len(key) < 16:
+        raise CliError(f"session key in {path} is shorter than 16 bytes", EXIT_USAGE)
+    return key
+
+
+def load_snapshot(path: Path, trust_key: Path | None) -> Any:
+    from mcast.snapshot import (
+        SnapshotError,
+        TrustStore,
+        load_public_key,
+        parse_snapshot_xml,
+    )
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read snapshot {path}: {exc.strerror}", EXIT_IO) from None
+    try:
+        snap = parse_snapshot_xml(data)
+        if trust_key is not None:
+            try:
+                public = load_public_key(trust_key.read_bytes())
+            except OSError as exc:
+                raise CliError(f"cannot read key {trust_key}: {exc.strerror}", EXIT_IO) from None
+            TrustStore.of(public).verify(snap, time.time())
+    except SnapshotError as exc:
+        raise CliError(f"snapshot {path}: {exc}", EXIT_TRUST) from None
+    return snap
+
+
+# ---------------------------------------------------------------------------------------
+# commands
+
+
+def cmd_snapshot(args: argparse.Namespace, out: Output) -> int:
+    from mcast.snapshot import (
+        SnapshotError,
+        build_snapshot,
+        generate_key,
+        load_private_key,
+        public_key_pem,
+        save_private_key,
+    )
+
+    key_path: Path = args.key
+    if key_path.exists():
+        key = load_private_key(key_path)
+    else:
+        key = generate_key()
+        save_private_key(key, key_path)
+        out.say(f"created signing key {key_path}")
+    pub_path = key_path.with_name(key_path.name + ".pub")
+    if not pub_path.exists():
+        pub_path.write_bytes(public_key_pem(key.public_key()))
+    try:
+        snap = build_snapshot(
+            args.path,
+            args.name,
+            version=args.version,
+            block_size=args.block_size,
+            valid_for=args.valid_days * 86400,
+        ).signed(key)
+    except SnapshotError as exc:
+        raise CliError(str(exc), EXIT_IO) from None
+    except OSError as exc:
+        raise CliError(f"cannot read {args.path}: {exc.strerror}", EXIT_IO) from None
+    args.output.write_bytes(snap.to_xml())
+    out.event(
+        "done", snapshot=str(args.output), hash=snap.package_hash_hex, size=snap.total_size,
+        files=len(snap.files), units=snap.block_count, public_key=str(pub_path),
+    )  # fmt: skip
+    out.say(
+        f"{args.output}: {len(snap.files)} files, {snap.total_size:,} bytes,"
+        f" hash {snap.package_hash_hex[:16]}…, signed by {snap.key_id}"
+    )
+    return EXIT_OK
+
+
+def cmd_send(args: argparse.Namespace, out: Output) -> int:
+    from mcast.send_driver import SendProgress, send
+    from mcast.sender import SenderConfig
+    from mcast.source import SourceMismatch
+
+    snap = load_snapshot(args.snapshot, args.trust_key)
+    ch = _channel(args)
+    key = read_session_key(args.session_key_file)
+    cfg = SenderConfig(
+        group=ch.group, port=ch.port, rate_bps=args.rate, linger=args.linger,
+        receiver_timeout=args.receiver_timeout,
+    )  # fmt: skip
+    out.event("start", hash=snap.package_hash_hex, size=snap.total_size, rate_bps=args.rate,
+              group=ch.group, port=ch.port, interface=ch.interface)  # fmt: skip
+    if args.wait_go:  # everything is loaded: start on a line on stdin (benchmarks, udp-sender)
+        out.event("ready")
+        sys.stdin.readline()
+    out.bar(f"sending {snap.name}", snap.total_size)
+    last = [0.0]
+
+    def progress(p: SendProgress) -> None:
+        out.update(p.progress * snap.total_size,
+                   f"sending {snap.name} ({p.receivers_active} receivers)")  # fmt: skip
+        now = time.monotonic()
+        if now - last[0] >= 1.0:
+            last[0] = now
+            out.event("progress", progress=round(p.progress, 4), receivers=p.receivers_active,
+                      bytes_sent=p.bytes_sent, repairs=p.repairs_sent)  # fmt: skip
+
+    try:
+        result = trio.run(lambda: send(snap, args.path, channel=ch, key=key, config=cfg,
+                                       progress=progress))  # fmt: skip
+    except SourceMismatch as exc:
+        raise CliError(str(exc), EXIT_IO) from None
+    except OSError as exc:
+        raise CliError(f"network error: {exc}", EXIT_NET) from None
+    finally:
+        out.close()
+    s = result.stats
+    out.event(
+        "done", reason=result.reason, receivers_done=result.receivers_done,
+        receivers_lost=result.receivers_lost, bytes_sent=result.bytes_sent,
+        wall_s=round(result.wall_s, 3), data_packets=s.data_sent, repair_packets=s.parity_sent,
+        naks=s.naks_received, feedback_refused=s.feedback_refused, peak_rss_mb=peak_rss_mb(),
+        timeline=result.timeline,
+    )  # fmt: skip
+    out.say(
+        f"session ended ({result.reason}): {result.receivers_done} receivers done,"
+        f" {result.receivers_lost} lost; {s.data_sent:,} data + {s.parity_sent:,} repair packets"
+    )
+    return EXIT_OK
+
+
+def cmd_recv(args: argparse.Namespace, out: Output) -> int:
+    from mcast.partial import DownloadError
+    from mcast.receiver import ReceiverConfig
+    from mcast.recv_driver import ReceiveProgress, receive
+
+    snap = load_snapshot(args.snapshot, args.trust_key)
+    ch = _channel(args)
+    key = read_session_key(args.session_key_file)
+    cfg = ReceiverConfig(silence_timeout=args.timeout)
+    out.event("start", hash=snap.package_hash_hex, size=snap.total_size, out=str(args.out))
+    out.bar(f"waiting for {snap.name}", snap.total_size)
+    last = [0.0, False]
+
+    def progress(p: ReceiveProgress) -> None:
+        out.update(p.bytes_verified, f"receiving {snap.name}" if p.joined else None)
+        now = time.monotonic()
+        if p.joined and not last[1]:
+            last[1] = True
+            out.event("joined")
+        if now - float(last[0]) >= 1.0:
+            last[0] = now
+            out.event("progress", units=p.units_verified, total=p.units_total,
+                      bytes=p.bytes_verified)  # fmt: skip
+
+    try:
+        result = trio.run(lambda: receive(snap, args.out, channel=ch, key=key, config=cfg,
+                                          progress=progress))  # fmt: skip
+    except DownloadError as exc:
+        raise CliError(str(exc), EXIT_IO) from None
+    except OSError as exc:
+        raise CliError(f"network error: {exc}", EXIT_NET) from None
+    finally:
+        out.close()
+    s = result.stats
+    assert s is not None
+    out.event(
+        "done", verified=result.complete, complete=result.complete, reason=result.reason,
+        bytes=result.bytes_total if result.complete else result.bytes_received,
+        bytes_multicast=result.bytes_received, units=result.units_verified,
+        units_total=result.units_total, units_resumed=result.units_resumed,
+        wall_s=round(result.wall_s, 3), peak_rss_mb=peak_rss_mb(), session=result.session_id,
+        naks_sent=s.naks_sent, repairs=s.parity_shards, bad_packets=s.bad_packets,
+        verify_failures=s.verify_failures, timeline=result.timeline,
+    )  # fmt: skip
+    if result.complete:
+        out.say(f"{snap.name}: {len(result.files)} files verified in {args.out}")
+        return EXIT_OK
+    out.say(
+        f"{snap.name}: incomplete ({result.reason}); {result.units_verified}/{result.units_total}"
+        " units kept for resume"
+    )
+    return EXIT_INCOMPLETE
+
+
+# ---------------------------------------------------------------------------------------
+# parser and entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="mcast", description="Multicast-first package delivery (see README.md)."
+    )
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("snapshot", help="hash and sign a file or directory")
+    p.add_argument("path", type=Path)
+    p.add_argument("-o", "--output", type=Path, required=True, help="snapshot XML to write")
+    p.add_argument("--key", type=Path, required=True, help="Ed25519 key (PEM); made if missing")
+    p.add_argument("--name", help="package name (default: the path's name)")
+    p.add_argument("--version", type=int, default=1)
+    p.add_argument("--block-size", type=parse_size, default=64 * 1024)
+    p.add_argument("--valid-days", type=_positive_float, default=30.0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_snapshot)
+
+    p = sub.add_parser("send", help="serve a package on a multicast group")
+    p.add_argument("path", type=Path, help="the package file or directory")
+    p.add_argument("--snapshot", type=Path, required=True)
+    p.add_argument("--trust-key", type=Path, help="public key to check the snapshot with")
+    p.add_argument("--rate", type=parse_rate, default=100_000_000, help="e.g. 100mbit, 1gbit")
+    p.add_argument("--linger", type=_positive_float, default=2.0,
+                   help="seconds to stay after the last receiver is done")  # fmt: skip
+    p.add_argument("--receiver-timeout", type=_positive_float, default=5.0)
+    p.add_argument("--wait-go", action="store_true",
+                   help="load everything, print ready, start on a line on stdin")  # fmt: skip
+    _channel_args(p)
+    p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser("recv", help="receive a package from a multicast session")
+    p.add_argument("--snapshot", type=Path, required=True)
+    p.add_argument("--trust-key", type=Path, required=True, help="public key of the signer")
+    p.add_argument("--out", type=Path, required=True, help="destination directory")
+    p.add_argument("--timeout", type=_positive_float, default=10.0,
+                   help="give up after this many seconds without the session")  # fmt: skip
+    _channel_args(p)
+    p.set_defaults(func=cmd_recv)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out = Output(getattr(args, "json", False))
+    func: Callable[[argparse.Namespace, Output], int] = args.func
+    try:
+        return func(args, out)
+    except CliError as exc:
+        _error(out, str(exc), exc.code)
+    except KeyboardInterrupt:
+        _error(out, "interrupted", EXIT_INTERRUPTED)
+
+
+def _error(out: Output, message: str, code: int) -> NoReturn:
+    out.close()
+    if out.as_json:
+        out.event("error", error=message, code=code)
+    print(f"mcast: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""The trio driver of a sender: package bytes out at the configured rate, feedback in.
+
+Owns the loop around :class:`mcast.sender.Sender`: a feedback task reads every datagram on the
+group (its own looped-back data is dropped by the core after a header peek) and wakes the send
+loop; the send loop fires the core's timer, sends what the pacer allows as GSO batches, and
+sleeps until the core's next timer or new feedback. It returns when the core has sent its END,
+or raises :class:`mcast.source.SourceMismatch` if the files on disk change under it.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from mcast.events import SenderFinished
+from mcast.recv_driver import Channel
+from mcast.sender import PackageSource, Sender, SenderConfig, SenderPhase, SenderStats
+from mcast.snapshot import Snapshot
+from mcast.source import FileSource
+from mcast.udp import Endpoint, is_loopback
+
+_PROGRESS_EVERY = 0.5
+
+
+@dataclass
+class SendProgress:
+    session_id: int
+    progress: float  # first pass, 0..1
+    pass_done: bool
+    receivers_active: int
+    receivers_heard: int
+    bytes_sent: int
+    repairs_sent: int
+
+
+@dataclass
+class SendResult:
+    session_id: int
+    reason: str
+    receivers_done: int
+    receivers_lost: int
+    bytes_sent: int
+    wall_s: float
+    stats: SenderStats
+    timeline: dict[str, float] = field(default_factory=dict)  # time.monotonic() of milestones
+
+
+async def send(
+    snapshot: Snapshot,
+    source: Path | PackageSource,
+    *,
+    channel: Channel | None = None,
+    key: bytes | None = None,
+    config: SenderConfig | None = None,
+    session_id: int | None = None,
+    progress: Callable[[SendProgress], None] | None = None,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> SendResult:
+    """Serve ``snapshot`` on ``channel`` until every receiver heard is done or gone.
+
+    ``task_status.started`` reports the session id once the socket is open.
+    """
+    ch = channel or Channel()
+    cfg = config or SenderConfig(group=ch.group, port=ch.port)
+    own_source = isinstance(source, Path)
+    src: PackageSource = FileSource(snapshot, source) if isinstance(source, Path) else source
+    sid = session_id if session_id is not None else random.getrandbits(63) | 1
+    started = time.monotonic()
+    timeline = {"start": started}
+    try:
+        # On a real interface the sender needs none of its own traffic back; on loopback the
+        # receivers are on this host and must get it.
+        loop = is_loopback(ch.interface)
+        endpoint = Endpoint.open(ch.group, ch.port, ch.interface, loop=loop)
+        try:
+            core = Sender(
+                snapshot, src, session_id=sid, sender_id=random.getrandbits(63),
+                now=trio.current_time(), key=key, config=cfg,
+            )  # fmt: skip
+            task_status.started(sid)
+            finished = await _run(core, endpoint, progress, timeline)
+        finally:
+            endpoint.close()
+    finally:
+        if own_source:
+            src.close()  # type: ignore[attr-defined]
+    return SendResult(
+        session_id=sid,
+        reason=finished.reason,
+        receivers_done=finished.receivers_done,
+        receivers_lost=finished.receivers_lost,
+        bytes_sent=core.stats.bytes_sent,
+        wall_s=time.monotonic() - started,
+        stats=core.stats,
+        timeline=timeline,
+    )
+
+
+async def _run(
+    core: Sender,
+    endpoint: Endpoint,
+    progress: Callable[[SendProgress], None] | None,
+    timeline: dict[str, float],
+) -> SenderFinished:
+    wake = trio.Event()
+    finished: SenderFinished | None = None
+
+    async def feedback() -> None:
+        nonlocal wake
+        while True:
+            batch = await endpoint.receive_batch()
+            now = trio.current_time()
+            for data, addr in batch:
+                core.receive_datagram(data, addr, now)
+            wake.set()
+
+    next_progress = trio.current_time()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(feedback)
+            while finished is None:
+                now = trio.current_time()
+                timer = core.get_timer()
+                if timer is not None and now >= timer:
+                    core.handle_timer(now)
+                out = core.datagrams_to_send(now)
+                if out:
+                    timeline.setdefault("first_send", time.monotonic())
+                    await endpoint.send_many(out)
+                    if core.pass_done:
+                        timeline.setdefault("pass_done", time.monotonic())
+                while (event := core.next_event()) is not None:
+                    if isinstance(event, SenderFinished):
+                        finished = event
+                if progress is not None and now >= next_progress:
+                    progress(_progress(core, now))
+                    next_progress = now + _PROGRESS_EVERY
+                if core.phase is SenderPhase.CLOSED and finished is not None:
+                    break
+                timer = core.get_timer()
+                if out and timer is not None and timer <= trio.current_time():
+                    continue  # more is ready now
+                with trio.move_on_at(timer if timer is not None else math.inf):
+                    await wake.wait()
+                wake = trio.Event()
+            nursery.cancel_scope.cancel()
+    finally:
+        if progress is not None:
+            progress(_progress(core, trio.current_time()))
+    return finished
+
+
+def _progress(core: Sender, now: float) -> SendProgress:
+    return SendProgress(
+        session_id=core.session_id,
+        progress=core.progress,
+        pass_done=core.pass_done,
+        receivers_active=core.active_receivers(now),
+        receivers_heard=len(core.peers),
+        bytes_sent=core.stats.bytes_sent,
+        repairs_sent=core.stats.parity_sent,
+    )

@@ -1,0 +1,249 @@
+"""UDP multicast sockets under the network safety rules, with Linux GSO send and GRO receive.
+
+Owns: checking that a group and interface are allowed (groups in 239.255.0.0/16, TTL 1 at
+most, the interface pinned and, unless the operator opts out with MCAST_ALLOW_ANY_INTERFACE=1,
+on loopback or the 198.18.0.0/15 benchmarking range), opening one socket per endpoint bound to
+the group and joined on that interface, and moving batches of datagrams through it: a run of
+equal-sized datagrams leaves in one ``sendmsg`` with UDP_SEGMENT, and a GRO-coalesced read is
+split back into datagrams. Where the kernel lacks either, plain one-datagram calls are used.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import socket
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import trio
+
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+MAX_GSO_SEGMENTS = 64
+MAX_GSO_BYTES = 65000
+SAFE_GROUPS = ipaddress.ip_network("239.255.0.0/16")
+SAFE_INTERFACES = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("198.18.0.0/15"))
+DEFAULT_INTERFACE = "127.0.0.1"
+DEFAULT_GROUP = "239.255.77.1"
+DEFAULT_PORT = 47000
+DISCOVERY_GROUP = "239.255.77.77"
+DISCOVERY_PORT = 47077
+
+
+def is_loopback(interface: str) -> bool:
+    return ipaddress.ip_address(interface).is_loopback
+
+
+class UnsafeAddress(ValueError):
+    """A group, interface or TTL outside what the safety rules allow."""
+
+
+def check_endpoint(group: str, interface: str, ttl: int = 1) -> None:
+    try:
+        g = ipaddress.ip_address(group)
+        i = ipaddress.ip_address(interface)
+    except ValueError as exc:
+        raise UnsafeAddress(str(exc)) from None
+    if g not in SAFE_GROUPS:
+        raise UnsafeAddress(f"group {group} is outside {SAFE_GROUPS} (administratively scoped)")
+    if not 0 <= ttl <= 1:
+        raise UnsafeAddress("multicast TTL must be 0 or 1: sessions never leave the subnet")
+    if os.environ.get("MCAST_ALLOW_ANY_INTERFACE") == "1":
+        return
+    if not any(i in net for net in SAFE_INTERFACES):
+        raise UnsafeAddress(
+            f"interface {interface} is neither loopback nor a lab address (198.18.0.0/15);"
+            " set MCAST_ALLOW_ANY_INTERFACE=1 to use a real LAN interface"
+        )
+
+
+@dataclass
+class SocketInfo:
+    gso: bool
+    gro: bool
+    rcvbuf: int
+    sndbuf: int
+
+
+def _set_buffer(sock: socket.socket, force: int, plain: int, size: int) -> int:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, force, size)  # root may exceed rmem_max
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, plain, size)
+    return sock.getsockopt(socket.SOL_SOCKET, plain)
+
+
+def open_multicast(
+    group: str,
+    port: int,
+    interface: str = DEFAULT_INTERFACE,
+    *,
+    ttl: int = 1,
+    buffer_bytes: int = 8 * 1024 * 1024,
+    gro: bool = True,
+    loop: bool = True,
+) -> tuple[socket.socket, SocketInfo]:
+    """A non-blocking UDP socket bound to ``group:port``, joined and sending on ``interface``."""
+    check_endpoint(group, interface, ttl)
+    raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    try:
+        raw.setblocking(False)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if hasattr(socket, "SO_REUSEPORT"):
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        raw.bind((group, port))  # only this group's traffic, not every group on the port
+        mreq = socket.inet_aton(group) + socket.inet_aton(interface)
+        raw.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+        raw.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(interface))
+        raw.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
+        raw.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, int(loop))
+        rcv = _set_buffer(raw, 33, socket.SO_RCVBUF, buffer_bytes)  # 33 = SO_RCVBUFFORCE
+        snd = _set_buffer(raw, 32, socket.SO_SNDBUF, buffer_bytes)  # 32 = SO_SNDBUFFORCE
+        gro_on = False
+        if gro:
+            try:
+                raw.setsockopt(SOL_UDP, UDP_GRO, 1)
+                gro_on = True
+            except OSError:
+                pass
+        gso_on = _probe_gso(raw)
+    except BaseException:
+        raw.close()
+        raise
+    return raw, SocketInfo(gso_on, gro_on, rcv, snd)
+
+
+def _probe_gso(raw: socket.socket) -> bool:
+    try:
+        raw.getsockopt(SOL_UDP, UDP_SEGMENT)
+        return True
+    except OSError:
+        return False
+
+
+def gso_batches(datagrams: list[bytes]) -> Iterator[tuple[list[bytes], int]]:
+    """Group consecutive datagrams into GSO sends: equal sizes, the last may be shorter."""
+    i, n = 0, len(datagrams)
+    while i < n:
+        size = len(datagrams[i])
+        j, total = i + 1, size
+        while j < n and j - i < MAX_GSO_SEGMENTS and total + len(datagrams[j]) <= MAX_GSO_BYTES:
+            nxt = len(datagrams[j])
+            if nxt > size:
+                break
+            total += nxt
+            j += 1
+            if nxt < size:
+                break  # a shorter datagram can only end a batch
+        yield datagrams[i:j], size
+        i = j
+
+
+_RETRY_LATER = (errno.ENOBUFS, errno.EAGAIN)
+
+
+class Endpoint:
+    """A joined multicast socket with batched send and receive; counts what it moves."""
+
+    def __init__(self, sock: socket.socket, info: SocketInfo, group: str, port: int) -> None:
+        self.sock = sock
+        self.info = info
+        self.dest = (group, port)
+        self.datagrams_sent = 0
+        self.bytes_sent = 0
+        self.datagrams_received = 0
+        self.send_drops = 0
+
+    @classmethod
+    def open(
+        cls,
+        group: str,
+        port: int,
+        interface: str = DEFAULT_INTERFACE,
+        *,
+        ttl: int = 1,
+        loop: bool = True,
+    ) -> Endpoint:
+        """``loop=False``: this socket's own sends are not delivered to this host."""
+        sock, info = open_multicast(group, port, interface, ttl=ttl, loop=loop)
+        return cls(sock, info, group, port)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    async def send_many(self, datagrams: list[bytes]) -> None:
+        """Send in order; GSO runs where possible. A full device queue waits, then retries."""
+        if self.info.gso:
+            for batch, size in gso_batches(datagrams):
+                if len(batch) == 1:
+                    await self._send(batch[0])
+                else:
+                    await self._send_gso(batch, size)
+        else:
+            for d in datagrams:
+                await self._send(d)
+        self.datagrams_sent += len(datagrams)
+        self.bytes_sent += sum(len(d) for d in datagrams)
+        await trio.lowlevel.checkpoint()
+
+    async def _send_gso(self, batch: list[bytes], size: int) -> None:
+        cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
+        for _ in range(100):
+            try:
+                self.sock.sendmsg(batch, cmsg, 0, self.dest)
+                return
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self.sock)
+            except OSError as exc:
+                if exc.errno in _RETRY_LATER:
+                    await trio.sleep(0.0005)
+                elif exc.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.EIO):
+                    self.info.gso = False  # the kernel or device refused: plain sends for good
+                    for d in batch:
+                        await self._send(d)
+                    return
+                else:
+                    raise
+        self.send_drops += len(batch)  # the protocol repairs what never left
+
+    async def _send(self, data: bytes) -> None:
+        for _ in range(100):
+            try:
+                self.sock.sendto(data, self.dest)
+                return
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self.sock)
+            except OSError as exc:
+                if exc.errno not in _RETRY_LATER:
+                    raise
+                await trio.sleep(0.0005)
+        self.send_drops += 1
+
+    async def receive_batch(self, max_datagrams: int = 512) -> list[tuple[bytes, object]]:
+        """Wait for at least one datagram, then take what is queued without waiting again."""
+        out: list[tuple[bytes, object]] = []
+        while not out:
+            await trio.lowlevel.wait_readable(self.sock)
+            while len(out) < max_datagrams:
+                try:
+                    data, anc, _flags, addr = self.sock.recvmsg(65536, 64)
+                except BlockingIOError:
+                    break
+                seg = _gro_segment(anc) if anc else 0
+                if seg and len(data) > seg:
+                    out.extend((data[k : k + seg], addr) for k in range(0, len(data), seg))
+                else:
+                    out.append((data, addr))
+        self.datagrams_received += len(out)
+        return out
+
+
+def _gro_segment(ancdata: list[tuple[int, int, bytes]]) -> int:
+    for level, kind, data in ancdata:
+        if level == SOL_UDP and kind == UDP_GRO and len(data) >= 4:
+            return int(struct.unpack("=i", data[:4])[0])
+    return 0
