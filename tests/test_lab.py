@@ -338,6 +338,9 @@ FAKE_ENGINE = textwrap.dedent('''
         s.bind((a.interface, a.port)); s.setblocking(False)
         handles = [open(Path(a.pkgdir, rel), "rb") for rel, _ in files]
         need, done, sent, passes = set(), set(), 0, 0
+        if a.wait_go:
+            print(json.dumps({"event": "ready"}), flush=True)
+            sys.stdin.readline()
         last_heard = t0 = time.monotonic()
         print(json.dumps({"event": "start"}), flush=True)
         while True:
@@ -409,10 +412,11 @@ FAKE_ENGINE = textwrap.dedent('''
     for name in ("send", "recv"):
         p = sub.add_parser(name)
         if name == "send":
-            p.add_argument("pkgdir"); p.add_argument("--key-file"); p.add_argument("--rate")
+            p.add_argument("pkgdir"); p.add_argument("--rate")
+            p.add_argument("--wait-go", action="store_true")
         else:
-            p.add_argument("--trust-key"); p.add_argument("--out")
-        for opt in ("--snapshot", "--interface", "--group"):
+            p.add_argument("--out")
+        for opt in ("--snapshot", "--interface", "--group", "--trust-key", "--session-key-file"):
             p.add_argument(opt)
         p.add_argument("--port", type=int); p.add_argument("--json", action="store_true")
     a = ap.parse_args()
