@@ -20,9 +20,9 @@ import trio
 
 from mcast.events import SenderFinished
 from mcast.recv_driver import Channel
-from mcast.sender import PackageSource, Sender, SenderConfig, SenderPhase, SenderStats
+from mcast.sender import PackageSource, Sender, SenderConfig, SenderStats
 from mcast.snapshot import Snapshot
-from mcast.source import FileSource
+from mcast.source import FileSource, SourceMismatch
 from mcast.udp import Endpoint, is_loopback
 
 _PROGRESS_EVERY = 0.5
@@ -102,58 +102,85 @@ async def send(
     )
 
 
+class _Wakeup:
+    """Set by the feedback task, awaited (with a deadline) by the send loop."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait_until(self, deadline: float) -> None:
+        with trio.move_on_at(deadline):
+            await self._event.wait()
+        self._event = trio.Event()
+
+
 async def _run(
     core: Sender,
     endpoint: Endpoint,
     progress: Callable[[SendProgress], None] | None,
     timeline: dict[str, float],
 ) -> SenderFinished:
-    wake = trio.Event()
-    finished: SenderFinished | None = None
+    wakeup = _Wakeup()
 
     async def feedback() -> None:
-        nonlocal wake
         while True:
             batch = await endpoint.receive_batch()
             now = trio.current_time()
             for data, addr in batch:
                 core.receive_datagram(data, addr, now)
-            wake.set()
+            wakeup.set()
 
-    next_progress = trio.current_time()
+    failure: SourceMismatch | None = None
+    finished: SenderFinished | None = None
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(feedback)
-            while finished is None:
-                now = trio.current_time()
-                timer = core.get_timer()
-                if timer is not None and now >= timer:
-                    core.handle_timer(now)
-                out = core.datagrams_to_send(now)
-                if out:
-                    timeline.setdefault("first_send", time.monotonic())
-                    await endpoint.send_many(out)
-                    if core.pass_done:
-                        timeline.setdefault("pass_done", time.monotonic())
-                while (event := core.next_event()) is not None:
-                    if isinstance(event, SenderFinished):
-                        finished = event
-                if progress is not None and now >= next_progress:
-                    progress(_progress(core, now))
-                    next_progress = now + _PROGRESS_EVERY
-                if core.phase is SenderPhase.CLOSED and finished is not None:
-                    break
-                timer = core.get_timer()
-                if out and timer is not None and timer <= trio.current_time():
-                    continue  # more is ready now
-                with trio.move_on_at(timer if timer is not None else math.inf):
-                    await wake.wait()
-                wake = trio.Event()
+            try:
+                finished = await _send_loop(core, endpoint, wakeup, progress, timeline)
+            except SourceMismatch as exc:  # raised as itself, not inside an exception group
+                failure = exc
             nursery.cancel_scope.cancel()
     finally:
         if progress is not None:
             progress(_progress(core, trio.current_time()))
+    if failure is not None:
+        raise failure
+    assert finished is not None
     return finished
+
+
+async def _send_loop(
+    core: Sender,
+    endpoint: Endpoint,
+    wakeup: _Wakeup,
+    progress: Callable[[SendProgress], None] | None,
+    timeline: dict[str, float],
+) -> SenderFinished:
+    next_progress = trio.current_time()
+    while True:
+        now = trio.current_time()
+        timer = core.get_timer()
+        if timer is not None and now >= timer:
+            core.handle_timer(now)
+        out = core.datagrams_to_send(now)
+        if out:
+            timeline.setdefault("first_send", time.monotonic())
+            await endpoint.send_many(out)
+            if core.pass_done:
+                timeline.setdefault("pass_done", time.monotonic())
+        while (event := core.next_event()) is not None:
+            if isinstance(event, SenderFinished):
+                return event
+        if progress is not None and now >= next_progress:
+            progress(_progress(core, now))
+            next_progress = now + _PROGRESS_EVERY
+        timer = core.get_timer()
+        if out and timer is not None and timer <= trio.current_time():
+            continue  # more is ready now
+        await wakeup.wait_until(timer if timer is not None else math.inf)
 
 
 def _progress(core: Sender, now: float) -> SendProgress:
