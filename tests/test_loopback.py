@@ -179,7 +179,7 @@ def test_a_really_full_disk_is_found_before_the_download(tmp_path: Path) -> None
         src = tmp_path / "big.bin"
         src.write_bytes(b"x" * 3_000_000)
         snap = build_snapshot(src).signed(KEY)
-        with pytest.raises(DownloadError, match="not enough space|cannot reserve"):
+        with pytest.raises(DownloadError, match=r"not enough space|cannot reserve"):
             PartialDownload.open(snap, mnt / "out")
         assert not (mnt / "out" / "big.bin").exists()
     finally:
