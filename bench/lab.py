@@ -334,8 +334,8 @@ def run_lab(receivers: int, size: int, rate_bps: int | None, loss: float, mode: 
     if timeout is None:
         copies = receivers if mode == "http" else 1
         timeout = 60 + 5 * (line_rate_s or size * 8 / 1e9) * copies
-    if sender_rate is None and rate_bps:
-        sender_rate = rate_text(rate_bps)
+    if sender_rate is None:  # the engine paces to the link; with no link limit, it finds one
+        sender_rate = rate_text(rate_bps) if rate_bps else "0"
     work = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-", dir=workdir))
     try:
         t_gen = time.monotonic()

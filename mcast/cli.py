@@ -278,7 +278,7 @@ def cmd_send(args: argparse.Namespace, out: Output) -> int:
         receivers_lost=result.receivers_lost, bytes_sent=result.bytes_sent,
         wall_s=round(result.wall_s, 3), data_packets=s.data_sent, repair_packets=s.parity_sent,
         naks=s.naks_received, feedback_refused=s.feedback_refused, peak_rss_mb=peak_rss_mb(),
-        timeline=result.timeline,
+        rate_bps=s.rate_bps, rate_cuts=s.rate_cuts, timeline=result.timeline,
     )  # fmt: skip
     out.say(
         f"session ended ({result.reason}): {result.receivers_done} receivers done,"

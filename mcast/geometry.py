@@ -21,6 +21,7 @@ class Geometry:
     units_per_block: int
     parity_ratio_pct: int = 100
     _k: tuple[int, ...] = field(default=(), init=False, repr=False, compare=False)
+    _first: tuple[int, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.packet_size < 2 or self.packet_size % 2:
@@ -33,6 +34,11 @@ class Geometry:
         for b in range((self.unit_count + self.units_per_block - 1) // self.units_per_block):
             ks.append(sum(self.unit_shards(u) for u in self.block_units(b)))
         object.__setattr__(self, "_k", tuple(ks))
+        firsts, total = [], 0
+        for k in ks:
+            firsts.append(total)
+            total += k
+        object.__setattr__(self, "_first", tuple(firsts))
 
     @property
     def shards_per_unit(self) -> int:
@@ -62,6 +68,10 @@ class Geometry:
 
     def block_of_unit(self, unit: int) -> int:
         return unit // self.units_per_block
+
+    def first_shard(self, block: int) -> int:
+        """Position of the block's first source shard in the whole first pass."""
+        return self._first[block]
 
     def k(self, block: int) -> int:
         return self._k[block]

@@ -56,3 +56,48 @@ class SourceLimiter:
             return True
         self.refused += 1
         return False
+
+
+class RateController:
+    """AIMD on receiver reports: cut by ``decrease`` when a receiver says it is overrun,
+    at most once per ``interval``; grow by ``increase`` per quiet ``interval`` back towards the
+    rate of the last cut, then only by ``probe`` per interval above it, up to the cap.
+
+    Random loss on the wire is not a reason to slow down (parity repairs it); what is: a
+    receiver whose own socket dropped datagrams, or first-pass loss above the threshold the
+    receivers apply before they report.
+    """
+
+    def __init__(
+        self,
+        max_rate: float,
+        now: float,
+        *,
+        start_rate: float | None = None,
+        min_rate: float = 1_000_000.0,
+        decrease: float = 0.7,
+        increase: float = 1.08,
+        probe: float = 1.01,
+        interval: float = 0.1,
+    ) -> None:
+        self.max_rate = max_rate
+        self.min_rate = min(min_rate, max_rate)
+        self.rate = min(max_rate, start_rate or max_rate)
+        self.decrease, self.increase, self.interval = decrease, increase, interval
+        self.probe = probe
+        self.ceiling = float("inf")  # the rate at the last cut
+        self._last_change = now
+        self.cuts = 0
+
+    def congested(self, now: float) -> None:
+        if now - self._last_change >= self.interval:
+            self.ceiling = self.rate
+            self.rate = max(self.min_rate, self.rate * self.decrease)
+            self._last_change = now
+            self.cuts += 1
+
+    def tick(self, now: float) -> None:
+        if self.rate < self.max_rate and now - self._last_change >= self.interval:
+            factor = self.increase if self.rate < 0.9 * self.ceiling else self.probe
+            self.rate = min(self.max_rate, self.rate * factor)
+            self._last_change = now

@@ -47,6 +47,9 @@ class ReceiverConfig:
     nak_backoff: float = 0.02  # a NAK waits a random time up to this, listening for others
     nak_retry: float = 0.15  # a NAKed block that makes no progress for this long is NAKed again
     status_interval: float = 1.0
+    congestion_window: float = 0.1  # loss and socket drops are judged over windows this long
+    congestion_loss_permille: int = 150  # more first-pass loss than this is reported at once
+    congestion_backlog: float = 0.5  # a socket queue fuller than this is reported at once
     silence_timeout: float = 5.0  # no valid datagram from the session this long: failed
     end_grace: float = 0.5  # after an END, this long without session traffic: failed
     max_verify_failures: int = 64
@@ -150,6 +153,15 @@ class Receiver:
         self._next_status = now
         self._next_solicit = now
         self._done_repeats = 0
+        self._high = -1  # furthest first-pass shard position seen
+        self._window_high = -1
+        self._window_received = 0
+        self._window_ends = now
+        self._socket_drops = 0
+        self._reported_drops = 0
+        self._loss_permille = 0
+        self._backlog = 0.0  # the fullest the socket queue was in this window
+        self._backlog_pct = 0
         self._handlers: dict[type, Callable[[Message, float], None]] = {
             Announce: self._handle_announce,  # type: ignore[dict-item]
             Data: self._handle_data,  # type: ignore[dict-item]
@@ -236,9 +248,14 @@ class Receiver:
             msg = Solicit(self.session_id or 0, self.snapshot.package_hash, self.receiver_id)
             self._out.append(encode(msg, self._key))
             self._next_solicit = now + self.config.solicit_interval * self._rng.uniform(0.5, 1.5)
-        if self.phase is Phase.RECEIVING and now >= self._next_status:
-            self._queue_status(done=False)
-            self._next_status = now + self.config.status_interval
+        if self.phase is Phase.RECEIVING:
+            congested = False
+            if now >= self._window_ends:
+                congested = self._close_window()
+                self._window_ends = now + self.config.congestion_window
+            if congested or now >= self._next_status:
+                self._queue_status(done=False)
+                self._next_status = now + self.config.status_interval
 
     def get_timer(self) -> float | None:
         if self.phase in (Phase.COMPLETE, Phase.FAILED):
@@ -254,9 +271,18 @@ class Receiver:
             candidates.append(self._timers[0][0])
         if self.phase is Phase.RECEIVING:
             candidates.append(self._next_status)
+            candidates.append(self._window_ends)
         elif self.phase is Phase.WAITING:
             candidates.append(self._next_solicit)
         return min(candidates)
+
+    def note_backlog(self, fraction: float) -> None:
+        """The driver saw its socket queue this full (0..1)."""
+        self._backlog = max(self._backlog, fraction)
+
+    def note_socket_drops(self, total: int) -> None:
+        """The driver's count of datagrams its socket dropped (SO_RXQ_OVFL), cumulative."""
+        self._socket_drops = max(self._socket_drops, total)
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
         out, self._out = self._out, []
@@ -326,6 +352,11 @@ class Receiver:
         if msg.block + 1 > self._frontier:
             self._advance_frontier(msg.block, now)  # the sender has moved past earlier blocks
         self.stats.data_shards += 1
+        pos = g.first_shard(msg.block) + msg.index
+        if self._window_high < 0:
+            self._window_high = pos - 1  # a late joiner lost nothing before it joined
+        self._window_received += 1
+        self._high = max(self._high, pos)
         if self._block_done[msg.block]:
             self.stats.duplicates += 1
             return
@@ -514,10 +545,34 @@ class Receiver:
             self.stats.nak_entries_sent += len(chunk)
         self._nak_queue.clear()
 
+    def _close_window(self) -> bool:
+        """Loss over the window that ends now; True if it says the sender is too fast."""
+        expected = self._high - self._window_high
+        if expected >= 20:
+            lost = max(0, expected - self._window_received)
+            self._loss_permille = min(1000, lost * 1000 // expected)
+        elif expected <= 0:
+            self._loss_permille = 0
+        self._backlog = 0.0  # the fullest the socket queue was in this window
+        self._backlog_pct = 0
+        self._window_high, self._window_received = self._high, 0
+        drops = self._socket_drops > self._reported_drops
+        self._reported_drops = self._socket_drops
+        self._backlog_pct = int(self._backlog * 100)
+        self._backlog = 0.0
+        return (
+            drops
+            or self._loss_permille > self.config.congestion_loss_permille
+            or self._backlog_pct > self.config.congestion_backlog * 100
+        )
+
     def _queue_status(self, done: bool, failed: bool = False) -> None:
         if self.session_id is None:
             return
-        msg = Status(self.session_id, self.receiver_id, self._verified_count, done, failed)
+        msg = Status(
+            self.session_id, self.receiver_id, self._verified_count, done, failed,
+            self._loss_permille, self._socket_drops, self._backlog_pct,
+        )  # fmt: skip
         self._out.append(encode(msg, self._key))
         self.stats.status_sent += 1
 

@@ -151,6 +151,9 @@ async def _loop(
                 now = trio.current_time()
                 for data, addr in batch:
                     core.receive_datagram(data, addr, now)
+                core.note_socket_drops(endpoint.socket_drops)
+                if len(batch) > 64:  # only a long queue is worth a look at its depth
+                    core.note_backlog(endpoint.backlog())
             now = trio.current_time()
             if timer is not None and now >= timer:
                 core.handle_timer(now)

@@ -25,7 +25,7 @@ from typing import Protocol
 from mcast import fec
 from mcast.events import Event, SenderFinished
 from mcast.geometry import Geometry
-from mcast.pacing import SourceLimiter, TokenBucket
+from mcast.pacing import RateController, SourceLimiter, TokenBucket
 from mcast.snapshot import Snapshot
 from mcast.wire import (
     Announce,
@@ -66,7 +66,9 @@ class SenderConfig:
     packet_size: int = 1432  # shard payload; 1,500-byte MTU minus IP, UDP and our 36 bytes
     units_per_block: int = 16  # 16 x 64 KiB units = 736 shards per FEC block
     parity_ratio_pct: int = 100  # parity shards available per block, % of its source shards
-    rate_bps: int = 100_000_000  # 0 = unpaced
+    rate_bps: int = 100_000_000  # the cap; 0 = no cap: find the receivers' pace (AIMD)
+    start_rate_bps: int = 400_000_000  # where an uncapped session starts
+    congestion_loss_permille: int = 150  # a status above this means "too fast" too
     burst_bytes: int = 128 * 1024  # a late wake-up may catch up this much (tbf bursts 256k)
     wake_bytes: int = 16 * 1500  # sleep until this much may be sent: fewer, larger wake-ups
     wire_overhead: int = 42  # Ethernet + IPv4 + UDP bytes per datagram, counted by the pacer
@@ -100,6 +102,8 @@ class SenderStats:
     bad_packets: int = 0
     other_session: int = 0
     receivers_heard: int = 0
+    rate_cuts: int = 0
+    rate_bps: int = 0
 
 
 @dataclass
@@ -108,6 +112,7 @@ class _Peer:
     verified_units: int = 0
     done: bool = False
     failed: bool = False
+    socket_drops: int = 0
 
 
 _FEEDBACK = (MsgType.NAK, MsgType.STATUS, MsgType.SOLICIT)
@@ -157,7 +162,11 @@ class Sender:
         self._parity_cache: OrderedDict[int, list[bytes]] = OrderedDict()
         self._fresh: tuple[int, list[bytes]] | None = None
         self._pending: bytes | None = None  # built, waiting for pacing tokens
-        self._bucket = TokenBucket(cfg.rate_bps / 8, cfg.burst_bytes, now)
+        cap = cfg.rate_bps or 100_000_000_000
+        self._rate = RateController(cap, now, start_rate=cfg.rate_bps or cfg.start_rate_bps)
+        self._bucket = TokenBucket(self._rate.rate / 8, cfg.burst_bytes, now)
+        self.stats.rate_bps = int(self._rate.rate)
+        self._pacing_limited = False
         self._limiter = SourceLimiter(cfg.feedback_rate, cfg.feedback_burst)
         self._next_announce = now
         self._last_announce = float("-inf")
@@ -196,6 +205,10 @@ class Sender:
         self._handlers[type(msg)](msg, addr, now)
 
     def handle_timer(self, now: float) -> None:
+        if self._pacing_limited:  # grow only a rate that is in use (cwnd validation)
+            self._rate.tick(now)
+            self._apply_rate()
+            self._pacing_limited = False
         if self.phase is SenderPhase.SENDING and self._idle(now):
             self.close(now, "all receivers done" if self.peers else "no receivers")
         elif self.phase is SenderPhase.ENDING and not self._ends_left and now >= self._next_end:
@@ -235,6 +248,7 @@ class Sender:
                 break
             if not self._bucket.try_take(len(dgram) + overhead, now):
                 self._pending = dgram
+                self._pacing_limited = True
                 break
             self._pending = None
             self._last_activity = now
@@ -247,6 +261,15 @@ class Sender:
 
     def statistics(self) -> SenderStats:
         return self.stats
+
+    @property
+    def rate_bps(self) -> float:
+        return self._rate.rate
+
+    def _apply_rate(self) -> None:
+        self._bucket.rate = self._rate.rate / 8
+        self.stats.rate_cuts = self._rate.cuts
+        self.stats.rate_bps = int(self._rate.rate)
 
     def close(self, now: float, reason: str = "closed") -> None:
         """Stop sending: the END message goes out a few times, then SenderFinished."""
@@ -317,6 +340,12 @@ class Sender:
         peer.verified_units = max(peer.verified_units, msg.verified_units)
         peer.done = peer.done or msg.done
         peer.failed = msg.failed
+        overrun = msg.socket_drops > peer.socket_drops
+        peer.socket_drops = max(peer.socket_drops, msg.socket_drops)
+        too_fast = msg.loss_permille > self.config.congestion_loss_permille or msg.backlog_pct > 50
+        if overrun or too_fast:
+            self._rate.congested(now)
+            self._apply_rate()
         if not (peer.done or peer.failed):
             self._last_activity = now
 
@@ -398,7 +427,7 @@ class Sender:
             packet_size=cfg.packet_size,
             units_per_block=cfg.units_per_block,
             parity_ratio_pct=cfg.parity_ratio_pct,
-            rate_bps=cfg.rate_bps,
+            rate_bps=int(self._rate.rate),
             group=cfg.group,
             port=cfg.port,
             next_block=self._cursor[0],

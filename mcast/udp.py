@@ -10,6 +10,7 @@ split back into datagrams. Where the kernel lacks either, plain one-datagram cal
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import os
@@ -23,6 +24,8 @@ import trio
 SOL_UDP = 17
 UDP_SEGMENT = 103
 UDP_GRO = 104
+SO_RXQ_OVFL = 40  # ancillary data: datagrams this socket has dropped, cumulative
+SO_MEMINFO = 55  # receive memory in use and the receive buffer size
 MAX_GSO_SEGMENTS = 64
 MAX_GSO_BYTES = 65000
 SAFE_GROUPS = ipaddress.ip_network("239.255.0.0/16")
@@ -111,6 +114,8 @@ def open_multicast(
             except OSError:
                 pass
         gso_on = _probe_gso(raw)
+        with contextlib.suppress(OSError):
+            raw.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
     except BaseException:
         raw.close()
         raise
@@ -157,6 +162,7 @@ class Endpoint:
         self.bytes_sent = 0
         self.datagrams_received = 0
         self.send_drops = 0
+        self.socket_drops = 0  # what the kernel dropped because we read too slowly
 
     @classmethod
     def open(
@@ -223,6 +229,16 @@ class Endpoint:
                 await trio.sleep(0.0005)
         self.send_drops += 1
 
+    def backlog(self) -> float:
+        """How full the socket's receive queue is (0..1): reading too slowly shows here first."""
+        try:
+            rmem, rcvbuf = struct.unpack_from(
+                "=II", self.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36)
+            )
+        except OSError:
+            return 0.0
+        return min(1.0, rmem / rcvbuf) if rcvbuf else 0.0
+
     async def receive_batch(self, max_datagrams: int = 512) -> list[tuple[bytes, object]]:
         """Wait for at least one datagram, then take what is queued without waiting again."""
         out: list[tuple[bytes, object]] = []
@@ -233,17 +249,15 @@ class Endpoint:
                     data, anc, _flags, addr = self.sock.recvmsg(65536, 64)
                 except BlockingIOError:
                     break
-                seg = _gro_segment(anc) if anc else 0
+                seg = 0
+                for level, kind, value in anc:
+                    if level == SOL_UDP and kind == UDP_GRO and len(value) >= 4:
+                        seg = int(struct.unpack("=i", value[:4])[0])
+                    elif level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(value) >= 4:
+                        self.socket_drops = int(struct.unpack("=I", value[:4])[0])
                 if seg and len(data) > seg:
                     out.extend((data[k : k + seg], addr) for k in range(0, len(data), seg))
                 else:
                     out.append((data, addr))
         self.datagrams_received += len(out)
         return out
-
-
-def _gro_segment(ancdata: list[tuple[int, int, bytes]]) -> int:
-    for level, kind, data in ancdata:
-        if level == SOL_UDP and kind == UDP_GRO and len(data) >= 4:
-            return int(struct.unpack("=i", data[:4])[0])
-    return 0

@@ -115,6 +115,9 @@ class Status:
     verified_units: int
     done: bool
     failed: bool = False
+    loss_permille: int = 0  # first-pass data lost over the last report interval
+    socket_drops: int = 0  # datagrams the receiver's own socket dropped (too fast for it)
+    backlog_pct: int = 0  # how full the receiver's socket queue got over the last interval
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +191,10 @@ def _enc_nak(m: Nak, key: bytes | None) -> bytes:
 
 
 def _enc_status(m: Status, key: bytes | None) -> bytes:
-    fields = [m.receiver_id, m.verified_units, m.done, m.failed]
+    fields = [
+        m.receiver_id, m.verified_units, m.done, m.failed, m.loss_permille, m.socket_drops,
+        m.backlog_pct,
+    ]  # fmt: skip
     return _control(MsgType.STATUS, m.session, fields, key)
 
 
@@ -285,8 +291,11 @@ def _dec_nak(session: int, body: memoryview) -> Nak:
 
 
 def _dec_status(session: int, body: memoryview) -> Status:
-    f = _fields(body, 4)
-    return Status(session, _u(f[0], _MAX_U64), _u(f[1]), _flag(f[2]), _flag(f[3]))
+    f = _fields(body, 7)
+    return Status(
+        session, _u(f[0], _MAX_U64), _u(f[1]), _flag(f[2]), _flag(f[3]), _u(f[4], 1000),
+        _u(f[5]), _u(f[6], 100),
+    )  # fmt: skip
 
 
 def _dec_end(session: int, body: memoryview) -> End:

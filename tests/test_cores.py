@@ -201,9 +201,58 @@ def test_nak_cannot_ask_for_more_than_a_block():
         now=0.0,
         config=SenderConfig(packet_size=256, rate_bps=0),
     )
+    now = 0.0
     while not s.pass_done:
-        s.datagrams_to_send(0.0)
+        s.datagrams_to_send(now)
+        now += 0.01
     k = s.geometry.k(0)
     nak = wire.encode(wire.Nak(1, 66, (wire.NakEntry(0, 2**32 - 1, 0),)))
-    s.receive_datagram(nak, ("a", 1), 1.0)
+    s.receive_datagram(nak, ("a", 1), now + 1.0)
     assert s.stats.parity_requested == k
+
+
+def _started_sender(rate_bps: int):
+    from mcast.sender import BytesSource, Sender
+
+    data = random.Random(12).randbytes(400_000)
+    snap = make_snapshot(data)
+    s = Sender(
+        snap,
+        BytesSource(data),
+        session_id=1,
+        sender_id=1,
+        now=0.0,
+        config=SenderConfig(packet_size=1400, rate_bps=rate_bps),
+    )
+    return s
+
+
+def test_a_receiver_overrun_report_slows_the_sender():
+    s = _started_sender(0)  # uncapped: it starts at start_rate and follows the receivers
+    start = s.rate_bps
+    s.datagrams_to_send(0.0)
+    ok = wire.encode(wire.Status(1, 5, 0, False, socket_drops=0))
+    s.receive_datagram(ok, ("r", 1), 0.2)
+    assert s.rate_bps == start
+    overrun = wire.encode(wire.Status(1, 5, 0, False, socket_drops=40))
+    s.receive_datagram(overrun, ("r", 1), 0.3)
+    assert s.rate_bps < start and s.stats.rate_cuts == 1
+    backlog = wire.encode(wire.Status(1, 5, 0, False, socket_drops=40, backlog_pct=90))
+    s.receive_datagram(backlog, ("r", 1), 0.5)
+    assert s.stats.rate_cuts == 2
+
+
+def test_random_wire_loss_does_not_slow_the_sender():
+    s = _started_sender(100_000_000)
+    lossy = wire.encode(wire.Status(1, 5, 0, False, loss_permille=50))  # 5%: parity's job
+    for i in range(20):
+        s.receive_datagram(lossy, ("r", 1), 0.1 * (i + 1))
+    assert s.rate_bps == 100_000_000 and s.stats.rate_cuts == 0
+
+
+def test_an_unused_rate_is_not_grown():
+    s = _started_sender(0)
+    start = s.rate_bps
+    for i in range(50):  # nobody asks it to send more than it can: never pacing-limited
+        s.handle_timer(0.1 * (i + 1))
+    assert s.rate_bps == start

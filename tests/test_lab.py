@@ -331,7 +331,8 @@ FAKE_ENGINE = textwrap.dedent('''
 
     def send(a):
         files = sorted(json.loads(Path(a.snapshot).read_text()).items())
-        rate = float(a.rate.removesuffix("mbit")) * 1e6 if a.rate else 1e9
+        rate = float(a.rate.removesuffix("mbit")) * 1e6 if a.rate else 0
+        rate = rate or 1e9  # 0 = no limit, as the real CLI
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(a.interface))
         s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)

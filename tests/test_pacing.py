@@ -45,3 +45,35 @@ def test_source_limiter_stays_bounded_under_spoofed_sources():
     for i in range(10_000):
         lim.allow(("198.18.0.9", i), 0.0)
     assert len(lim._buckets) <= 64
+
+
+def test_rate_controller_cuts_once_per_interval_and_recovers_gently_above_the_last_cut():
+    from mcast.pacing import RateController
+
+    rc = RateController(1000.0, now=0.0, start_rate=800.0, min_rate=10.0)
+    rc.congested(0.2)
+    assert rc.rate == pytest.approx(560.0) and rc.ceiling == 800.0
+    rc.congested(0.25)  # within the interval: one overrun episode is one cut
+    assert rc.rate == pytest.approx(560.0) and rc.cuts == 1
+    t, ticks = 0.35, 0
+    while rc.rate < 0.9 * 800.0:
+        rc.tick(t)
+        t += 0.11  # a little over the interval, clear of float rounding
+        ticks += 1
+    before = rc.rate
+    rc.tick(t + 0.1)
+    assert rc.rate <= before * 1.011  # above 90% of the last cut: probe slowly
+    assert ticks <= 5  # back to 90% of the last cut in a handful of intervals
+    for _ in range(1000):
+        t += 0.1
+        rc.tick(t)
+    assert rc.rate == 1000.0  # never past the cap
+
+
+def test_rate_controller_never_goes_below_its_floor():
+    from mcast.pacing import RateController
+
+    rc = RateController(1e9, now=0.0, min_rate=1e6)
+    for i in range(200):
+        rc.congested(0.1 * (i + 1))
+    assert rc.rate == 1e6
