@@ -612,6 +612,15 @@ def test_safe_join_refuses_symlinked_directory_pointing_outside(tmp_path: Path):
         safe_join(dest, "f")
 
 
+def test_safe_join_refuses_any_existing_symlink_even_one_pointing_inside(tmp_path: Path):
+    """The docstring's promise: a link that stays inside is refused too (it may be re-aimed)."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    with pytest.raises(UnsafePath, match="symlink"):
+        safe_join(tmp_path, "alias/file")
+    assert safe_join(tmp_path, "real/file") == tmp_path.resolve() / "real" / "file"
+
+
 def test_safe_join_refuses_unsafe_names(tmp_path: Path):
     for name in BAD_NAMES:
         with pytest.raises(UnsafePath):
