@@ -123,6 +123,7 @@ class Adversary:
     mode: str = "honest"  # honest, flip, ignore_range, error, no_content_range, slow
     flip_at: int = 0
     delay: float = 0.0
+    truncate_at: int | None = None  # cut every body after this many bytes
     ranges: list[str] = field(default_factory=list)
 
     def app(self) -> Starlette:
@@ -148,11 +149,13 @@ class Adversary:
                         headers["Content-Range"] = rng.content_range(len(data))
             headers["Content-Length"] = str(hi - lo)
 
+            cut = hi if self.truncate_at is None else min(hi, lo + self.truncate_at)
+
             async def chunks() -> AsyncIterator[bytes]:
-                for i in range(lo, hi, 16 * 1024):
+                for i in range(lo, cut, 16 * 1024):
                     if self.delay:
                         await trio.sleep(self.delay)
-                    yield data[i : min(i + 16 * 1024, hi)]
+                    yield data[i : min(i + 16 * 1024, cut)]
 
             return StreamingResponse(chunks(), status_code=status, headers=headers)
 
@@ -295,6 +298,30 @@ async def test_ignored_range_5xx_and_refused_codebases_are_skipped(
     assert len(ignore.ranges) == 1 and len(no_cr.ranges) == 1  # dropped at once
     assert result.codebase_used == good
     assert result.bytes_http == pkg.size_of(set(range(11)) - {3, 4})
+    assert_placed(tmp_path, pkg, part)
+
+
+async def test_a_body_cut_short_is_retried_from_where_it_stopped(
+    tmp_path: Path, pkg: Package, good: str, client: httpx.AsyncClient
+) -> None:
+    part = partial(tmp_path, pkg, {0})
+    cuts = Adversary(pkg.content, "truncate", truncate_at=UNIT + UNIT // 2)  # 1.5 units each
+    dead = Adversary(pkg.content, "truncate", truncate_at=0)
+    async with AsyncExitStack() as stack:
+        cut_url, dead_url = await serve_all(stack, pkg, cuts, dead)
+        result = await fetch_missing(
+            pkg.snap,
+            part,
+            [dead_url, cut_url, good],
+            client=client,
+            speed_test=False,
+            retry_delay=0.01,
+        )
+    assert list(result.codebases_failed) == [dead_url] and len(dead.ranges) == 3
+    # every attempt at the cutting codebase verified one more unit: it finished the job
+    assert result.bytes_by_codebase == {cut_url: pkg.size_of(set(range(1, 11)))}
+    assert cuts.ranges == [f"bytes={u * UNIT}-{pkg.snap.total_size - 1}" for u in range(1, 11)]
+    assert result.bytes_received > result.bytes_http
     assert_placed(tmp_path, pkg, part)
 
 
