@@ -135,7 +135,7 @@ async def _measure(
             got = await _read_sample(codebase, client, sample_bytes)
         except _SampleFailed as exc:
             return Ranked(codebase, False, seconds=trio.current_time() - start, reason=str(exc))
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             return Ranked(codebase, False, seconds=trio.current_time() - start, reason=_why(exc))
         elapsed = max(trio.current_time() - start, 1e-6)
         return Ranked(codebase, True, got / elapsed, elapsed, got)
@@ -328,6 +328,8 @@ async def _fetch_run(st: _State, client: httpx.AsyncClient, codebase: str, run: 
         async with client.stream("GET", content_url(codebase), headers=headers) as resp:
             _check_response(resp, first, end, total)
             await _consume(st, codebase, resp, run, first, end)
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+        raise _CodebaseBad(f"unusable codebase URL: {exc}") from None
     except httpx.HTTPError as exc:  # connection refused/reset, timeouts, protocol errors
         raise _Transient(_why(exc)) from None
 
@@ -431,6 +433,6 @@ def _parse_content_range(value: str | None) -> tuple[int, int, int | None] | Non
     return first, last, total
 
 
-def _why(exc: httpx.HTTPError) -> str:
+def _why(exc: Exception) -> str:
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:200]

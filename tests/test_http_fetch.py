@@ -369,6 +369,20 @@ async def test_all_codebases_bad_leaves_a_resumable_download(
     assert_placed(tmp_path, pkg, again)
 
 
+async def test_malformed_codebase_urls_are_dropped_at_once(
+    tmp_path: Path, pkg: Package, good: str, client: httpx.AsyncClient
+) -> None:
+    part = partial(tmp_path, pkg, {1})
+    bogus = ["not-a-url/", "ftp://127.0.0.1/pkg/x/", "http://[::1/pkg/x/"]
+    result = await fetch_missing(pkg.snap, part, [*bogus, good], client=client, speed_test=False)
+    assert list(result.codebases_failed) == bogus
+    assert all("unusable codebase URL" in why for why in result.codebases_failed.values())
+    assert result.requests == len(bogus) + 2  # units 0, then 2-10
+    ranked = await speed_test([*bogus, good], client)
+    assert [r.ok for r in ranked] == [True, False, False, False]
+    assert_placed(tmp_path, pkg, part)
+
+
 async def test_no_codebases_is_an_error(tmp_path: Path, pkg: Package) -> None:
     part = partial(tmp_path, pkg, {1})
     with pytest.raises(HttpFetchError, match="no codebase"):
