@@ -15,16 +15,19 @@ decides which bytes are right, exactly as for multicast.
 Codebase failure policy (each failure is recorded with its reason and the next codebase, in
 speed-test order, gets what is still missing; units already written are never asked again):
 
-- permanent, the codebase is dropped at once: a unit whose SHA-256 does not match, a 4xx, a
-  missing or wrong ``Content-Range``, a body shorter or longer than the range, a
-  ``Content-Encoding``, and a ``200`` answer to a range request. A server that ignores
+- permanent, the codebase is dropped at once: a unit whose SHA-256 does not match, a 4xx
+  (or any status but 206/200/5xx), a missing or wrong ``Content-Range``, a body longer than
+  the range, a ``Content-Encoding``, a malformed or non-HTTP codebase URL, and a ``200``
+  answer to a range request. A server that ignores
   ``Range`` is treated as not supporting ranges: we close the response without reading it
   rather than pull the whole package to use a few units of it. The one exception is a
   request for the whole content (every unit missing), where RFC 9110 allows a 200 and the
   full body is exactly what was asked.
-- transient, retried with doubling back-off: 5xx, connection errors and timeouts, a body cut
-  short by the connection. After ``attempts_per_codebase`` consecutive transient failures
-  without progress the codebase is dropped; any verified unit resets the count.
+- transient, retried with doubling back-off (``retry_delay``, then twice that, ...): 5xx,
+  connection errors and timeouts, and a body shorter than its range (what a dropped
+  connection looks like). A retry asks only for the units still missing, so the verified
+  units of a cut body are kept. After ``attempts_per_codebase`` consecutive transient
+  failures without a newly verified unit the codebase is dropped; progress resets the count.
 
 Codebases that failed the speed test are still tried, after those that passed (a timeout in
 the test may only mean a slow server), so the speed test reorders but never loses a source.
