@@ -169,7 +169,7 @@ class PartialDownload:
 
     def checkpoint(self) -> None:
         """Make what is written durable, then record it in the map (in that order)."""
-        if not self._dirty:
+        if not self._dirty or not self._fds:  # nothing new, or finished/discarded already
             return
         try:
             for fd in self._fds.values():
@@ -221,6 +221,7 @@ class PartialDownload:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+        self._dirty = False
 
     def discard(self) -> None:
         self.close()

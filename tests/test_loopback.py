@@ -302,3 +302,18 @@ def test_cli_exit_codes_say_what_went_wrong(tmp_path: Path) -> None:
     assert lonely.returncode == 1
     missing = _cli("send", str(tmp_path / "nope"), "--snapshot", str(snapshot))
     assert missing.returncode == 4
+
+
+def test_checkpoint_after_finish_or_discard_is_harmless(tmp_path: Path) -> None:
+    src = tmp_path / "p.bin"
+    data = random.Random(5).randbytes(100_000)
+    src.write_bytes(data)
+    snap = build_snapshot(src).signed(KEY)
+    part = PartialDownload.open(snap, tmp_path / "out")
+    for u in range(snap.block_count):
+        start, length = snap.block_range(u)
+        part.write_unit(u, data[start : start + length])
+    part.finish()
+    part.checkpoint()  # the driver's periodic checkpoint may fall due right after completion
+    assert (tmp_path / "out" / "p.bin").read_bytes() == data
+    assert not (tmp_path / "out" / ".mcast").exists()

@@ -29,6 +29,7 @@ from mcast.wire import (
     Nak,
     NakEntry,
     Parity,
+    Solicit,
     Status,
     decode_untrusted,
     encode,
@@ -38,7 +39,7 @@ from mcast.wire import (
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ROUND = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-MESSAGE_TYPES = (Data, Parity, Announce, Nak, Status, End)
+MESSAGE_TYPES = (Data, Parity, Announce, Nak, Status, End, Solicit)
 KEY = b"k" * 32
 OTHER_KEY = b"K" * 32
 
@@ -75,12 +76,14 @@ naks = st.builds(
     u64,
     st.lists(st.builds(NakEntry, u32, u32, u32), min_size=1, max_size=256).map(tuple),
 )
-statuses = st.builds(Status, u64, u64, u32, st.booleans(), st.booleans())
+statuses = st.builds(Status, u64, u64, u32, st.booleans(), st.booleans(),
+                     st.integers(0, 1000), u32, st.integers(0, 100))
+solicits = st.builds(Solicit, u64, st.binary(min_size=32, max_size=32), u64)
 # The decoder allows 200 code points; ASCII keeps them under msgpack's 256-byte str limit.
 # (Non-ASCII reasons are pinned separately: see test_end_reason_limit_counts_characters.)
 ascii_text = st.text(st.characters(max_codepoint=127), max_size=200)
 ends = st.builds(End, u64, st.one_of(st.text(max_size=64), ascii_text))
-messages = st.one_of(datas, parities, announces, naks, statuses, ends)
+messages = st.one_of(datas, parities, announces, naks, statuses, ends, solicits)
 
 
 def _decode_or_none(data: bytes, key: bytes | None = None) -> wire.Message | None:
@@ -114,6 +117,7 @@ def _examples() -> list[wire.Message]:
         Nak(6, 11, (NakEntry(1, 2, 3), NakEntry(2**32 - 1, 0, 7))),
         Status(7, 12, 99, True, False),
         End(8, "done"),
+        Solicit(0, bytes(range(32)), 13),
     ]
 
 
@@ -139,7 +143,7 @@ def test_each_type_round_trips_at_field_extremes(msg: wire.Message):
 
 def test_type_codes_are_the_documented_ones():
     kinds = [decode_untrusted(encode(m)) for m in EXAMPLES]
-    assert [encode(m)[3] for m in EXAMPLES] == [1, 2, 3, 4, 5, 6]
+    assert [encode(m)[3] for m in EXAMPLES] == [1, 2, 3, 4, 5, 6, 7]
     assert [type(k) for k in kinds] == list(MESSAGE_TYPES)
 
 
@@ -298,7 +302,7 @@ def test_peek_refuses_short_bad_magic_bad_version_unknown_type():
     good = encode(End(3, "x"))
     assert peek_session_untrusted(good) == (MsgType.END, 3)
     for bad in (good[:27], b"XC" + good[2:], good[:2] + b"\x02" + good[3:],
-                good[:3] + b"\x00" + good[4:], good[:3] + b"\x07" + good[4:]):
+                good[:3] + b"\x00" + good[4:], good[:3] + b"\x08" + good[4:]):
         with pytest.raises(BadPacket):
             peek_session_untrusted(bad)
 
