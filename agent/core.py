@@ -264,7 +264,8 @@ class Agent:
     # -- step 1: check in ----------------------------------------------------------------
     async def _get(self, client: httpx.AsyncClient, url: str, **params: str) -> bytes:
         try:
-            resp = await client.get(url, params=params)
+            # (an empty params= would wipe a query the URL already has)
+            resp = await client.get(url, params=params) if params else await client.get(url)
         except httpx.HTTPError as exc:
             raise Retryable(f"cannot reach {url}: {exc.__class__.__name__}: {exc}") from None
         if resp.status_code >= 500:
