@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import os
 import time
 import uuid
 from pathlib import Path
 
 import pytest
+import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -175,4 +175,4 @@ async def test_runner_timeout_kills_the_process_group(tmp_path: Path) -> None:
 
 async def test_runner_cwd_and_env(tmp_path: Path) -> None:
     res = await run_command('pwd; echo "$FOO"', tmp_path, timeout_s=10, env={"FOO": "bar"})
-    assert res.ok and res.output_tail.split() == [os.path.realpath(tmp_path), "bar"]
+    assert res.ok and res.output_tail.split() == [str(await trio.Path(tmp_path).resolve()), "bar"]
