@@ -103,6 +103,7 @@ class CycleResult:
     check_in_error: str = ""
     finished: dict[str, str] = field(default_factory=dict)  # task id -> succeeded/failed
     waiting: list[str] = field(default_factory=list)  # task ids not yet done
+    retrying: list[str] = field(default_factory=list)  # ... of which the download failed
     outbox_pending: int = 0
     next_wake: float | None = None  # epoch seconds a scheduled job or the outbox is due
 
@@ -110,6 +111,7 @@ class CycleResult:
     def ok(self) -> bool:
         return (
             self.checked_in
+            and not self.retrying
             and all(s == JobState.SUCCEEDED.value for s in self.finished.values())
             and self.outbox_pending == 0
         )
@@ -251,6 +253,8 @@ class Agent:
                         result.finished[job.task_id] = job.state.value
                 else:
                     result.waiting.append(job.task_id)
+                    if job.state in (JobState.RECEIVED, JobState.DOWNLOADING):
+                        result.retrying.append(job.task_id)
                 if wake is not None:
                     wakes.append(wake)
                 await self.flush_outbox(client)

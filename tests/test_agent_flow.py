@@ -391,6 +391,7 @@ async def test_total_time_and_multicast_prerequisites(ns: NS, url: str, tmp_path
     with make_agent(ns, url, guid, tmp_path, fetcher=fetcher, transport=rec) as a:
         result = await a.run_once()
         assert result.waiting == [task] and result.next_wake is not None
+        assert result.retrying == [task] and not result.ok
         job = a.state.job(task, ns.package_hash)
         assert job is not None and job.state is JobState.DOWNLOADING
         # pretend the agent has been trying for ten minutes
@@ -447,3 +448,23 @@ async def test_unknown_computer_check_in_fails_cleanly(ns: NS, url: str, tmp_pat
     with make_agent(ns, url, str(uuid.uuid4()), tmp_path) as a:
         result = await a.run_once()
     assert not result.checked_in and "404" in result.check_in_error and not result.ok
+
+
+async def test_a_fetcher_that_raises_does_not_kill_the_agent(
+    ns: NS, url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mcast.fetch
+
+    async def broken(*args: Any, **kw: Any) -> FetchResult:
+        raise RuntimeError("engine bug")
+
+    monkeypatch.setattr(mcast.fetch, "fetch", broken)  # the default fetcher, looked up here
+    guid = ns.guids[0]
+    task = ns.add_task()
+    seen: list[dict[str, Any]] = []
+    cfg = agent_config(ns, url, guid, tmp_path / "a")
+    with Agent(cfg, on_event=seen.append) as a:
+        result = await a.run_once()
+    assert result.retrying == [task] and not result.ok
+    assert any(e["event"] == "retry" and "engine bug" in e["error"] for e in seen)
+    assert ns.runs(guid) == []
