@@ -163,6 +163,7 @@ class Agent:
         self.ip = config.agent_ip()
         self._check_in_failures = 0
         self._download_failures: dict[str, int] = {}
+        self._fresh = True
         self._recover()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -235,7 +236,9 @@ class Agent:
         2-9), flush the outbox. Never raises for server or command trouble."""
         result = CycleResult()
         async with self._client() as client:
-            await self.flush_outbox(client)
+            # a fresh start (or a check-in) tries every pending event once, back-off or not
+            await self.flush_outbox(client, force=self._fresh or check_in)
+            self._fresh = False
             if check_in:
                 try:
                     policy = await self.check_in(client)
