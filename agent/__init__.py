@@ -1,1 +1,11 @@
-"""Agent: drives the seed Software Delivery flow (steps 1-9) on top of mcast."""
+"""Agent: drives the seed Software Delivery flow (steps 1-9) on top of mcast.
+
+Public API: :class:`AgentConfig`, :class:`Agent` (``run_once``, ``run_forever``),
+:class:`CycleResult`, and the ``mcast-agent`` console script (:mod:`agent.cli`).
+"""
+
+from .config import AgentConfig, ConfigError
+from .core import Agent, CycleResult, Fetcher
+from .state import JobState
+
+__all__ = ["Agent", "AgentConfig", "ConfigError", "CycleResult", "Fetcher", "JobState"]

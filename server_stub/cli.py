@@ -252,7 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--package", required=True, help="package name")
     a.add_argument("--command", required=True, help="command line to run")
     a.add_argument("--targets", required=True, help="comma-separated computer GUIDs")
-    a.add_argument("--schedule", default="asap", help="asap, or an ISO 8601 time")
+    a.add_argument(
+        "--schedule",
+        default="asap",
+        help="asap, an ISO 8601 time, a window START/END (ISO 8601) or a daily HH:MM/HH:MM",
+    )
     a.add_argument("--credentials", default="system", help="credentials reference")
     a.add_argument("--run-from", default="agent", choices=["agent", "server"])
     a.set_defaults(fn=cmd_task_add)

@@ -1,0 +1,58 @@
+"""The agent's configuration: which server, who it is, where its state lives, whom it trusts."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+
+class ConfigError(ValueError):
+    """A configuration value is unusable; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    server_url: str  # the Notification Server, e.g. http://127.0.0.1:8080
+    guid: str  # this computer's GUID
+    state_dir: Path  # SQLite state + package cache
+    trust_key: Path  # PEM public key of the snapshot signer (NS DATA/signing.pub)
+    ip: str | None = None  # sent to getPackageInfo; default: the address that reaches the NS
+    interface: str = "127.0.0.1"  # multicast interface handed to the engine
+    command_timeout_s: float = 3600.0
+    check_in_interval_s: float | None = None  # overrides the policy's checkInIntervalMins
+    http_timeout_s: float = 30.0
+    retry_base_s: float = 1.0  # back-off of check-ins and of the outbox ...
+    retry_cap_s: float = 300.0  # ... doubles from base up to this cap, with jitter
+    output_tail_bytes: int = 2048
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.server_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"server URL {self.server_url!r} is not an http(s) URL")
+        try:
+            object.__setattr__(self, "guid", str(uuid.UUID(self.guid.strip().strip("{}"))))
+        except ValueError:
+            raise ConfigError(f"GUID {self.guid!r} is not a GUID") from None
+        if self.command_timeout_s <= 0:
+            raise ConfigError("the command timeout must be positive")
+        if self.check_in_interval_s is not None and self.check_in_interval_s <= 0:
+            raise ConfigError("the check-in interval must be positive")
+        object.__setattr__(self, "server_url", self.server_url.rstrip("/"))
+        object.__setattr__(self, "state_dir", Path(self.state_dir))
+        object.__setattr__(self, "trust_key", Path(self.trust_key))
+
+    def agent_ip(self) -> str:
+        """``ip`` if given, else the local address a connection to the server would use."""
+        if self.ip:
+            return self.ip
+        host = urlsplit(self.server_url).hostname or "127.0.0.1"
+        port = urlsplit(self.server_url).port or 80
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.connect((host, port))  # UDP connect sends nothing: it only picks a route
+                return str(s.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"

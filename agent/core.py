@@ -1,0 +1,623 @@
+"""The agent: the seed's Software Delivery flow, steps 1-9, one job at a time.
+
+A *job* is a task of the policy with one version (hash) of its package. Each job walks the
+state machine of :class:`agent.state.JobState`::
+
+    received -> downloading -> downloaded -> scheduled -> running -> succeeded | failed
+
+Every transition is committed to SQLite, together with the status event that reports it,
+*before* the side effect that follows it. The rules that make "kill it at any point, start it
+again: nothing lost, nothing run twice" true:
+
+- ``received``/``downloading``: a restart simply downloads again; the fetcher resumes from the
+  units already verified on disk, and a package complete in the cache is never fetched again.
+- ``running`` is committed before the command starts. A job found ``running`` when the agent
+  starts was interrupted (the agent died while the command ran, or before it recorded the
+  result): it is reported ``failed`` ("interrupted") and **never re-run**, because installers
+  are not idempotent; the administrator re-targets it if it must run again.
+- status events carry a UUID made in the transaction of the state change; the outbox resends
+  them with back-off until the server acknowledges them, and the server stores an event id
+  once, so a resend after a crash is counted once.
+- a job whose task left the policy, or whose package got a new hash, before it ran is
+  ``superseded`` (not run; the new version is a new job). A job whose package hash is already
+  complete in the cache skips the download.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import trio
+
+from mcast.fetch import FetchError, FetchProgress, FetchResult, FetchSettings
+from mcast.snapshot import (
+    Snapshot,
+    SnapshotError,
+    TrustStore,
+    load_public_key,
+    load_verified,
+    parse_snapshot_xml,
+)
+
+from .config import AgentConfig, ConfigError
+from .docs import (
+    AgentSettings,
+    DocumentError,
+    PackageInfo,
+    Policy,
+    StatusEvent,
+    error_text,
+    event_body,
+    parse_ack,
+    parse_package_info,
+    parse_policy,
+)
+from .runner import run_command
+from .schedule import ScheduleError, decide, parse_schedule
+from .state import AgentState, Job, JobState, Report
+
+log = logging.getLogger("agent")
+
+XML = "application/xml"
+INTERRUPTED = (
+    "interrupted: the agent stopped while the command was running; not re-run "
+    "(installers are not idempotent)"
+)
+
+
+class Fetcher(Protocol):
+    def __call__(
+        self,
+        snapshot: Snapshot,
+        dest: Path,
+        codebases: list[str],
+        settings: FetchSettings | None = None,
+        *,
+        progress: Callable[[FetchProgress], None] | None = None,
+    ) -> Awaitable[FetchResult]: ...
+
+
+class Retryable(Exception):
+    """The server could not be reached or answered 5xx: try again later."""
+
+
+class Permanent(Exception):
+    """The server refused the request (4xx) or sent something unusable."""
+
+
+@dataclass
+class CycleResult:
+    """What one :meth:`Agent.run_once` did."""
+
+    checked_in: bool = False
+    check_in_error: str = ""
+    finished: dict[str, str] = field(default_factory=dict)  # task id -> succeeded/failed
+    waiting: list[str] = field(default_factory=list)  # task ids not yet done
+    retrying: list[str] = field(default_factory=list)  # ... of which the download failed
+    outbox_pending: int = 0
+    next_wake: float | None = None  # epoch seconds a scheduled job or the outbox is due
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.checked_in
+            and not self.retrying
+            and all(s == JobState.SUCCEEDED.value for s in self.finished.values())
+            and self.outbox_pending == 0
+        )
+
+
+def _default_fetcher() -> Fetcher:
+    from mcast.fetch import fetch
+
+    return fetch
+
+
+class Agent:
+    """``Agent(config, fetcher=...)``; ``await run_once()`` or ``await run_forever()``.
+
+    ``fetcher`` has the signature of ``mcast.fetch.fetch`` (the default). ``transport`` is an
+    optional httpx transport for talking to the server (tests inject faults with it).
+    ``on_event`` receives a dict for every notable thing the agent does (the CLI prints them).
+    Only one Agent may use a state directory at a time (an exclusive lock on STATE/agent.lock).
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        fetcher: Fetcher | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.fetcher: Fetcher = fetcher or _default_fetcher()
+        self._transport = transport
+        self._on_event = on_event
+        try:
+            self._public = load_public_key(Path(config.trust_key).read_bytes())
+        except OSError as exc:
+            raise ConfigError(f"cannot read trust key {config.trust_key}: {exc.strerror}") from None
+        except SnapshotError as exc:
+            raise ConfigError(f"trust key {config.trust_key}: {exc}") from None
+        Path(config.state_dir).mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(Path(config.state_dir) / "agent.lock", os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._lock_fd)
+            raise ConfigError(
+                f"state directory {config.state_dir} is in use by another agent"
+            ) from None
+        self.state = AgentState(config.state_dir)
+        self.ip = config.agent_ip()
+        self._check_in_failures = 0
+        self._download_failures: dict[str, int] = {}
+        self._fresh = True
+        self._recover()
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def close(self) -> None:
+        self.state.close()
+        os.close(self._lock_fd)  # releases the lock (as the kernel does when we die)
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _emit(self, kind: str, **fields: Any) -> None:
+        if self._on_event is not None:
+            self._on_event({"event": kind, "time": round(time.time(), 3), **fields})
+
+    def _recover(self) -> None:
+        """A job left ``running`` by a previous life of the agent was interrupted."""
+        for job in self.state.jobs(active_only=True):
+            if job.state is JobState.RUNNING:
+                log.warning("task %s was interrupted while running: reported failed", job.task_id)
+                self.state.transition(job, JobState.FAILED, Report(message=INTERRUPTED))
+                self._emit("job", task=job.task_id, state="failed", message=INTERRUPTED)
+
+    @property
+    def settings(self) -> AgentSettings:
+        raw = self.state.get_meta("agent_settings")
+        return AgentSettings(**json.loads(raw)) if raw else AgentSettings()
+
+    def check_in_interval(self) -> float:
+        if self.config.check_in_interval_s is not None:
+            return self.config.check_in_interval_s
+        return max(60.0, self.settings.check_in_interval_mins * 60.0)
+
+    def backoff(self, attempts: int) -> float:
+        """Exponential back-off with jitter: base * 2^attempts, capped, times 0.5-1.0."""
+        cap = self.config.retry_cap_s
+        delay = min(cap, self.config.retry_base_s * (2.0 ** min(attempts, 30)))
+        return delay * random.uniform(0.5, 1.0)
+
+    def _client(self) -> httpx.AsyncClient:
+        timeout = httpx.Timeout(self.config.http_timeout_s, connect=5.0)
+        return httpx.AsyncClient(timeout=timeout, transport=self._transport)
+
+    # -- the loop ------------------------------------------------------------------------
+    async def run_forever(self) -> None:
+        """Check in every interval (backing off while the server is unreachable), run due
+        jobs and flush the outbox in between. Runs until cancelled."""
+        next_check_in = 0.0
+        while True:
+            now = time.time()
+            due = now >= next_check_in
+            result = await self.run_once(check_in=due)
+            now = time.time()
+            if due:
+                if result.checked_in:
+                    self._check_in_failures = 0
+                    next_check_in = now + self.check_in_interval()
+                else:
+                    self._check_in_failures += 1
+                    delay = min(self.backoff(self._check_in_failures), self.check_in_interval())
+                    next_check_in = now + delay
+                    self._emit("retry", what="check-in", delay_s=round(delay, 2))
+            wake = min(next_check_in, result.next_wake or next_check_in)
+            await trio.sleep(max(0.05, wake - time.time()))
+
+    async def run_once(self, *, check_in: bool = True) -> CycleResult:
+        """One pass: check in (step 1), advance every job as far as it can go now (steps
+        2-9), flush the outbox. Never raises for server or command trouble."""
+        result = CycleResult()
+        async with self._client() as client:
+            # a fresh start (or a check-in) tries every pending event once, back-off or not
+            await self.flush_outbox(client, force=self._fresh or check_in)
+            self._fresh = False
+            if check_in:
+                try:
+                    policy = await self.check_in(client)
+                    result.checked_in = True
+                    self._accept_policy(policy)
+                except (Retryable, Permanent) as exc:
+                    result.check_in_error = str(exc)
+                    log.warning("check-in failed: %s", exc)
+                    self._emit("checkin", ok=False, error=str(exc))
+            wakes: list[float] = []
+            for job in self.state.jobs(active_only=True):
+                job, wake = await self._advance(client, job)
+                if job.state.terminal:
+                    if job.state is not JobState.SUPERSEDED:
+                        result.finished[job.task_id] = job.state.value
+                else:
+                    result.waiting.append(job.task_id)
+                    if job.state in (JobState.RECEIVED, JobState.DOWNLOADING):
+                        result.retrying.append(job.task_id)
+                if wake is not None:
+                    wakes.append(wake)
+                await self.flush_outbox(client)
+            result.outbox_pending = await self.flush_outbox(client)
+            nxt = self.state.next_outbox_try()
+            if nxt is not None:
+                wakes.append(nxt)
+            result.next_wake = min(wakes) if wakes else None
+        return result
+
+    # -- step 1: check in ----------------------------------------------------------------
+    async def _get(self, client: httpx.AsyncClient, url: str, **params: str) -> bytes:
+        try:
+            # (an empty params= would wipe a query the URL already has)
+            resp = await client.get(url, params=params) if params else await client.get(url)
+        except httpx.HTTPError as exc:
+            raise Retryable(f"cannot reach {url}: {exc.__class__.__name__}: {exc}") from None
+        if resp.status_code >= 500:
+            raise Retryable(f"{url}: HTTP {resp.status_code}")
+        if resp.status_code >= 400:
+            raise Permanent(f"{url}: HTTP {resp.status_code}: {error_text(resp.content)}")
+        if resp.status_code != 200:
+            raise Retryable(f"{url}: unexpected HTTP {resp.status_code}")
+        return resp.content
+
+    async def check_in(self, client: httpx.AsyncClient) -> Policy:
+        data = await self._get(
+            client, f"{self.config.server_url}/GetClientPolicies.aspx", guid=self.config.guid
+        )
+        try:
+            policy = parse_policy(data)
+        except DocumentError as exc:
+            raise Permanent(f"policy: {exc}") from None
+        self._emit("checkin", ok=True, tasks=len(policy.tasks))
+        return policy
+
+    def _accept_policy(self, policy: Policy) -> None:
+        """Step 2: store the settings, record new jobs, supersede those the policy dropped."""
+        self.state.set_meta("agent_settings", json.dumps(policy.settings.__dict__))
+        wanted: set[tuple[str, str]] = set()
+        for t in policy.tasks:
+            if not t.package_hash:
+                log.warning("task %s: the server knows no version of its package", t.task_id)
+                continue
+            wanted.add((t.task_id, t.package_hash))
+            job = Job(
+                t.task_id,
+                t.package_hash,
+                t.package_id,
+                t.package_name,
+                t.command,
+                t.schedule,
+                t.credentials,
+                t.run_from,
+                JobState.RECEIVED,
+                None,
+                None,
+                "",
+                0,
+                0,
+                "",
+                0,
+            )
+            msg = f"received {t.package_name} v{t.package_version}"
+            if self.state.add_job(job, self.config.guid, Report(message=msg)):
+                self._emit(
+                    "job",
+                    task=t.task_id,
+                    state="received",
+                    package=t.package_name,
+                    hash=t.package_hash,
+                )
+        for job in self.state.jobs(active_only=True):
+            if (job.task_id, job.package_hash) not in wanted and job.state is not JobState.RUNNING:
+                self.state.transition(
+                    job, JobState.SUPERSEDED, Report(message="superseded"), event=False
+                )
+                self._emit("job", task=job.task_id, state="superseded")
+
+    # -- steps 2-9 for one job -----------------------------------------------------------
+    async def _advance(self, client: httpx.AsyncClient, job: Job) -> tuple[Job, float | None]:
+        """Move ``job`` as far as it can go now; returns it and when to look at it again."""
+        try:
+            schedule = parse_schedule(job.schedule)
+        except ScheduleError as exc:
+            return self._fail(job, f"bad schedule: {exc}"), None
+        if job.state in (JobState.RECEIVED, JobState.DOWNLOADING):
+            job = await self._download(client, job)
+            if job.state is JobState.DOWNLOADING:  # failed for now: retry with back-off
+                tries = self._download_failures.get(job.task_id, 0) + 1
+                self._download_failures[job.task_id] = tries
+                return job, time.time() + self.backoff(tries)
+            self._download_failures.pop(job.task_id, None)
+        if job.state is JobState.DOWNLOADED:
+            job = self._move(
+                job,
+                JobState.SCHEDULED,
+                Report(
+                    bytes_multicast=job.bytes_multicast,
+                    bytes_http=job.bytes_http,
+                    message=f"scheduled {schedule.describe()}",
+                ),
+            )
+        if job.state is not JobState.SCHEDULED:
+            return job, None
+        decision = decide(schedule, time.time())
+        if decision.missed:
+            return self._fail(job, f"schedule {schedule.describe()} missed; not run"), None
+        if not decision.due:
+            return job, decision.next_check
+        if not self._cached_snapshot(job.package_hash):
+            # the cache was removed under us: download it again (nothing has run)
+            self.state.forget_package(job.package_hash)
+            job = self._move(job, JobState.DOWNLOADING, Report(message="package left the cache"))
+            return job, time.time()
+        return await self._run(job), None
+
+    def _move(self, job: Job, new: JobState, report: Report, **kw: Any) -> Job:
+        job = self.state.transition(job, new, report, **kw)
+        self._emit(
+            "job",
+            task=job.task_id,
+            state=new.value,
+            message=report.message,
+            exit_code=report.exit_code,
+            bytes_multicast=report.bytes_multicast,
+            bytes_http=report.bytes_http,
+        )
+        return job
+
+    def _fail(self, job: Job, message: str, exit_code: int | None = None) -> Job:
+        log.warning("task %s failed: %s", job.task_id, message)
+        return self._move(job, JobState.FAILED, Report(exit_code=exit_code, message=message))
+
+    # -- steps 3-6: locate, verify, download ---------------------------------------------
+    def _snapshot_path(self, package_hash: str) -> Path:
+        return self.state.dir / "cache" / f"{package_hash}.snapshot.xml"
+
+    def _cached_snapshot(self, package_hash: str) -> Snapshot | None:
+        """The snapshot of a package complete in the cache, if its files are all there."""
+        if not self.state.package_complete(package_hash):
+            return None
+        try:
+            snap = parse_snapshot_xml(self._snapshot_path(package_hash).read_bytes())
+        except (OSError, SnapshotError):
+            return None
+        root = self.state.cache_dir(package_hash)
+        for f in snap.files:
+            p = root.joinpath(*f.path.split("/"))
+            if not p.is_file() or p.stat().st_size != f.size:
+                return None
+        return snap
+
+    async def _download(self, client: httpx.AsyncClient, job: Job) -> Job:
+        if job.state is JobState.RECEIVED:
+            job = self._move(job, JobState.DOWNLOADING, Report(message="locating the package"))
+        if self._cached_snapshot(job.package_hash) is not None:
+            return self._move(
+                job,
+                JobState.DOWNLOADED,
+                Report(message="package already in the cache: not downloaded"),
+                route="cached",
+            )
+        try:
+            info = await self._package_info(client, job)
+            if info.hash != job.package_hash:
+                # the package changed since the policy was fetched: the new hash is a new job
+                return self._move(
+                    job,
+                    JobState.SUPERSEDED,
+                    Report(message=f"package is now {info.hash[:12]}"),
+                    event=False,
+                )
+            snap = await self._snapshot(client, info)
+        except Retryable as exc:
+            log.warning("task %s: %s (will retry)", job.task_id, exc)
+            self._emit("retry", what="package", task=job.task_id, error=str(exc))
+            return job
+        except (Permanent, SnapshotError, DocumentError) as exc:
+            return self._fail(job, f"cannot get the package: {exc}")
+        return await self._fetch(job, info, snap)
+
+    async def _package_info(self, client: httpx.AsyncClient, job: Job) -> PackageInfo:
+        first = job.first_try or time.time()
+        total_mins = int(max(0.0, time.time() - first) // 60)
+        data = await self._get(
+            client,
+            f"{self.config.server_url}/getPackageInfo.aspx",
+            computer=self.config.guid,
+            package=job.package_id,
+            ip=self.ip,
+            totaltime=str(total_mins),
+        )
+        return parse_package_info(data)
+
+    async def _snapshot(self, client: httpx.AsyncClient, info: PackageInfo) -> Snapshot:
+        data = await self._get(client, info.snapshot_url)
+        trust = TrustStore.of(self._public)
+        trust.newest.update(self.state.trusted_versions())
+        snap = load_verified(data, trust, time.time())  # signature, expiry, rollback
+        if snap.package_hash_hex != info.hash:
+            raise SnapshotError(
+                f"snapshot hash {snap.package_hash_hex[:12]} is not the package's {info.hash[:12]}"
+            )
+        self.state.save_trusted(trust.newest)
+        path = self._snapshot_path(info.hash)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        return snap
+
+    def fetch_settings(self, job: Job, info: PackageInfo) -> tuple[FetchSettings, list[str]]:
+        """Step 5: the multicast prerequisites of the Agent Settings, and why not if not."""
+        s = self.settings
+        why_not: list[str] = []
+        if not s.multicast_enabled:
+            why_not.append("multicast is disabled in the Agent Settings")
+        if info.size < s.min_multicast_size:
+            why_not.append(f"package size {info.size} < minMulticastSize {s.min_multicast_size}")
+        if job.run_from != "agent":
+            why_not.append(f"runFrom={job.run_from!r} (multicast only downloads to the agent)")
+        settings = FetchSettings(
+            multicast_enabled=not why_not,
+            min_multicast_size=s.min_multicast_size,
+            run_from_server=job.run_from == "server",
+            max_sessions_per_subnet=max(1, s.max_sessions_per_subnet),
+            speed_test=s.speed_test_codebases,
+            session_key=info.session_key,
+            interface=self.config.interface,
+        )
+        return settings, why_not
+
+    async def _fetch(self, job: Job, info: PackageInfo, snap: Snapshot) -> Job:
+        settings, why_not = self.fetch_settings(job, info)
+        dest = self.state.cache_dir(info.hash)
+
+        def progress(p: FetchProgress) -> None:
+            self._emit(
+                "progress",
+                task=job.task_id,
+                phase=p.phase,
+                verified=p.bytes_verified,
+                total=p.bytes_total,
+                multicast=p.bytes_multicast,
+                http=p.bytes_http,
+            )
+
+        try:
+            result = await self.fetcher(
+                snap, dest, list(info.codebases), settings, progress=progress
+            )
+        except FetchError as exc:
+            log.warning("task %s: download failed: %s (will retry)", job.task_id, exc)
+            self._emit("retry", what="download", task=job.task_id, error=str(exc))
+            return job
+        except Exception as exc:  # a fetcher bug must not kill the agent; retried later
+            log.exception("task %s: the fetcher raised", job.task_id)
+            self._emit("retry", what="download", task=job.task_id, error=repr(exc))
+            return job
+        if not result.complete:
+            self._emit("retry", what="download", task=job.task_id, error="incomplete")
+            return job
+        self.state.mark_package(info.hash, info.name, info.version, info.size, complete=True)
+        notes = list(why_not) + list(result.notes)
+        msg = f"downloaded via {result.route.value}" + (f" ({'; '.join(notes)})" if notes else "")
+        return self._move(
+            job,
+            JobState.DOWNLOADED,
+            Report(
+                bytes_multicast=result.bytes_multicast, bytes_http=result.bytes_http, message=msg
+            ),
+            route=result.route.value,
+        )
+
+    # -- steps 7-9: run and report -------------------------------------------------------
+    async def _run(self, job: Job) -> Job:
+        # committed before the process starts: a crash from here on is never re-run
+        job = self._move(
+            job, JobState.RUNNING, Report(message=f"running {job.command}"), count_run=True
+        )
+        env = {
+            "MCAST_AGENT_GUID": self.config.guid,
+            "MCAST_TASK_ID": job.task_id,
+            "MCAST_PACKAGE_HASH": job.package_hash,
+            "MCAST_PACKAGE_DIR": str(self.state.cache_dir(job.package_hash)),
+        }
+        res = await run_command(
+            job.command,
+            self.state.cache_dir(job.package_hash),
+            timeout_s=self.config.command_timeout_s,
+            env=env,
+            tail_bytes=self.config.output_tail_bytes,
+        )
+        report_bytes = {"bytes_multicast": job.bytes_multicast, "bytes_http": job.bytes_http}
+        if res.ok:
+            return self._move(
+                job,
+                JobState.SUCCEEDED,
+                Report(exit_code=0, message=res.output_tail, **report_bytes),
+            )
+        if res.error:
+            message = res.error
+        elif res.timed_out:
+            message = (
+                f"timed out after {self.config.command_timeout_s:g} s: killed\n" + res.output_tail
+            )
+        else:
+            message = f"exit code {res.exit_code}\n{res.output_tail}"
+        return self._move(
+            job, JobState.FAILED, Report(exit_code=res.exit_code, message=message, **report_bytes)
+        )
+
+    # -- step 9: the outbox --------------------------------------------------------------
+    async def flush_outbox(self, client: httpx.AsyncClient, *, force: bool = False) -> int:
+        """Post due events, oldest first, until the server stops answering; returns how
+        many are still unacknowledged. 4xx drops an event (logged), 5xx and connection
+        errors back it off exponentially."""
+        url = f"{self.config.server_url}/PostEvent.aspx"
+        for ev in self.state.outbox(None if force else time.time()):
+            body = event_body(
+                StatusEvent(
+                    ev.event_id,
+                    self.config.guid,
+                    ev.task_id,
+                    ev.state,
+                    ev.exit_code,
+                    ev.bytes_multicast,
+                    ev.bytes_http,
+                    ev.message,
+                    ev.agent_time,
+                )
+            )
+            try:
+                resp = await client.post(url, content=body, headers={"Content-Type": XML})
+            except httpx.HTTPError as exc:
+                self._later(ev.event_id, ev.attempts, f"{exc.__class__.__name__}: {exc}")
+                break  # the server is unreachable: do not hammer it with the rest
+            if resp.status_code == 200:
+                try:
+                    ack_id, result = parse_ack(resp.content)
+                except DocumentError:
+                    ack_id, result = "", ""
+                if ack_id == ev.event_id and result in ("stored", "duplicate"):
+                    self.state.ack_event(ev.event_id, result)
+                    self._emit(
+                        "posted", id=ev.event_id, task=ev.task_id, state=ev.state, result=result
+                    )
+                    continue
+                self._later(ev.event_id, ev.attempts, "malformed acknowledgement")
+            elif resp.status_code >= 500 or resp.status_code < 400:
+                self._later(ev.event_id, ev.attempts, f"HTTP {resp.status_code}")
+                break
+            else:
+                reason = f"dropped: HTTP {resp.status_code}: {error_text(resp.content)}"
+                log.warning("status event %s refused: %s", ev.event_id, reason)
+                self.state.ack_event(ev.event_id, reason)
+                self._emit("dropped", id=ev.event_id, task=ev.task_id, reason=reason)
+        return len(self.state.outbox())
+
+    def _later(self, event_id: str, attempts: int, why: str) -> None:
+        delay = self.backoff(attempts)
+        self.state.retry_event_later(event_id, time.time() + delay)
+        self._emit("retry", what="status", id=event_id, error=why, delay_s=round(delay, 2))

@@ -1,0 +1,131 @@
+"""``mcast-agent`` as a real process: --once --json, bad arguments, SIGKILL mid-download."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from agent.cli import main
+from server_stub.app import create_app
+from server_stub.testing import running_server
+from tests.test_agent_support import NS, make_ns
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def ns(tmp_path: Path) -> NS:
+    return make_ns(tmp_path, computers=2)
+
+
+@pytest.fixture
+async def url(ns: NS) -> AsyncIterator[str]:
+    async with running_server(create_app(ns.data)) as base:
+        yield base
+
+
+def argv(ns: NS, url: str, guid: str, state: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "agent.cli", "--server", url, "--guid", guid,
+        "--state", str(state), "--trust-key", str(ns.pub), "--ip", "127.0.0.1", *extra,
+    ]  # fmt: skip
+
+
+def env(**extra: str) -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(ROOT), **extra)
+
+
+async def test_once_json(ns: NS, url: str, tmp_path: Path) -> None:
+    guid = ns.guids[0]
+    task = ns.add_task()
+    cmd = argv(ns, url, guid, tmp_path / "s", "--once", "--json", "--fetcher",
+               "agent.httpfetch:fetch")  # fmt: skip
+    proc = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True, check=False,
+                                  env=env(), cwd=ROOT)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode()
+    lines = [json.loads(x) for x in proc.stdout.decode().splitlines()]
+    states = [e["state"] for e in lines if e["event"] == "job"]
+    assert states == ["received", "downloading", "downloaded", "scheduled", "running", "succeeded"]
+    assert sum(1 for e in lines if e["event"] == "posted") == 6
+    assert len(ns.runs(guid)) == 1
+    await ns.processed()
+    assert ns.status_of(guid, task).state == "succeeded"
+    # a second --once: nothing to do, still 0, nothing run again
+    proc = await trio.run_process(cmd, capture_stdout=True, check=False, env=env(), cwd=ROOT)
+    assert proc.returncode == 0 and len(ns.runs(guid)) == 1
+
+
+async def test_once_exit_code_1_when_a_task_fails(ns: NS, url: str, tmp_path: Path) -> None:
+    guid = ns.guids[0]
+    ns.add_task(ns.command(exit_code=4))
+    cmd = argv(ns, url, guid, tmp_path / "s", "--once", "--fetcher", "agent.httpfetch:fetch")
+    proc = await trio.run_process(cmd, capture_stdout=True, check=False, env=env(), cwd=ROOT)
+    assert proc.returncode == 1
+    assert "failed" in proc.stdout.decode()
+
+
+async def test_sigkill_during_download(ns: NS, url: str, tmp_path: Path) -> None:
+    guid = ns.guids[0]
+    task = ns.add_task()
+    state = tmp_path / "s"
+    slow = argv(ns, url, guid, state, "--json", "--interval", "3600", "--fetcher",
+                "tests.test_agent_support:slow_fetch")  # fmt: skip
+    proc = await trio.lowlevel.open_process(
+        slow, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env(SLOW_FETCH_S="60"),
+        cwd=ROOT,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    seen = b""
+    with trio.fail_after(20):
+        while b"FETCH-STARTED" not in seen:
+            chunk = await proc.stdout.receive_some(4096)
+            assert chunk, "the agent exited before the download"
+            seen += chunk
+    proc.kill()  # SIGKILL
+    await proc.wait()
+    await proc.stdout.aclose()
+    assert ns.runs(guid) == []
+    cmd = argv(ns, url, guid, state, "--once", "--fetcher", "agent.httpfetch:fetch")
+    done = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True, check=False,
+                                  env=env(), cwd=ROOT)  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    assert len(ns.runs(guid)) == 1
+    await ns.processed()
+    row = ns.status_of(guid, task)
+    assert row.state == "succeeded" and row.events == 6  # "downloading" was not sent twice
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--server", "ftp://x"], "not an http(s) URL"),
+        (["--guid", "nope"], "is not a GUID"),
+        (["--trust-key", "/nonexistent.pub"], "cannot read trust key"),
+        (["--fetcher", "nomodule"], "MODULE:FUNCTION"),
+        (["--fetcher", "agent.nothere:fetch"], "--fetcher"),
+        (["--command-timeout", "0"], "timeout must be positive"),
+    ],
+)
+def test_bad_arguments(
+    ns: NS, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], needle: str
+) -> None:
+    base = argv(ns, "http://127.0.0.1:9", ns.guids[0], tmp_path / "s")[3:]
+    code = main([*base, *extra])
+    assert code == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_state_dir_in_use(ns: NS, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agent import Agent
+    from tests.test_agent_support import agent_config
+
+    with Agent(agent_config(ns, "http://127.0.0.1:9", ns.guids[0], tmp_path / "s")):
+        code = main(argv(ns, "http://127.0.0.1:9", ns.guids[0], tmp_path / "s", "--once")[3:])
+    assert code == 2 and "in use by another agent" in capsys.readouterr().err
