@@ -36,6 +36,7 @@ from mcast.wire import (
     Parity,
     Solicit,
     Status,
+    check_key,
     decode_shard_untrusted,
     decode_untrusted,
     encode,
@@ -132,7 +133,7 @@ class Receiver:
         self.announce: Announce | None = None
         self.geometry: Geometry | None = None
         self._rng = rng or random.Random()
-        self._key = key
+        self._key = check_key(key)
         self._load_unit = load_unit
         self._verified = bytearray(snapshot.block_count)
         for unit in verified_units:

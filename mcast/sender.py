@@ -36,6 +36,7 @@ from mcast.wire import (
     Nak,
     Solicit,
     Status,
+    check_key,
     decode_untrusted,
     encode,
     encode_shard,
@@ -150,7 +151,7 @@ class Sender:
         self.phase = SenderPhase.SENDING
         self.peers: dict[int, _Peer] = {}
         self._source = source
-        self._key = key
+        self._key = check_key(key)
         nblocks = self.geometry.block_count
         self._cursor = (0, 0)  # next fresh (block, shard index)
         self.pass_done = nblocks == 0

@@ -17,6 +17,7 @@ import base64
 import hashlib
 import os
 import posixpath
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -25,7 +26,7 @@ from xml.etree.ElementTree import Element, SubElement, tostring
 
 import defusedxml.ElementTree as SafeET
 import msgpack
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -64,7 +65,7 @@ class Snapshot:
     content_hash: bytes
     key_id: str = ""
     signature: bytes = b""
-    _hash_cache: bytes = field(default=b"", compare=False, repr=False)
+    _hash_cache: bytes = field(default=b"", init=False, compare=False, repr=False)
 
     # -- derived -------------------------------------------------------------------------
     @property
@@ -167,6 +168,7 @@ def save_private_key(key: Ed25519PrivateKey, path: Path) -> None:
         serialization.NoEncryption(),
     )
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a file that already exists
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
 
@@ -174,7 +176,7 @@ def save_private_key(key: Ed25519PrivateKey, path: Path) -> None:
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     try:
         key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise SnapshotError(f"cannot load signing key {path}: {exc}") from exc
     if not isinstance(key, Ed25519PrivateKey):
         raise SnapshotError(f"{path} is not an Ed25519 private key")
@@ -196,7 +198,7 @@ def load_public_key(data: bytes) -> Ed25519PublicKey:
                 raise SnapshotError("not an Ed25519 key")
             return priv.public_key()
         pub = serialization.load_pem_public_key(data)
-    except ValueError as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise SnapshotError(f"cannot load public key: {exc}") from exc
     if not isinstance(pub, Ed25519PublicKey):
         raise SnapshotError("not an Ed25519 public key")
@@ -240,7 +242,7 @@ class TrustStore:
                 f"snapshot {snap.name!r} version {snap.version} is older than"
                 f" trusted version {known}"
             )
-        self.newest[snap.name] = max(snap.version, known or 0)
+        self.newest[snap.name] = snap.version if known is None else max(snap.version, known)
         return snap
 
 
@@ -352,11 +354,20 @@ def build_snapshot(
 # parsing
 
 
-def _int_attr(el: Element, name: str) -> int:
+_INT = re.compile(r"-?[0-9]{1,19}")
+_HASHES = re.compile(r"(?:[0-9a-f]{64})*")
+_MAX_INT = 2**63 - 1
+
+
+def _int_attr(el: Element, name: str, *, minimum: int = 0) -> int:
+    """An integer attribute within int64 (what the canonical msgpack form can hold)."""
     raw = el.get(name)
-    if raw is None or not raw.isascii() or not raw.lstrip("-").isdigit():
+    if raw is None or not _INT.fullmatch(raw):
         raise SnapshotError(f"snapshot: <{el.tag}> attribute {name!r} is missing or not an integer")
-    return int(raw)
+    value = int(raw)
+    if not minimum <= value <= _MAX_INT:
+        raise SnapshotError(f"snapshot: <{el.tag}> attribute {name!r} is out of range")
+    return value
 
 
 def _hex(raw: str, what: str, length: int | None = None) -> bytes:
@@ -374,7 +385,7 @@ def parse_snapshot_xml(data: bytes) -> Snapshot:
     if len(data) > _MAX_XML_BYTES:
         raise SnapshotError("snapshot document is too large")
     try:
-        root = SafeET.fromstring(data)
+        root = SafeET.fromstring(data, forbid_dtd=True)
     except Exception as exc:  # defusedxml raises several types for hostile documents
         raise SnapshotError(f"snapshot is not well-formed XML: {exc}") from None
     if root.tag != "Snapshot" or root.get("format") != str(SNAPSHOT_FORMAT):
@@ -391,9 +402,9 @@ def parse_snapshot_xml(data: bytes) -> Snapshot:
     if len({f.path for f in files}) != len(files):
         raise SnapshotError("snapshot lists a file twice")
     text = (blocks_el.text or "").strip()
-    if len(text) % 64:
-        raise SnapshotError("snapshot: block hash list has a partial hash")
-    hashes = tuple(_hex(text[i : i + 64], "block hash") for i in range(0, len(text), 64))
+    if not _HASHES.fullmatch(text):
+        raise SnapshotError("snapshot: block hashes must be 64 lowercase hex digits each")
+    hashes = tuple(bytes.fromhex(text[i : i + 64]) for i in range(0, len(text), 64))
     block_size = _int_attr(root, "blockSize")
     if block_size <= 0 or block_size % 2:
         raise SnapshotError("snapshot: block size must be a positive even number")
@@ -421,6 +432,10 @@ def parse_snapshot_xml(data: bytes) -> Snapshot:
     declared = root.get("hash")
     if declared is not None and declared != snap.package_hash_hex:
         raise SnapshotError("snapshot: declared hash does not match its contents")
+    if _int_attr(root, "size") != snap.total_size:
+        raise SnapshotError("snapshot: declared size does not match its files")
+    if _int_attr(blocks_el, "count") != snap.block_count:
+        raise SnapshotError("snapshot: declared block count does not match its hashes")
     return snap
 
 

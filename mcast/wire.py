@@ -142,6 +142,16 @@ Message = Data | Parity | Announce | Nak | Status | End | Solicit
 # authentication
 
 
+MIN_KEY_LEN = 16
+
+
+def check_key(key: bytes | None) -> bytes | None:
+    """None means an unauthenticated session; anything else must be a real key."""
+    if key is not None and len(key) < MIN_KEY_LEN:
+        raise ValueError(f"a session key must be at least {MIN_KEY_LEN} bytes (or None)")
+    return key
+
+
 def compute_tag(key: bytes | None, signed_part: bytes | memoryview) -> bytes:
     if not key:
         return _ZERO_TAG
@@ -250,7 +260,7 @@ def _fields(body: bytes | memoryview, count: int) -> list[Any]:
             raw=False,
             strict_map_key=True,
             max_bin_len=256,
-            max_str_len=256,
+            max_str_len=1024,  # bytes; _text limits characters (up to 4 bytes each)
             max_array_len=_MAX_NAK_ENTRIES,
             max_map_len=0,
             max_ext_len=0,

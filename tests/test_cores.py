@@ -256,3 +256,16 @@ def test_an_unused_rate_is_not_grown():
     for i in range(50):  # nobody asks it to send more than it can: never pacing-limited
         s.handle_timer(0.1 * (i + 1))
     assert s.rate_bps == start
+
+
+def test_an_empty_or_short_session_key_is_refused_not_silently_unauthenticated():
+    import pytest
+
+    from mcast.sender import BytesSource, Sender
+
+    snap = make_snapshot(b"k" * 1000)
+    for bad in (b"", b"short"):
+        with pytest.raises(ValueError, match="at least 16 bytes"):
+            Receiver(snap, receiver_id=1, now=0.0, key=bad)
+        with pytest.raises(ValueError, match="at least 16 bytes"):
+            Sender(snap, BytesSource(b"k" * 1000), session_id=1, sender_id=1, now=0.0, key=bad)

@@ -176,8 +176,6 @@ def test_empty_package_round_trips(tmp_path: Path):
     assert _accepted(snap.to_xml()) == snap
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: dataclasses.replace() in signed() copies the "
-                   "_hash_cache init field, so a hash read before signing is stale")
 def test_signing_after_reading_package_hash_gives_parseable_xml(tree: Path):
     snap = build_snapshot(tree, block_size=BS, now=NOW)
     _ = snap.package_hash_hex  # e.g. logged before signing
@@ -269,8 +267,6 @@ def test_changed_attribute_with_hash_removed_is_still_refused(
     _refused(re.sub(rb' hash="[0-9a-f]*"', b"", xml))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: root size= and Blocks count= are written but "
-                   "never checked against the content on parse")
 @pytest.mark.parametrize(("element", "attr", "value"),
                          [("Snapshot", "size", "1"), ("Blocks", "count", "1")])
 def test_changed_declared_totals_are_refused(signed: Snapshot, element, attr, value):
@@ -383,9 +379,6 @@ def test_whitespace_between_elements_is_neutral(signed: Snapshot):
 # malformed numbers and hashes
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _int_attr lets '--1' and >4300-digit strings reach "
-                   "int() (ValueError); ints outside msgpack int64/uint64 reach canonical_bytes "
-                   "(OverflowError) or, without hash=, parse unchecked")
 @pytest.mark.parametrize("value", ["--1", "1" * 5000, str(2**64), str(-(2**63) - 1)],
                          ids=["double-minus", "5000-digits", "u64-plus-1", "i64-minus-1"])
 @pytest.mark.parametrize("attr", ["version", "created", "expires"])
@@ -404,8 +397,6 @@ def test_non_integer_attribute_is_refused(signed: Snapshot, value: str):
         parse_snapshot_xml(_set_attr(signed.to_xml(), "File", "size", value))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: block hashes are parsed with bytes.fromhex "
-                   "without a length check, so whitespace yields a 31-byte hash")
 def test_block_hash_of_wrong_length_is_refused_at_parse(tmp_path: Path):
     path = tmp_path / "f"
     path.write_bytes(b"x" * BS)
@@ -489,8 +480,6 @@ def test_refused_snapshot_does_not_raise_the_trusted_version(tree: Path):
     assert trust.newest == {"pkg": 2}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: TrustStore.verify stores max(version, known or 0): "
-                   "a negative version, once accepted, is then refused as a rollback of 0")
 def test_same_negative_version_is_accepted_twice(tree: Path):
     trust = TrustStore.of(KEY.public_key())
     trust.verify(_version(tree, -3), NOW)
@@ -517,8 +506,6 @@ def test_entity_documents_are_refused(doc: bytes):
         parse_snapshot_xml(doc)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: defusedxml fromstring defaults to forbid_dtd=False,"
-                   " so a DTD without entities is accepted")
 @pytest.mark.parametrize("doctype", [b"<!DOCTYPE Snapshot>",
                                      b'<!DOCTYPE Snapshot SYSTEM "http://198.18.0.1/s.dtd">',
                                      b'<!DOCTYPE Snapshot [<!ATTLIST File note CDATA "x">]>'])
@@ -648,8 +635,6 @@ def test_private_key_saved_0600_and_loads_back(tmp_path: Path):
     assert loaded.sign(b"m") == KEY.sign(b"m")  # Ed25519 is deterministic
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: save_private_key's O_CREAT mode applies only to new "
-                   "files; overwriting an existing 0644 file leaves the key world-readable")
 def test_private_key_saved_over_readable_file_becomes_0600(tmp_path: Path):
     path = tmp_path / "signing.pem"
     path.write_bytes(b"old")
@@ -713,8 +698,6 @@ ENCRYPTED = Ed25519PrivateKey.generate().private_bytes(
     serialization.BestAvailableEncryption(b"secret"))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an encrypted PEM raises TypeError from cryptography; "
-                   "load_public_key/load_private_key catch only ValueError/OSError")
 @pytest.mark.parametrize("loader", ["public", "private"])
 def test_encrypted_private_key_is_refused_with_snapshot_error(tmp_path: Path, loader: str):
     path = tmp_path / "enc.pem"
