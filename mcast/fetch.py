@@ -11,13 +11,27 @@ download, never a corrupt file at the destination.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import partial
 from pathlib import Path
 
+import trio
+
+from mcast.discovery import Action, Claim, Heard, SessionTable, claim_outcome, data_channel, decide
+from mcast.http_fetch import HttpFetchError, fetch_missing
+from mcast.partial import PartialDownload
+from mcast.receiver import ReceiverConfig
+from mcast.recv_driver import Channel, receive
+from mcast.send_driver import send
+from mcast.sender import SenderConfig
 from mcast.snapshot import Snapshot
-from mcast.udp import DEFAULT_INTERFACE, DISCOVERY_GROUP, DISCOVERY_PORT
+from mcast.source import FileSource, SourceMismatch
+from mcast.udp import DEFAULT_INTERFACE, DISCOVERY_GROUP, DISCOVERY_PORT, Endpoint
+from mcast.wire import Announce, BadPacket, End, Solicit, decode_untrusted, encode
 
 
 @dataclass(frozen=True)
@@ -37,6 +51,7 @@ class FetchSettings:
     discovery_port: int = DISCOVERY_PORT
     rate_bps: int = 100_000_000  # for a session this agent starts
     serve_after_s: float = 2.0  # a master keeps serving this long after its last receiver
+    session_silence_s: float = 3.0  # a joined session this quiet has failed: retry
 
 
 class Route(Enum):
@@ -72,6 +87,40 @@ class FetchError(Exception):
     """Neither multicast nor any codebase could deliver the package."""
 
 
+_CLAIM_PERIOD = 0.3  # a would-be master announces its claim this long before it sends
+_CLAIM_BEAT = 0.05
+_LISTEN = 0.6  # discovery window: longer than the announce interval
+_BACKOFF = 0.2  # random wait before claiming, listening for someone else's session
+_WAIT_FOR_SLOT = 0.5
+
+
+def in_place(snapshot: Snapshot, dest: Path) -> bool:
+    """The package is already under ``dest``, every unit matching the snapshot."""
+    try:
+        source = FileSource(snapshot, Path(dest))
+    except SourceMismatch:
+        return False
+    try:
+        for unit in range(snapshot.block_count):
+            source.read(*snapshot.block_range(unit))  # hashes each unit against the snapshot
+    except SourceMismatch:
+        return False
+    finally:
+        source.close()
+    return True
+
+
+def multicast_allowed(snapshot: Snapshot, s: FetchSettings) -> str | None:
+    """None when the seed's multicast prerequisites hold, else why multicast is skipped."""
+    if not s.multicast_enabled:
+        return "multicast disabled by the agent settings"
+    if s.run_from_server:
+        return "task runs from the server: no download to the agent"
+    if snapshot.total_size < s.min_multicast_size:
+        return f"package smaller than the multicast minimum ({s.min_multicast_size:,} bytes)"
+    return None
+
+
 async def fetch(
     snapshot: Snapshot,
     dest: Path,
@@ -81,4 +130,224 @@ async def fetch(
     progress: Callable[[FetchProgress], None] | None = None,
 ) -> FetchResult:
     """Fetch ``snapshot`` into ``dest``: multicast first where allowed, HTTP for the rest."""
-    raise NotImplementedError("mcast.fetch lands with the discovery issue")
+    s = settings or FetchSettings()
+    result = FetchResult(False, Route.HTTP, snapshot.total_size, 0, 0, 0, None)
+    if in_place(snapshot, dest):
+        result.complete, result.route = True, Route.CACHED
+        result.files = [Path(dest) / f.path for f in snapshot.files]
+        return result
+    part = PartialDownload.open(snapshot, dest)
+    report = _Reporter(part, result, progress)
+    try:
+        if part.complete:
+            result.route = Route.CACHED
+        else:
+            skip = multicast_allowed(snapshot, s)
+            if skip is None:
+                with trio.move_on_after(s.time_budget_s) as budget:
+                    await _multicast(snapshot, part, codebases, s, result, report)
+                if budget.cancelled_caught:
+                    result.notes.append(f"multicast time budget of {s.time_budget_s:g}s ran out")
+            else:
+                result.notes.append(skip)
+            if not part.complete:
+                report.phase = "http"
+                try:
+                    http = await fetch_missing(
+                        snapshot, part, codebases, speed_test=s.speed_test,
+                        progress=report.http_bytes,
+                    )  # fmt: skip
+                except HttpFetchError as exc:
+                    raise FetchError(str(exc)) from exc
+                result.bytes_http += http.bytes_http
+                result.codebase = http.codebase_used
+        result.files = part.finish()
+    except BaseException:
+        part.checkpoint()  # cancelled or failed: what is verified stays, for a resume
+        part.close()
+        raise
+    result.complete = True
+    report.phase = "done"
+    report()
+    return result
+
+
+class _Reporter:
+    def __init__(
+        self,
+        part: PartialDownload,
+        result: FetchResult,
+        progress: Callable[[FetchProgress], None] | None,
+    ) -> None:
+        self.part, self.result, self.progress = part, result, progress
+        self.phase = "discovering"
+
+    def __call__(self) -> None:
+        if self.progress is not None:
+            r = self.result
+            verified = min(r.bytes_total, sum(self.part.verified) * self.part.snapshot.block_size)
+            self.progress(FetchProgress(self.phase, verified, r.bytes_total,
+                                        r.bytes_multicast, r.bytes_http))  # fmt: skip
+
+    def http_bytes(self, so_far: int) -> None:
+        if self.progress is not None:
+            r = self.result
+            self.progress(FetchProgress("http", 0, r.bytes_total, r.bytes_multicast,
+                                        r.bytes_http + so_far))  # fmt: skip
+
+
+async def _multicast(
+    snapshot: Snapshot,
+    part: PartialDownload,
+    codebases: list[str],
+    s: FetchSettings,
+    result: FetchResult,
+    report: _Reporter,
+) -> None:
+    async with Discovery.open(s) as disc:
+        while result.sessions_tried < s.multicast_tries and not part.complete:
+            action, heard = await disc.decide(snapshot.package_hash, s.max_sessions_per_subnet)
+            if action is Action.WAIT:
+                report.phase = "waiting"
+                report()
+                await trio.sleep(_WAIT_FOR_SLOT)
+                continue
+            if action is Action.START:
+                await trio.sleep(random.uniform(0, _BACKOFF))  # someone may beat us to it
+                if disc.table.for_package(snapshot.package_hash, trio.current_time()):
+                    continue
+                outcome, sid = await disc.claim(snapshot.package_hash, s.max_sessions_per_subnet)
+                if outcome is not Claim.WON:
+                    continue
+                result.sessions_tried += 1
+                report.phase = "master"
+                await _serve_as_master(snapshot, part, codebases, s, sid, result, report)
+                result.route = Route.MASTER
+                return
+            assert heard is not None
+            result.sessions_tried += 1
+            report.phase = "multicast"
+            a = heard.announce
+            got = await receive(
+                snapshot, part.dest, channel=Channel(a.group, a.port, s.interface),
+                key=s.session_key, session_id=a.session, part=part,
+                config=ReceiverConfig(silence_timeout=s.session_silence_s),
+                progress=lambda p: report(),
+            )  # fmt: skip
+            result.bytes_multicast += got.bytes_received
+            if got.complete:
+                result.route = Route.JOINED
+                return
+            result.notes.append(f"session {a.session:x} failed: {got.reason}")
+            disc.table.ended(a.session)
+
+
+async def _serve_as_master(
+    snapshot: Snapshot,
+    part: PartialDownload,
+    codebases: list[str],
+    s: FetchSettings,
+    session_id: int,
+    result: FetchResult,
+    report: _Reporter,
+) -> None:
+    """Start the session: stream the package from HTTP into ``part`` and, as blocks of it
+    verify, multicast them to whoever joined; return when both are done."""
+    group, port = data_channel(snapshot.package_hash)
+    config = SenderConfig(group=group, port=port, rate_bps=s.rate_bps, linger=s.serve_after_s)
+    source = _PartialSource(part)
+    discovery = Channel(s.discovery_group, s.discovery_port, s.interface)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(
+            send, snapshot, source, channel=Channel(group, port, s.interface), key=s.session_key,
+            config=config, session_id=session_id, discovery=discovery,
+            available=part.verified_prefix,
+        ))  # fmt: skip
+        if not part.complete:
+            try:
+                http = await fetch_missing(snapshot, part, codebases, speed_test=s.speed_test,
+                                           progress=report.http_bytes)  # fmt: skip
+            except HttpFetchError as exc:
+                nursery.cancel_scope.cancel()
+                raise FetchError(f"as the session's master: {exc}") from exc
+            result.bytes_http += http.bytes_http
+            result.codebase = http.codebase_used
+
+
+class _PartialSource:
+    """A master's package source: the units of its own download verified so far."""
+
+    def __init__(self, part: PartialDownload) -> None:
+        self._part = part
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self._part.read(offset, length)
+
+
+class Discovery:
+    """The discovery group as seen by one agent: a live session table, solicits, claims."""
+
+    def __init__(self, endpoint: Endpoint, settings: FetchSettings) -> None:
+        self.endpoint = endpoint
+        self.settings = settings
+        self.table = SessionTable()
+        self.agent_id = random.getrandbits(63)
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, settings: FetchSettings) -> AsyncIterator[Discovery]:
+        ep = Endpoint.open(settings.discovery_group, settings.discovery_port, settings.interface)
+        disc = cls(ep, settings)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(disc._listen)
+                yield disc
+                nursery.cancel_scope.cancel()
+        finally:
+            ep.close()
+
+    async def _listen(self) -> None:
+        key = self.settings.session_key
+        while True:
+            for data, _addr in await self.endpoint.receive_batch():
+                try:
+                    msg = decode_untrusted(data, key)
+                except BadPacket:
+                    continue
+                now = trio.current_time()
+                if isinstance(msg, Announce):
+                    self.table.heard(msg, now)
+                elif isinstance(msg, End):
+                    self.table.ended(msg.session)
+
+    async def decide(self, package_hash: bytes, max_sessions: int) -> tuple[Action, Heard | None]:
+        """Ask the subnet who sends ``package_hash`` (a solicit makes senders answer at
+        once), listen for the discovery window, then decide."""
+        solicit = encode(Solicit(0, package_hash, self.agent_id), self.settings.session_key)
+        await self.endpoint.send_many([solicit])
+        deadline = trio.current_time() + _LISTEN
+        while trio.current_time() < deadline:
+            if self.table.for_package(package_hash, trio.current_time()) is not None:
+                break
+            await trio.sleep(0.02)
+        return decide(self.table, package_hash, max_sessions, trio.current_time())
+
+    async def claim(self, package_hash: bytes, max_sessions: int) -> tuple[Claim, int]:
+        """Announce a would-be session for the claim period, then settle the race."""
+        sid = random.getrandbits(63) | 1
+        s = self.settings
+        group, port = data_channel(package_hash)
+        started = trio.current_time()
+        beat = Announce(sid, package_hash, self.agent_id, SenderConfig.packet_size,
+                        SenderConfig.units_per_block, SenderConfig.parity_ratio_pct, s.rate_bps,
+                        group, port, 0, False, 0, 0, claiming=True)  # fmt: skip
+        self.table.heard(beat, started)
+        while trio.current_time() - started < _CLAIM_PERIOD:
+            await self.endpoint.send_many([encode(beat, s.session_key)])
+            await trio.sleep(_CLAIM_BEAT)
+        outcome, _ = claim_outcome(self.table, sid, package_hash, started, max_sessions,
+                                   trio.current_time())  # fmt: skip
+        if outcome is not Claim.WON:
+            await self.endpoint.send_many([encode(End(sid, "claim lost"), s.session_key)])
+            self.table.ended(sid)
+        return outcome, sid

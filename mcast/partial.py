@@ -143,12 +143,22 @@ class PartialDownload:
             i += 1
         return out
 
-    def read_unit(self, unit: int) -> bytes:
-        offset, length = self.snapshot.block_range(unit)
+    def read(self, offset: int, length: int) -> bytes:
+        """Bytes of the package as written so far (a master serves verified units from here)."""
         buf = bytearray(length)
-        for path, file_off, unit_off, n in self._pieces(offset, length):
-            buf[unit_off : unit_off + n] = os.pread(self._fds[path], n, file_off)
+        for path, file_off, at, n in self._pieces(offset, length):
+            buf[at : at + n] = os.pread(self._fds[path], n, file_off)
         return bytes(buf)
+
+    def read_unit(self, unit: int) -> bytes:
+        return self.read(*self.snapshot.block_range(unit))
+
+    def verified_prefix(self) -> int:
+        """How many units from the start are verified: what a streaming master may send."""
+        try:
+            return self.verified.index(0)
+        except ValueError:
+            return len(self.verified)
 
     def write_unit(self, unit: int, data: bytes) -> None:
         """Write one verified unit into place (the receiver core has checked its hash)."""

@@ -73,12 +73,20 @@ async def receive(
     receiver_id: int | None = None,
     session_id: int | None = None,
     progress: Callable[[ReceiveProgress], None] | None = None,
-    finish: bool = True,
+    part: PartialDownload | None = None,
 ) -> ReceiveResult:
-    """Receive ``snapshot`` into ``dest`` from a multicast session on ``channel``."""
+    """Receive ``snapshot`` into ``dest`` from a multicast session on ``channel``.
+
+    Without ``part`` the download is opened here and, once complete, moved into place. With
+    ``part`` (the caller's, shared with other attempts and the HTTP fallback) the caller
+    decides when to finish it; only verified units are written to it either way.
+    """
     ch = channel or Channel()
     started = time.monotonic()
-    part = PartialDownload.open(snapshot, dest)
+    owned = part is None
+    if part is None:
+        part = PartialDownload.open(snapshot, dest)
+    bytes_before = part.bytes_written
     rid = receiver_id if receiver_id is not None else random.getrandbits(63)
     core = Receiver(
         snapshot,
@@ -94,7 +102,7 @@ async def receive(
     timeline = {"start": time.monotonic()}
 
     def on_complete() -> None:
-        if finish:
+        if owned:
             files.extend(part.finish())  # in place at once; statuses still go out after
 
     try:
@@ -108,9 +116,10 @@ async def receive(
             reason = "already complete"
             on_complete()
     finally:
-        if not (core.complete and finish):
+        if not (core.complete and owned):
             part.checkpoint()
-            part.close()
+            if owned:
+                part.close()
     return ReceiveResult(
         complete=core.complete,
         reason=reason or ("complete" if core.complete else "stopped"),
@@ -118,7 +127,7 @@ async def receive(
         units_verified=core.verified_units,
         units_resumed=part.resumed_units,
         bytes_total=snapshot.total_size,
-        bytes_received=part.bytes_written,
+        bytes_received=part.bytes_written - bytes_before,
         wall_s=time.monotonic() - started,
         session_id=core.session_id,
         announce=core.announce,

@@ -24,8 +24,11 @@ from mcast.sender import PackageSource, Sender, SenderConfig, SenderStats
 from mcast.snapshot import Snapshot
 from mcast.source import FileSource, SourceMismatch
 from mcast.udp import Endpoint, is_loopback
+from mcast.wire import MsgType
 
 _PROGRESS_EVERY = 0.5
+_AVAILABLE_POLL = 0.02  # how often a streaming master looks for newly downloaded units
+_BEACON_TYPES = (int(MsgType.ANNOUNCE), int(MsgType.END))
 
 
 @dataclass
@@ -60,11 +63,16 @@ async def send(
     config: SenderConfig | None = None,
     session_id: int | None = None,
     progress: Callable[[SendProgress], None] | None = None,
+    discovery: Channel | None = None,
+    available: Callable[[], int] | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> SendResult:
     """Serve ``snapshot`` on ``channel`` until every receiver heard is done or gone.
 
-    ``task_status.started`` reports the session id once the socket is open.
+    With ``discovery``, announces and END also go to the subnet's discovery group, and
+    solicits heard there are answered. With ``available``, only the units it says are
+    readable are sent (a master streaming its own download). ``task_status.started``
+    reports the session id once the sockets are open.
     """
     ch = channel or Channel()
     cfg = config or SenderConfig(group=ch.group, port=ch.port)
@@ -78,15 +86,20 @@ async def send(
         # receivers are on this host and must get it.
         loop = is_loopback(ch.interface)
         endpoint = Endpoint.open(ch.group, ch.port, ch.interface, loop=loop)
+        beacon = None
         try:
+            if discovery is not None:
+                beacon = Endpoint.open(discovery.group, discovery.port, ch.interface, loop=True)
             core = Sender(
                 snapshot, src, session_id=sid, sender_id=random.getrandbits(63),
                 now=trio.current_time(), key=key, config=cfg,
             )  # fmt: skip
             task_status.started(sid)
-            finished = await _run(core, endpoint, progress, timeline)
+            finished = await _run(core, endpoint, beacon, available, progress, timeline)
         finally:
             endpoint.close()
+            if beacon is not None:
+                beacon.close()
     finally:
         if own_source:
             src.close()  # type: ignore[attr-defined]
@@ -120,14 +133,16 @@ class _Wakeup:
 async def _run(
     core: Sender,
     endpoint: Endpoint,
+    beacon: Endpoint | None,
+    available: Callable[[], int] | None,
     progress: Callable[[SendProgress], None] | None,
     timeline: dict[str, float],
 ) -> SenderFinished:
     wakeup = _Wakeup()
 
-    async def feedback() -> None:
+    async def feedback(ep: Endpoint) -> None:
         while True:
-            batch = await endpoint.receive_batch()
+            batch = await ep.receive_batch()
             now = trio.current_time()
             for data, addr in batch:
                 core.receive_datagram(data, addr, now)
@@ -137,9 +152,13 @@ async def _run(
     finished: SenderFinished | None = None
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(feedback)
+            nursery.start_soon(feedback, endpoint)
+            if beacon is not None:
+                nursery.start_soon(feedback, beacon)
             try:
-                finished = await _send_loop(core, endpoint, wakeup, progress, timeline)
+                finished = await _send_loop(
+                    core, endpoint, beacon, available, wakeup, progress, timeline
+                )
             except SourceMismatch as exc:  # raised as itself, not inside an exception group
                 failure = exc
             nursery.cancel_scope.cancel()
@@ -155,6 +174,8 @@ async def _run(
 async def _send_loop(
     core: Sender,
     endpoint: Endpoint,
+    beacon: Endpoint | None,
+    available: Callable[[], int] | None,
     wakeup: _Wakeup,
     progress: Callable[[SendProgress], None] | None,
     timeline: dict[str, float],
@@ -162,6 +183,8 @@ async def _send_loop(
     next_progress = trio.current_time()
     while True:
         now = trio.current_time()
+        if available is not None and not core.pass_done:
+            core.set_available_units(available())
         timer = core.get_timer()
         if timer is not None and now >= timer:
             core.handle_timer(now)
@@ -169,6 +192,8 @@ async def _send_loop(
         if out:
             timeline.setdefault("first_send", time.monotonic())
             await endpoint.send_many(out)
+            if beacon is not None:  # the session's announces and END, for the whole subnet
+                await beacon.send_many([d for d in out if d[3] in _BEACON_TYPES])
             if core.pass_done:
                 timeline.setdefault("pass_done", time.monotonic())
         while (event := core.next_event()) is not None:
@@ -180,7 +205,10 @@ async def _send_loop(
         timer = core.get_timer()
         if out and timer is not None and timer <= trio.current_time():
             continue  # more is ready now
-        await wakeup.wait_until(timer if timer is not None else math.inf)
+        deadline = timer if timer is not None else math.inf
+        if available is not None and not core.pass_done:
+            deadline = min(deadline, trio.current_time() + _AVAILABLE_POLL)
+        await wakeup.wait_until(deadline)
 
 
 def _progress(core: Sender, now: float) -> SendProgress:

@@ -154,6 +154,7 @@ class Sender:
         self._key = check_key(key)
         nblocks = self.geometry.block_count
         self._cursor = (0, 0)  # next fresh (block, shard index)
+        self._available_blocks = nblocks  # blocks the source can read (see set_available_units)
         self.pass_done = nblocks == 0
         self._issued = [0] * nblocks  # parity sequence numbers handed out per block
         self._sent = [0] * nblocks  # of those, how many went out
@@ -227,8 +228,9 @@ class Sender:
             size = len(self._pending) if self._pending else self.config.packet_size + 64
             size = max(size + self.config.wire_overhead, self.config.wake_bytes)
             times.append(self._bucket.ready_at(size))
-        else:
+        elif self.pass_done:
             times.append(self._idle_check_at())
+        # else: waiting for set_available_units (the driver wakes us), and for announces
         return min(times)
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
@@ -271,6 +273,13 @@ class Sender:
         self._bucket.rate = self._rate.rate / 8
         self.stats.rate_cuts = self._rate.cuts
         self.stats.rate_bps = int(self._rate.rate)
+
+    def set_available_units(self, units: int) -> None:
+        """Only the first ``units`` hash units can be read yet: a master that streams the
+        package from HTTP as it downloads sends each block once all of its units are in."""
+        g = self.geometry
+        whole = units if units >= g.unit_count else units // g.units_per_block
+        self._available_blocks = min(g.block_count, whole)
 
     def close(self, now: float, reason: str = "closed") -> None:
         """Stop sending: the END message goes out a few times, then SenderFinished."""
@@ -351,13 +360,16 @@ class Sender:
             self._last_activity = now
 
     # -- building datagrams --------------------------------------------------------------------
+    def _fresh_ready(self) -> bool:
+        return not self.pass_done and self._cursor[0] < self._available_blocks
+
     def _has_work(self) -> bool:
-        return self._pending is not None or bool(self._repair_heap) or not self.pass_done
+        return self._pending is not None or bool(self._repair_heap) or self._fresh_ready()
 
     def _next_datagram(self, now: float) -> bytes | None:
         if self._repair_heap:
             return self._next_repair(now)
-        if not self.pass_done:
+        if self._fresh_ready():
             return self._next_fresh(now)
         return None
 
@@ -459,7 +471,9 @@ class Sender:
         )
 
     def _idle(self, now: float) -> bool:
-        if self._has_work() or now - self._last_activity < self.config.linger:
+        if not self.pass_done or self._has_work():
+            return False  # a master still waiting for its own download is not idle
+        if now - self._last_activity < self.config.linger:
             return False
         return not any(self._is_active(p, now) for p in self.peers.values())
 

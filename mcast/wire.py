@@ -92,6 +92,7 @@ class Announce:
     pass_done: bool  # every block has been sent at least once
     receivers: int  # receivers the sender currently hears
     progress_pct: int
+    claiming: bool = False  # not sending yet: an agent's bid to start this session
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +192,7 @@ def _enc_announce(m: Announce, key: bytes | None) -> bytes:
     fields = [
         m.package_hash, m.sender_id, m.packet_size, m.units_per_block, m.parity_ratio_pct,
         m.rate_bps, m.group, m.port, m.next_block, m.pass_done, m.receivers, m.progress_pct,
+        m.claiming,
     ]  # fmt: skip
     return _control(MsgType.ANNOUNCE, m.session, fields, key)
 
@@ -273,7 +275,7 @@ def _fields(body: bytes | memoryview, count: int) -> list[Any]:
 
 
 def _dec_announce(session: int, body: memoryview) -> Announce:
-    f = _fields(body, 12)
+    f = _fields(body, 13)
     _hash(f[0])
     packet_size = _u(f[2], 65_000)
     if packet_size < 2 or packet_size % 2:
@@ -285,6 +287,7 @@ def _dec_announce(session: int, body: memoryview) -> Announce:
     return Announce(
         session, f[0], _u(f[1], _MAX_U64), packet_size, units, ratio, _u(f[5], _MAX_U64),
         _text(f[6]), _u(f[7], 65535), _u(f[8]), _flag(f[9]), _u(f[10]), _u(f[11], 100),
+        _flag(f[12]),
     )  # fmt: skip
 
 

@@ -269,3 +269,34 @@ def test_an_empty_or_short_session_key_is_refused_not_silently_unauthenticated()
             Receiver(snap, receiver_id=1, now=0.0, key=bad)
         with pytest.raises(ValueError, match="at least 16 bytes"):
             Sender(snap, BytesSource(b"k" * 1000), session_id=1, sender_id=1, now=0.0, key=bad)
+
+
+def test_a_master_sends_only_blocks_whose_units_it_has():
+    from mcast.sender import BytesSource, Sender
+
+    data = random.Random(13).randbytes(300_000)
+    snap = make_snapshot(data)  # 4 KiB units
+    s = Sender(
+        snap,
+        BytesSource(data),
+        session_id=1,
+        sender_id=1,
+        now=0.0,
+        config=SenderConfig(packet_size=1024, units_per_block=4, rate_bps=10**10),
+    )
+    s.set_available_units(9)  # two whole blocks of four units, and one unit of the third
+    sent, now = [], 0.0
+    for _ in range(50):
+        sent += [wire.decode_untrusted(d) for d in s.datagrams_to_send(now)]
+        now += 0.01
+    blocks = {m.block for m in sent if isinstance(m, wire.Data)}
+    assert blocks == {0, 1}
+    assert not s.pass_done
+    timer = s.get_timer()
+    assert timer is not None and timer > now - 0.01  # waiting: no spinning on a past timer
+    s.set_available_units(snap.block_count)
+    for _ in range(200):
+        sent += [wire.decode_untrusted(d) for d in s.datagrams_to_send(now)]
+        now += 0.01
+    assert s.pass_done
+    assert {m.block for m in sent if isinstance(m, wire.Data)} == set(range(s.geometry.block_count))

@@ -69,6 +69,7 @@ announces = st.builds(
     pass_done=st.booleans(),
     receivers=u32,
     progress_pct=st.integers(0, 100),
+    claiming=st.booleans(),
 )
 naks = st.builds(
     Nak,
@@ -399,7 +400,7 @@ def test_type_confusion_is_refused_by_keyed_receiver():
 # control-body limits and types
 
 H32 = bytes(32)
-GOOD_ANNOUNCE = [H32, 9, 1400, 16, 25, 10**8, "239.255.1.2", 47000, 3, False, 4, 50]
+GOOD_ANNOUNCE = [H32, 9, 1400, 16, 25, 10**8, "239.255.1.2", 47000, 3, False, 4, 50, False]
 
 
 def _announce_with(i: int, value: Any) -> list[Any]:
@@ -410,7 +411,7 @@ def _announce_with(i: int, value: Any) -> list[Any]:
 
 BAD_BODIES: dict[str, tuple[MsgType, Any]] = {
     # shape
-    "announce-as-map": (MsgType.ANNOUNCE, dict(zip("abcdefghijkl", GOOD_ANNOUNCE, strict=True))),
+    "announce-as-map": (MsgType.ANNOUNCE, dict(zip("abcdefghijklm", GOOD_ANNOUNCE, strict=True))),
     "announce-too-few": (MsgType.ANNOUNCE, GOOD_ANNOUNCE[:-1]),
     "announce-too-many": (MsgType.ANNOUNCE, [*GOOD_ANNOUNCE, 0]),
     "announce-257-array": (MsgType.ANNOUNCE, [0] * 257),

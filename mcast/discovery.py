@@ -1,0 +1,112 @@
+"""Session discovery rules: which sessions are live on the subnet, and what an agent does.
+
+Every sender announces its session on the subnet's discovery group as well as on its data
+group; an agent that needs package H solicits there, listens, and then :func:`decide`\\s:
+join the session that sends H, start one if fewer than ``max_sessions`` are live, or wait.
+
+Starting is a claim, not a fact: the would-be master announces its session id for a short
+claim period while listening, and :func:`claim_outcome` settles races the same way on every
+agent, so that agents asking at the same moment end in one session and the subnet limit
+holds: a session heard before the claim began wins; among claims, the lower id wins.
+
+Pure functions of what was heard and ``now``; the sockets are the caller's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from enum import Enum
+
+from mcast.wire import Announce
+
+SESSION_TTL = 1.6  # a session not heard for this long is gone (announces come every 0.5 s)
+DATA_PORT = 47000
+
+
+@dataclass
+class Heard:
+    announce: Announce
+    first_heard: float
+    last_heard: float
+
+
+class SessionTable:
+    """Live sessions by id, from announces (and END) heard on the discovery group."""
+
+    def __init__(self, ttl: float = SESSION_TTL) -> None:
+        self.ttl = ttl
+        self._sessions: dict[int, Heard] = {}
+
+    def heard(self, announce: Announce, now: float) -> None:
+        entry = self._sessions.get(announce.session)
+        if entry is None:
+            self._sessions[announce.session] = Heard(announce, now, now)
+        else:
+            entry.announce, entry.last_heard = announce, now
+
+    def ended(self, session: int) -> None:
+        self._sessions.pop(session, None)
+
+    def live(self, now: float) -> list[Heard]:
+        for sid in [s for s, h in self._sessions.items() if now - h.last_heard > self.ttl]:
+            del self._sessions[sid]
+        return sorted(self._sessions.values(), key=lambda h: h.announce.session)
+
+    def for_package(self, package_hash: bytes, now: float) -> Heard | None:
+        matching = [h for h in self.live(now) if h.announce.package_hash == package_hash]
+        return matching[0] if matching else None  # lowest id: the one a race settles on
+
+
+class Action(Enum):
+    JOIN = "join"
+    START = "start"
+    WAIT = "wait"  # the subnet is at its session limit
+
+
+def decide(
+    table: SessionTable, package_hash: bytes, max_sessions: int, now: float
+) -> tuple[Action, Heard | None]:
+    existing = table.for_package(package_hash, now)
+    if existing is not None:
+        return Action.JOIN, existing
+    if len(table.live(now)) < max_sessions:
+        return Action.START, None
+    return Action.WAIT, None
+
+
+class Claim(Enum):
+    WON = "won"
+    JOIN = "join"  # another session sends the same package: join it instead
+    WAIT = "wait"  # the subnet's limit is taken by sessions that win over ours
+
+
+def claim_outcome(
+    table: SessionTable,
+    mine: int,
+    package_hash: bytes,
+    claim_started: float,
+    max_sessions: int,
+    now: float,
+) -> tuple[Claim, Heard | None]:
+    """Settle a claim the same way on every agent that heard the same announces."""
+
+    def beats_us(h: Heard) -> bool:
+        return h.first_heard < claim_started or h.announce.session < mine
+
+    others = [h for h in table.live(now) if h.announce.session != mine]
+    rivals = [h for h in others if h.announce.package_hash == package_hash and beats_us(h)]
+    if rivals:
+        return Claim.JOIN, rivals[0]
+    if sum(1 for h in others if beats_us(h)) >= max_sessions:
+        return Claim.WAIT, None
+    return Claim.WON, None
+
+
+def data_channel(package_hash: bytes) -> tuple[str, int]:
+    """The data group of a package's session: 239.255.x.y from the hash, never .0/.255 and
+    never the discovery group."""
+    digest = hashlib.sha256(b"mcast-data-group" + package_hash).digest()
+    x = 1 + digest[0] % 76  # 239.255.1-76.y: clear of the discovery group 239.255.77.77
+    y = 1 + digest[1] % 254
+    return f"239.255.{x}.{y}", DATA_PORT
