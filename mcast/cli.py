@@ -341,6 +341,12 @@ def cmd_recv(args: argparse.Namespace, out: Output) -> int:
     return EXIT_INCOMPLETE
 
 
+def cmd_demo(args: argparse.Namespace, out: Output) -> int:
+    from bench.demo import main as demo_main  # the demo lives with the benchmarks
+
+    return int(demo_main(list(args.demo_args)))
+
+
 # ---------------------------------------------------------------------------------------
 # parser and entry point
 
@@ -383,6 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="give up after this many seconds without the session")  # fmt: skip
     _channel_args(p)
     p.set_defaults(func=cmd_recv)
+
+    p = sub.add_parser("demo", help="the whole flow on this machine: server, agents, multicast",
+                       add_help=False)  # fmt: skip
+    p.add_argument("demo_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_demo)
     return ap
 
 
