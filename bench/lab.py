@@ -328,7 +328,9 @@ def run_lab(receivers: int, size: int, rate_bps: int | None, loss: float, mode: 
             keep_going: bool = False, timeout: float | None = None,
             workdir: str | None = None, sender_rate: str | None = None,
             loss_proto: str = "udp",
-            mcast_cmd: Sequence[str] | None = None) -> dict[str, Any]:
+            mcast_cmd: Sequence[str] | None = None,
+            packages: int = 2, max_sessions: int = 1,
+            kill_sender_at: float | None = None) -> dict[str, Any]:
     """Build the lab, run one distribution, tear everything down; return the report dict."""
     line_rate_s = size * 8 / rate_bps if rate_bps else None
     if timeout is None:
@@ -345,6 +347,12 @@ def run_lab(receivers: int, size: int, rate_bps: int | None, loss: float, mode: 
                  loss_proto=loss_proto) as lab:
             if mode == "http":
                 res = run_http(lab, pkg, work, timeout, keep_going)
+            elif mode == "fetch":
+                from bench.lab_fetch import run_fetch
+
+                res = run_fetch(lab, work, size, rate_bps, packages=packages,
+                                max_sessions=max_sessions, kill_sender_at=kill_sender_at,
+                                timeout=timeout * packages, keep_going=keep_going)
             else:
                 res = run_multicast(lab, pkg, work, timeout, keep_going, sender_rate,
                                     mcast_cmd)
@@ -389,7 +397,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loss", type=float, default=0.0, help="percent of UDP dropped per receiver")
     ap.add_argument("--loss-proto", default="udp", choices=["udp", "tcp", "all"],
                     help="which incoming packets the loss applies to (default udp)")
-    ap.add_argument("--mode", choices=["multicast", "http"], default="multicast")
+    ap.add_argument("--mode", choices=["multicast", "http", "fetch"], default="multicast",
+                    help="fetch: agents discover/start sessions, HTTP fallback (bench.lab_fetch)")
+    ap.add_argument("--packages", type=int, default=2, help="fetch mode: distinct packages")
+    ap.add_argument("--max-sessions", type=int, default=1,
+                    help="fetch mode: sessions allowed per subnet")
+    ap.add_argument("--kill-sender-at", type=float, default=None,
+                    help="fetch mode: SIGKILL an 'mcast send' of package 0 at this fraction")
     ap.add_argument("--keep-going", action="store_true",
                     help="wait for every receiver even after one failed")
     ap.add_argument("--timeout", type=float, default=None, help="seconds (default from size/rate)")
@@ -424,7 +438,9 @@ def main(argv: list[str] | None = None) -> int:
                          keep_going=args.keep_going, timeout=args.timeout,
                          workdir=args.workdir, sender_rate=args.sender_rate,
                          loss_proto=args.loss_proto,
-                         mcast_cmd=shlex.split(args.mcast_cmd) if args.mcast_cmd else None)
+                         mcast_cmd=shlex.split(args.mcast_cmd) if args.mcast_cmd else None,
+                         packages=args.packages, max_sessions=args.max_sessions,
+                         kill_sender_at=args.kill_sender_at)
     except KeyboardInterrupt:
         print(json.dumps({"mode": args.mode, "completed": False, "verified": False,
                           "error": "interrupted"}), flush=True)

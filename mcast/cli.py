@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import sys
 import time
@@ -108,6 +109,16 @@ def _channel_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interface", default=DEFAULT_INTERFACE, help="local IPv4 address to use")
     p.add_argument("--group", default=DEFAULT_GROUP, help="multicast group (239.255.0.0/16)")
     p.add_argument("--port", type=_port, default=DEFAULT_PORT)
+    p.add_argument("--session-key-file", type=Path, help="file with the session's HMAC key")
+    p.add_argument("--json", action="store_true", help="JSON lines on stdout")
+
+
+def _discovery_args(p: argparse.ArgumentParser) -> None:
+    from mcast.udp import DEFAULT_INTERFACE, DISCOVERY_GROUP, DISCOVERY_PORT
+
+    p.add_argument("--interface", default=DEFAULT_INTERFACE, help="local IPv4 address to use")
+    p.add_argument("--group", default=DISCOVERY_GROUP, help="the subnet's discovery group")
+    p.add_argument("--port", type=_port, default=DISCOVERY_PORT)
     p.add_argument("--session-key-file", type=Path, help="file with the session's HMAC key")
     p.add_argument("--json", action="store_true", help="JSON lines on stdout")
 
@@ -263,9 +274,13 @@ def cmd_send(args: argparse.Namespace, out: Output) -> int:
             out.event("progress", progress=round(p.progress, 4), receivers=p.receivers_active,
                       bytes_sent=p.bytes_sent, repairs=p.repairs_sent)  # fmt: skip
 
+    from mcast.recv_driver import Channel
+    from mcast.udp import DISCOVERY_GROUP, DISCOVERY_PORT
+
+    disc = None if args.no_discovery else Channel(DISCOVERY_GROUP, DISCOVERY_PORT, ch.interface)
     try:
         result = trio.run(lambda: send(snap, args.path, channel=ch, key=key, config=cfg,
-                                       progress=progress))  # fmt: skip
+                                       progress=progress, discovery=disc))  # fmt: skip
     except SourceMismatch as exc:
         raise CliError(str(exc), EXIT_IO) from None
     except OSError as exc:
@@ -341,6 +356,127 @@ def cmd_recv(args: argparse.Namespace, out: Output) -> int:
     return EXIT_INCOMPLETE
 
 
+def cmd_fetch(args: argparse.Namespace, out: Output) -> int:
+    from mcast.fetch import FetchError, FetchProgress, FetchSettings, fetch
+    from mcast.partial import DownloadError
+
+    snap = load_snapshot(args.snapshot, args.trust_key)
+    ch = _channel(args)
+    settings = FetchSettings(
+        multicast_enabled=not args.no_multicast, min_multicast_size=args.min_multicast_size,
+        max_sessions_per_subnet=args.max_sessions, multicast_tries=args.tries,
+        time_budget_s=args.budget, speed_test=not args.no_speed_test,
+        session_key=read_session_key(args.session_key_file), interface=ch.interface,
+        discovery_group=ch.group, discovery_port=ch.port, rate_bps=args.rate,
+        serve_after_s=args.linger,
+    )  # fmt: skip
+    out.event("start", hash=snap.package_hash_hex, size=snap.total_size, out=str(args.out))
+    out.bar(f"fetching {snap.name}", snap.total_size)
+    last_time, last_phase = [0.0], [""]
+
+    def progress(p: FetchProgress) -> None:
+        out.update(max(p.bytes_verified, p.bytes_http), f"{p.phase} {snap.name}")
+        now = time.monotonic()
+        if p.phase != last_phase[0] or now - last_time[0] >= 0.25:
+            last_time[0], last_phase[0] = now, p.phase
+            out.event("progress", phase=p.phase, bytes=p.bytes_verified,
+                      bytes_multicast=p.bytes_multicast, bytes_http=p.bytes_http)  # fmt: skip
+
+    started = time.monotonic()
+    try:
+        result = trio.run(lambda: fetch(snap, args.out, args.codebase or [], settings,
+                                        progress=progress))  # fmt: skip
+    except FetchError as exc:
+        raise CliError(str(exc), EXIT_INCOMPLETE) from None
+    except DownloadError as exc:
+        raise CliError(str(exc), EXIT_IO) from None
+    except OSError as exc:
+        raise CliError(f"network error: {exc}", EXIT_NET) from None
+    finally:
+        out.close()
+    out.event(
+        "done", verified=result.complete, complete=result.complete, route=result.route.value,
+        bytes=result.bytes_total, bytes_multicast=result.bytes_multicast,
+        bytes_http=result.bytes_http, sessions_tried=result.sessions_tried,
+        codebase=result.codebase, notes=result.notes, wall_s=round(time.monotonic() - started, 3),
+        peak_rss_mb=peak_rss_mb(),
+    )  # fmt: skip
+    out.say(
+        f"{snap.name}: {result.route.value}; {result.bytes_multicast:,} bytes by multicast,"
+        f" {result.bytes_http:,} by HTTP"
+        + (f" ({'; '.join(result.notes)})" if result.notes else "")
+    )
+    return EXIT_OK
+
+
+def cmd_sessions(args: argparse.Namespace, out: Output) -> int:
+    from mcast.discovery import SessionTable
+    from mcast.udp import Endpoint
+    from mcast.wire import Announce, BadPacket, End, decode_untrusted
+
+    ch = _channel(args)
+    key = read_session_key(args.session_key_file)
+    table = SessionTable()
+
+    def render() -> Any:
+        from rich.table import Table
+
+        t = Table(title=f"sessions on {ch.group}:{ch.port} via {ch.interface}")
+        for col in ("session", "package", "data group", "rate", "progress", "receivers", "state"):
+            t.add_column(col)
+        for h in table.live(trio.current_time()):
+            a = h.announce
+            state = "claiming" if a.claiming else ("repairing" if a.pass_done else "sending")
+            t.add_row(f"{a.session:016x}", a.package_hash.hex()[:16], f"{a.group}:{a.port}",
+                      f"{a.rate_bps / 1e6:.0f} Mbit/s", f"{a.progress_pct}%",
+                      str(a.receivers), state)  # fmt: skip
+        return t
+
+    async def listen() -> None:
+        ep = Endpoint.open(ch.group, ch.port, ch.interface)
+        live = None
+        if not out.as_json:
+            from rich.live import Live
+
+            live = Live(render(), console=out._console(), auto_refresh=False)
+            live.start()
+        try:
+            with trio.move_on_after(args.duration or math.inf):
+                while True:
+                    with trio.move_on_after(0.5):
+                        for data, _ in await ep.receive_batch():
+                            _log(data)
+                    if live is not None:
+                        live.update(render(), refresh=True)
+        finally:
+            ep.close()
+            if live is not None:
+                live.stop()
+
+    def _log(data: bytes) -> None:
+        try:
+            msg = decode_untrusted(data, key)
+        except BadPacket:
+            return
+        now = trio.current_time()
+        if isinstance(msg, Announce):
+            table.heard(msg, now)
+            out.event("announce", t=round(time.monotonic(), 4), session=f"{msg.session:016x}",
+                      hash=msg.package_hash.hex(), group=msg.group, port=msg.port,
+                      claiming=msg.claiming, progress=msg.progress_pct, receivers=msg.receivers,
+                      rate_bps=msg.rate_bps)  # fmt: skip
+        elif isinstance(msg, End):
+            table.ended(msg.session)
+            out.event("end", t=round(time.monotonic(), 4), session=f"{msg.session:016x}",
+                      reason=msg.reason)  # fmt: skip
+
+    try:
+        trio.run(listen)
+    except OSError as exc:
+        raise CliError(f"network error: {exc}", EXIT_NET) from None
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace, out: Output) -> int:
     from bench.demo import main as demo_main  # the demo lives with the benchmarks
 
@@ -376,6 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--linger", type=_positive_float, default=2.0,
                    help="seconds to stay after the last receiver is done")  # fmt: skip
     p.add_argument("--receiver-timeout", type=_positive_float, default=5.0)
+    p.add_argument("--no-discovery", action="store_true",
+                   help="do not announce the session on the subnet's discovery group")  # fmt: skip
     p.add_argument("--wait-go", action="store_true",
                    help="load everything, print ready, start on a line on stdin")  # fmt: skip
     _channel_args(p)
@@ -389,6 +527,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="give up after this many seconds without the session")  # fmt: skip
     _channel_args(p)
     p.set_defaults(func=cmd_recv)
+
+    p = sub.add_parser("fetch", help="get a package: join or start a session, HTTP for the rest")
+    p.add_argument("--snapshot", type=Path, required=True)
+    p.add_argument("--trust-key", type=Path, required=True, help="public key of the signer")
+    p.add_argument("--out", type=Path, required=True, help="destination directory")
+    p.add_argument("--codebase", action="append", help="package URL (repeatable), for HTTP")
+    p.add_argument("--max-sessions", type=int, default=1, help="sessions allowed per subnet")
+    p.add_argument("--tries", type=int, default=3, help="multicast sessions before HTTP")
+    p.add_argument("--budget", type=_positive_float, default=600.0,
+                   help="seconds for multicast before HTTP")  # fmt: skip
+    p.add_argument("--no-multicast", action="store_true")
+    p.add_argument("--no-speed-test", action="store_true")
+    p.add_argument("--min-multicast-size", type=parse_size, default=0)
+    p.add_argument("--rate", type=parse_rate, default=100_000_000,
+                   help="rate of a session this agent starts")  # fmt: skip
+    p.add_argument("--linger", type=_positive_float, default=2.0,
+                   help="a master serves this long after its last receiver")  # fmt: skip
+    _discovery_args(p)
+    p.set_defaults(func=cmd_fetch)
+
+    p = sub.add_parser("sessions", help="list the multicast sessions live on the subnet")
+    p.add_argument("--duration", type=_positive_float, help="stop after this many seconds")
+    _discovery_args(p)
+    p.set_defaults(func=cmd_sessions)
 
     p = sub.add_parser("demo", help="the whole flow on this machine: server, agents, multicast",
                        add_help=False)  # fmt: skip

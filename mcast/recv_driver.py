@@ -26,7 +26,7 @@ from mcast.udp import DEFAULT_GROUP, DEFAULT_INTERFACE, DEFAULT_PORT, Endpoint
 from mcast.wire import Announce
 
 _CHECKPOINT_EVERY = 1.0
-_PROGRESS_EVERY = 0.5
+_PROGRESS_EVERY = 0.25
 _DONE_LINGER = 0.1  # keep running for the repeated done statuses
 
 

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from bench.http_serve import make_server
-from mcast.discovery import SESSION_TTL
+from bench.lab_fetch import max_live_sessions
 from mcast.fetch import FetchResult, FetchSettings, Route, fetch
 from mcast.recv_driver import Channel
 from mcast.send_driver import send
@@ -95,23 +95,6 @@ async def watch_sessions(s: FetchSettings, seen: list[tuple[float, int, bool | N
         ep.close()
 
 
-def max_live_sessions(seen: list[tuple[float, int, bool | None]]) -> int:
-    """Most sessions (not mere claims) alive at once, as the agents judge it: from the first
-    announce to the END, or to the last announce plus the TTL when no END was heard."""
-    spans: dict[int, list[float]] = {}
-    ended: dict[int, float] = {}
-    for t, sid, claiming in seen:
-        if claiming is None:
-            ended.setdefault(sid, t)
-        elif not claiming:
-            spans.setdefault(sid, [t, t])[1] = t
-    ends = {sid: ended.get(sid, last + SESSION_TTL) for sid, (_, last) in spans.items()}
-    events = sorted([(a, 1) for a, _ in spans.values()] + [(e, -1) for e in ends.values()])
-    live = peak = 0
-    for _, step in events:
-        live += step
-        peak = max(peak, live)
-    return peak
 
 
 async def test_three_agents_asking_at_once_share_one_session(tmp_path: Path, codebase_root) -> None:

@@ -1,0 +1,191 @@
+"""Lab scenarios for ``mcast fetch``: agents on a namespace LAN discover sessions, share them
+under the subnet's session limit, and fall back to HTTP for what multicast could not deliver.
+
+    python -m bench.lab --mode fetch --receivers 8 --packages 2 --max-sessions 1 --size 32M
+    python -m bench.lab --mode fetch --receivers 8 --packages 1 --kill-sender-at 0.5
+
+h0 serves every package over HTTP (the codebase, ``/pkg/<hash>/content``) and watches the
+discovery group with ``mcast sessions --json``; receiver i fetches package i mod P. With
+``--kill-sender-at F``, h0 also runs an ``mcast send`` session of package 0 that is killed
+(SIGKILL, no END) after F of its first pass, so its receivers must finish by HTTP.
+
+The report adds to the lab's: per receiver the route, bytes by multicast and by HTTP, and
+from the observer's log ``max_live_sessions`` (sessions, not claims, alive at once, ended by
+END or by the agents' TTL) and ``sessions``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.lab import (
+    PY,
+    _wait_all,
+    check_tree,
+    make_package,
+    rate_text,
+)
+from bench.labnet import Lab, Proc
+from mcast.discovery import SESSION_TTL
+from mcast.snapshot import parse_snapshot_xml
+
+CODEBASE_PORT = 8080
+KILLED_GROUP = "239.255.66.1"
+
+
+def max_live_sessions(seen: list[tuple[float, int, bool | None]]) -> int:
+    """Most sessions (not mere claims) alive at once, as the agents judge it: from the first
+    announce to the END, or to the last announce plus the TTL when no END was heard.
+
+    ``seen`` holds (time, session, claiming) for announces and (time, session, None) for END.
+    """
+    spans: dict[int, list[float]] = {}
+    ended: dict[int, float] = {}
+    for t, sid, claiming in seen:
+        if claiming is None:
+            ended.setdefault(sid, t)
+        elif not claiming:
+            spans.setdefault(sid, [t, t])[1] = t
+    ends = {sid: ended.get(sid, last + SESSION_TTL) for sid, (_, last) in spans.items()}
+    events = sorted([(a, 1) for a, _ in spans.values()] + [(e, -1) for e in ends.values()])
+    live = peak = 0
+    for _, step in events:
+        live += step
+        peak = max(peak, live)
+    return peak
+
+
+def _observed(proc: Proc) -> list[tuple[float, int, bool | None]]:
+    seen: list[tuple[float, int, bool | None]] = []
+    for _, obj in proc.json_lines(0):
+        if obj.get("event") == "announce":
+            seen.append((obj["t"], int(obj["session"], 16), bool(obj["claiming"])))
+        elif obj.get("event") == "end":
+            seen.append((obj["t"], int(obj["session"], 16), None))
+    return seen
+
+
+def _kill_when_received(sender: Proc, agents: dict[str, Proc], need: float, timeout: float) -> None:
+    """SIGKILL the sender (no END) once half the agents have verified ``need`` bytes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = []
+        for proc in agents.values():
+            progress = [o for _, o in proc.json_lines(0) if o.get("event") == "progress"]
+            got.append(progress[-1].get("bytes", 0) if progress else 0)
+        if sorted(got)[len(got) // 2] >= need:
+            break
+        time.sleep(0.02)
+    sender.kill()
+
+
+def run_fetch(
+    lab: Lab,
+    work: Path,
+    size: int,
+    rate_bps: int | None,
+    *,
+    packages: int,
+    max_sessions: int,
+    kill_sender_at: float | None,
+    timeout: float,
+    keep_going: bool,
+) -> dict[str, Any]:
+    cli = [PY, "-m", "mcast.cli"]
+    key, www = work / "lab.key", work / "www"
+    pub = Path(f"{key}.pub")
+    session_key = work / "session.key"
+    session_key.write_text(os.urandom(32).hex())
+    rate = rate_text(rate_bps) if rate_bps else "0"
+    pkgs, snaps, urls = [], [], []
+    for p in range(packages):
+        pkg = make_package(work / f"pkg{p}", size)
+        snap_path = work / f"snapshot{p}.xml"
+        lab.exec("h0", [*cli, "snapshot", str(pkg.root), "-o", str(snap_path), "--key", str(key),
+                        "--name", f"package{p}"], timeout=max(120, size / 20e6))  # fmt: skip
+        snap = parse_snapshot_xml(snap_path.read_bytes())
+        where = www / "pkg" / snap.package_hash_hex
+        where.mkdir(parents=True)
+        with open(where / "content", "wb") as out:  # the codebase's concatenated package
+            for f in snap.files:
+                out.write((pkg.root / f.path).read_bytes())
+        pkgs.append(pkg)
+        snaps.append(snap_path)
+        urls.append(f"http://{lab.addr('h0')}:{CODEBASE_PORT}/pkg/{snap.package_hash_hex}/")
+    server = lab.popen("h0", [PY, "-m", "bench.http_serve", "--root", str(www),
+                              "--bind", lab.addr("h0"), "--port", str(CODEBASE_PORT)])  # fmt: skip
+    observer = lab.popen("h0", [*cli, "sessions", "--json", "--interface", lab.addr("h0"),
+                                "--session-key-file", str(session_key)])  # fmt: skip
+    sender: Proc | None = None
+    try:
+        if server.wait_json(lambda o: o.get("event") == "ready", 20) is None:
+            raise RuntimeError(f"codebase server did not start: {server.describe()}")
+        time.sleep(0.3)  # the observer joins the discovery group
+        t0 = time.monotonic()
+        if kill_sender_at is not None:
+            send = [*cli, "send", str(pkgs[0].root), "--snapshot", str(snaps[0]),
+                    "--trust-key", str(pub), "--interface", lab.addr("h0"),
+                    "--group", KILLED_GROUP, "--rate", rate,
+                    "--session-key-file", str(session_key), "--json"]  # fmt: skip
+            sender = lab.popen("h0", send)
+            time.sleep(0.5)  # its first announces are out before the agents ask
+        agents: dict[str, Proc] = {}
+        for i, host in enumerate(lab.receiver_hosts):
+            p = i % packages
+            out = work / host
+            argv = [*cli, "fetch", "--snapshot", str(snaps[p]), "--trust-key", str(pub),
+                    "--out", str(out), "--codebase", urls[p], "--interface", lab.addr(host),
+                    "--max-sessions", str(max_sessions), "--session-key-file", str(session_key),
+                    "--rate", rate, "--linger", "1", "--json"]  # fmt: skip
+            if kill_sender_at is not None:
+                argv += ["--tries", "1"]  # after the killed session: straight to HTTP
+            agents[host] = lab.popen(host, argv)
+        if sender is not None and kill_sender_at is not None:
+            _kill_when_received(sender, agents, kill_sender_at * pkgs[0].total, timeout)
+        finals = _wait_all(agents, lambda o: o.get("event") in ("done", "error"),
+                           time.monotonic() + timeout, keep_going)  # fmt: skip
+        t_end = max((f[0] for f in finals.values() if f), default=None)
+        time.sleep(SESSION_TTL)  # let the observer hear the last sessions end
+    finally:
+        for proc in (observer, server, sender):
+            if proc is not None:
+                with contextlib.suppress(Exception):
+                    proc.kill()
+    per = []
+    for i, (host, proc) in enumerate(agents.items()):
+        final = finals.get(host)
+        obj = final[1] if final else {}
+        ok = bool(final) and obj.get("event") == "done"
+        files_ok = check_tree(work / host, pkgs[i % packages]) if ok else False
+        entry = {
+            "host": host, "package": i % packages, "completed": ok,
+            "verified": bool(ok and obj.get("verified") and files_ok),
+            "done_after_s": round(final[0] - t0, 3) if final else None,
+            **{k: obj.get(k) for k in ("route", "bytes_multicast", "bytes_http",
+                                       "sessions_tried", "notes", "peak_rss_mb", "wall_s")},
+        }  # fmt: skip
+        if not ok:
+            entry["error"] = obj.get("error") or proc.describe()
+        per.append(entry)
+    seen = _observed(observer)
+    total = pkgs[0].total
+    http = [e["bytes_http"] or 0 for e in per]
+    return {
+        "per_receiver": per,
+        "t0": t0,
+        "t_end": t_end,
+        "packages": packages,
+        "max_sessions_per_subnet": max_sessions,
+        "max_live_sessions": max_live_sessions(seen),
+        "sessions": len({sid for _, sid, c in seen if c is False}),
+        "http_bytes_total": sum(http),
+        "http_fraction_max": round(max(http, default=0) / total, 4) if total else None,
+        "multicast_bytes_total": sum(e["bytes_multicast"] or 0 for e in per),
+        "kill_sender_at": kill_sender_at,
+        "sender_tx_bytes": 0,
+        "sender_tx_packets": 0,
+    }

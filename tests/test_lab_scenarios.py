@@ -1,0 +1,93 @@
+"""The engine on the namespace lab: loss, a late joiner, a receiver restarted half-way, and
+the fetch policy (shared sessions under the subnet limit, a sender killed half-way).
+
+Skipped with the reason when not root or without iproute2/nftables; CI runs them as root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench import labnet
+from bench.lab import check_tree, make_package, run_lab
+from bench.labnet import Lab
+
+LAB_OK, LAB_WHY = labnet.lab_available()
+pytestmark = [
+    pytest.mark.skipif(not LAB_OK, reason=f"lab unavailable: {LAB_WHY}"),
+    pytest.mark.lab,
+]
+MiB = 1 << 20
+CLI = [sys.executable, "-m", "mcast.cli"]
+
+
+def _prepare(lab: Lab, tmp_path: Path, size: int) -> tuple[object, list[str]]:
+    pkg = make_package(tmp_path / "pkg", size)
+    snap, key, sk = tmp_path / "s.xml", tmp_path / "k.pem", tmp_path / "session.key"
+    sk.write_text(os.urandom(32).hex())
+    lab.exec("h0", [*CLI, "snapshot", str(pkg.root), "-o", str(snap), "--key", str(key)])
+    common = ["--snapshot", str(snap), "--group", "239.255.50.5", "--port", "47050",
+              "--session-key-file", str(sk), "--json"]  # fmt: skip
+    return pkg, [*common, "--trust-key", f"{key}.pub"]
+
+
+def _recv(lab: Lab, host: str, out: Path, common: list[str], *extra: str) -> labnet.Proc:
+    argv = [*CLI, "recv", "--out", str(out), "--interface", lab.addr(host), *common, *extra]
+    return lab.popen(host, argv)
+
+
+def _final(proc: labnet.Proc, timeout: float) -> dict:
+    got = proc.wait_json(lambda o: o.get("event") in ("done", "error"), timeout)
+    assert got is not None, proc.describe()
+    return got[1]
+
+
+def test_a_late_joiner_and_a_restarted_receiver_complete_under_loss(tmp_path: Path) -> None:
+    size = 6 * MiB  # about 2.6 s at 20 Mbit/s
+    with Lab(receivers=3, rate_bps=20_000_000, loss=3.0) as lab:
+        pkg, common = _prepare(lab, tmp_path, size)
+        early = _recv(lab, "h1", tmp_path / "h1", common)
+        victim = _recv(lab, "h3", tmp_path / "h3", common)
+        time.sleep(1.0)  # receivers join the group
+        sender = lab.popen("h0", [*CLI, "send", str(pkg.root), "--interface", lab.addr("h0"),
+                                  "--rate", "20mbit", "--linger", "1", *common])  # fmt: skip
+        time.sleep(1.2)
+        late = _recv(lab, "h2", tmp_path / "h2", common)  # joins at about 45%
+        victim.kill()  # SIGKILL half-way: its partial download stays on disk
+        time.sleep(0.2)
+        restarted = _recv(lab, "h3", tmp_path / "h3", common)
+        results = {h: _final(p, 60) for h, p in (("h1", early), ("h2", late), ("h3", restarted))}
+        sender_done = _final(sender, 60)
+    for host, res in results.items():
+        assert res["event"] == "done" and res["verified"], (host, res)
+        assert check_tree(tmp_path / host, pkg), host
+    assert results["h3"]["units_resumed"] > 0  # the restart kept what it had verified
+    assert results["h2"]["bytes_multicast"] == pkg.total  # the late joiner got it all anyway
+    assert sender_done["receivers_done"] >= 3
+    assert lab.leftovers() == []
+
+
+def test_fetch_agents_share_sessions_under_the_subnet_limit() -> None:
+    rep = run_lab(4, 4 * MiB, 50_000_000, 2.0, "fetch", packages=2, max_sessions=1, timeout=60)
+    assert rep["completed"] and rep["verified"], json.dumps(rep)[:2000]
+    assert rep["max_live_sessions"] == 1 and rep["sessions"] == 2
+    routes = sorted(p["route"] for p in rep["per_receiver"])
+    assert routes == ["joined", "joined", "master", "master"]
+    assert rep["http_bytes_total"] == 2 * rep["package_bytes"]  # one HTTP copy per package
+    assert rep["lab_leftovers"] == []
+
+
+def test_a_sender_killed_half_way_leaves_about_half_for_http() -> None:
+    rep = run_lab(3, 8 * MiB, 50_000_000, 2.0, "fetch", packages=1, kill_sender_at=0.5,
+                  timeout=60)  # fmt: skip
+    assert rep["completed"] and rep["verified"], json.dumps(rep)[:2000]
+    for p in rep["per_receiver"]:
+        assert p["bytes_multicast"] + p["bytes_http"] == rep["package_bytes"]
+        assert p["bytes_http"] <= 0.62 * rep["package_bytes"], p
+        assert any("failed" in n for n in p["notes"]), p
