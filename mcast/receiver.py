@@ -46,7 +46,8 @@ from mcast.wire import (
 @dataclass(frozen=True)
 class ReceiverConfig:
     nak_backoff: float = 0.02  # a NAK waits a random time up to this, listening for others
-    nak_retry: float = 0.15  # a NAKed block that makes no progress for this long is NAKed again
+    nak_retry: float = 0.08  # a NAKed block that makes no progress for this long is NAKed again
+    # (longer than the sender's repair_holdoff, or the re-NAK is taken for one in flight)
     status_interval: float = 1.0
     congestion_window: float = 0.1  # loss and socket drops are judged over windows this long
     congestion_loss_permille: int = 150  # more first-pass loss than this is reported at once
