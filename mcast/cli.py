@@ -12,12 +12,13 @@ Exit codes: 0 done, 1 the session ended before the package was complete, 2 bad a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import resource
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -93,6 +94,25 @@ class Output:
         from rich.console import Console
 
         return Console(stderr=True)
+
+
+@contextlib.contextmanager
+def engine_errors(out: Output) -> Iterator[None]:
+    """Turn the engine's expected failures into one clear line and an exit code."""
+    from mcast.fetch import FetchError
+    from mcast.partial import DownloadError
+    from mcast.source import SourceMismatch
+
+    try:
+        yield
+    except FetchError as exc:
+        raise CliError(str(exc), EXIT_INCOMPLETE) from None
+    except (DownloadError, SourceMismatch) as exc:
+        raise CliError(str(exc), EXIT_IO) from None
+    except OSError as exc:
+        raise CliError(f"network error: {exc}", EXIT_NET) from None
+    finally:
+        out.close()
 
 
 def peak_rss_mb() -> float:
@@ -248,7 +268,6 @@ def cmd_snapshot(args: argparse.Namespace, out: Output) -> int:
 def cmd_send(args: argparse.Namespace, out: Output) -> int:
     from mcast.send_driver import SendProgress, send
     from mcast.sender import SenderConfig
-    from mcast.source import SourceMismatch
 
     snap = load_snapshot(args.snapshot, args.trust_key)
     ch = _channel(args)
@@ -278,15 +297,9 @@ def cmd_send(args: argparse.Namespace, out: Output) -> int:
     from mcast.udp import DISCOVERY_GROUP, DISCOVERY_PORT
 
     disc = None if args.no_discovery else Channel(DISCOVERY_GROUP, DISCOVERY_PORT, ch.interface)
-    try:
+    with engine_errors(out):
         result = trio.run(lambda: send(snap, args.path, channel=ch, key=key, config=cfg,
                                        progress=progress, discovery=disc))  # fmt: skip
-    except SourceMismatch as exc:
-        raise CliError(str(exc), EXIT_IO) from None
-    except OSError as exc:
-        raise CliError(f"network error: {exc}", EXIT_NET) from None
-    finally:
-        out.close()
     s = result.stats
     out.event(
         "done", reason=result.reason, receivers_done=result.receivers_done,
@@ -303,7 +316,6 @@ def cmd_send(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_recv(args: argparse.Namespace, out: Output) -> int:
-    from mcast.partial import DownloadError
     from mcast.receiver import ReceiverConfig
     from mcast.recv_driver import ReceiveProgress, receive
 
@@ -326,15 +338,9 @@ def cmd_recv(args: argparse.Namespace, out: Output) -> int:
             out.event("progress", units=p.units_verified, total=p.units_total,
                       bytes=p.bytes_verified)  # fmt: skip
 
-    try:
+    with engine_errors(out):
         result = trio.run(lambda: receive(snap, args.out, channel=ch, key=key, config=cfg,
                                           progress=progress))  # fmt: skip
-    except DownloadError as exc:
-        raise CliError(str(exc), EXIT_IO) from None
-    except OSError as exc:
-        raise CliError(f"network error: {exc}", EXIT_NET) from None
-    finally:
-        out.close()
     s = result.stats
     assert s is not None
     out.event(
@@ -357,8 +363,7 @@ def cmd_recv(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace, out: Output) -> int:
-    from mcast.fetch import FetchError, FetchProgress, FetchSettings, fetch
-    from mcast.partial import DownloadError
+    from mcast.fetch import FetchProgress, FetchSettings, fetch
 
     snap = load_snapshot(args.snapshot, args.trust_key)
     ch = _channel(args)
@@ -383,17 +388,9 @@ def cmd_fetch(args: argparse.Namespace, out: Output) -> int:
                       bytes_multicast=p.bytes_multicast, bytes_http=p.bytes_http)  # fmt: skip
 
     started = time.monotonic()
-    try:
+    with engine_errors(out):
         result = trio.run(lambda: fetch(snap, args.out, args.codebase or [], settings,
                                         progress=progress))  # fmt: skip
-    except FetchError as exc:
-        raise CliError(str(exc), EXIT_INCOMPLETE) from None
-    except DownloadError as exc:
-        raise CliError(str(exc), EXIT_IO) from None
-    except OSError as exc:
-        raise CliError(f"network error: {exc}", EXIT_NET) from None
-    finally:
-        out.close()
     out.event(
         "done", verified=result.complete, complete=result.complete, route=result.route.value,
         bytes=result.bytes_total, bytes_multicast=result.bytes_multicast,
