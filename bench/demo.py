@@ -363,7 +363,8 @@ def live_table(views: list[AgentView], title: str) -> Any:
 
     table = Table(title=title)
     for col in ("agent", "address", "phase", "progress", "route", "MiB mcast", "MiB http"):
-        table.add_column(col, justify="right" if col.startswith(("MiB", "prog")) else "left")
+        right = col.startswith(("MiB", "prog"))
+        table.add_column(col, justify="right" if right else "left", no_wrap=True)
     for v in views:
         pct = f"{100 * v.verified_bytes / v.total:.0f}%" if v.total else ""
         table.add_row(
@@ -383,7 +384,7 @@ def final_table(summary: dict[str, Any]) -> Any:
     )
     cols = ("agent", "route", "MiB mcast", "MiB http", "verified", "exit", "server", "ok")
     for col in cols:
-        table.add_column(col)
+        table.add_column(col, no_wrap=col != "ok")
     for a in summary["per_agent"]:
         exit_code = "" if a["exit_code"] is None else str(a["exit_code"])
         table.add_row(
@@ -465,7 +466,7 @@ def run_agents(
 def summarize(
     mode: str, setup: Setup, views: list[AgentView], status: dict[str, Any], wall: float
 ) -> dict[str, Any]:
-    per = []
+    per: list[dict[str, Any]] = []
     for v in views:
         row = status.get(v.guid)
         server = row.state if row is not None else "unknown"
@@ -540,7 +541,9 @@ def run_demo(args: argparse.Namespace, live_ok: bool) -> dict[str, Any]:
         if live_ok:
             from rich.live import Live
 
-            live_cm = Live(live_table(views, "mcast demo: starting"), refresh_per_second=8)
+            live_cm = Live(
+                live_table(views, "mcast demo: starting"), refresh_per_second=8, transient=True
+            )
         with live_cm as live:
             wall = run_agents(net, setup, views, url, args.timeout, live)
         status = server_status(setup.data, setup.task_id, setup.guids)
@@ -632,7 +635,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print(final_table(summary))
         console.print(
             f"HTTP bytes {summary['bytes_http_total']:,} = {summary['http_ratio']:.2f} x the "
-            f"package; multicast sessions: {summary['sessions']}; {summary['wall_s']:.1f} s"
+            f"package; multicast sessions: {summary['sessions']}; {summary['wall_s']:.1f} s",
+            highlight=False,
         )
         if summary["workdir"]:
             console.print(f"kept {summary['workdir']}")
