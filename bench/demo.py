@@ -19,10 +19,15 @@ One run, everything it starts removed at the end (also on failure, Ctrl-C and SI
    the agent's cached files itself), exit code of the command, and the status the SERVER
    recorded for that computer (read from its store once its event queue is drained).
 
-``--json`` prints one JSON object (the summary) as the last line of stdout. Exit 0 only if
-every agent verified the package, ran the command with exit 0 and the server recorded
-``succeeded`` for it; 1 otherwise; 2 for bad arguments or a missing prerequisite (``--lab``
-without root); 130 when interrupted.
+``--json`` prints one JSON object (the summary) as the last line of stdout: per agent its
+route (master/joined/http/cached), bytes by multicast and HTTP, verified, exit code and the
+server's recorded status (with the server's byte counts); totals ``package_size``,
+``bytes_http_total``, ``http_ratio`` (= bytes_http_total / package_size), ``sessions`` (the
+number of agents that were a session's master: every multicast session has exactly one; the
+engine does not report session ids), ``wall_s`` (from the release of the agents to the last
+one's exit) and ``all_ok``. Exit 0 only if every agent verified the package, ran the command
+with exit 0 and the server recorded ``succeeded`` for it; 1 otherwise; 2 for bad arguments or
+a missing prerequisite (``--lab`` without root); 130 when interrupted.
 
 ``--lab`` runs the same on the namespace lab of :mod:`bench.labnet` (100 Mbit/s links): the
 server in ``h0`` (198.18.0.1), agent i in host ``hi`` with that host's address as its multicast
@@ -565,7 +570,11 @@ def run_demo(args: argparse.Namespace, live_ok: bool) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mcast demo", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="mcast demo",
+        description="The seed's Software Delivery flow end to end: the server stub, a task for "
+        "N agent processes, one multicast session; a table per agent (or --json).",
+    )
     p.add_argument("--agents", type=int, default=4, help="number of agents (default 4)")
     p.add_argument("--size", type=parse_size, default=parse_size("16M"),
                    help="payload size: 4M, 16M (default), 1G")  # fmt: skip
