@@ -3,7 +3,7 @@
 ::
 
     mcast-agent --server URL --guid G --state DIR --trust-key PUB
-                [--ip A] [--interface 127.0.0.1] [--once] [--json]
+                [--ip A] [--interface 127.0.0.1] [--discovery GROUP:PORT] [--once] [--json]
                 [--interval SECONDS] [--command-timeout SECONDS]
                 [--fetcher MODULE:FUNCTION] [-v]
 
@@ -28,6 +28,8 @@ from typing import Any, cast
 
 import trio
 
+from mcast.udp import DISCOVERY_GROUP, DISCOVERY_PORT
+
 from .config import AgentConfig, ConfigError
 from .core import Agent, Fetcher
 
@@ -47,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ip", help="address sent to getPackageInfo (default: the route to the NS)")
     p.add_argument("--interface", default="127.0.0.1", help="multicast interface address")
+    p.add_argument(
+        "--discovery",
+        default=f"{DISCOVERY_GROUP}:{DISCOVERY_PORT}",
+        help="multicast discovery group:port shared by the agents of a subnet "
+        f"(default {DISCOVERY_GROUP}:{DISCOVERY_PORT})",
+    )
     p.add_argument("--once", action="store_true", help="one check-in, then exit")
     p.add_argument("--json", action="store_true", help="JSON lines on stdout")
     p.add_argument("--interval", type=float, help="check-in interval in seconds (override)")
@@ -109,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    group, _, port = args.discovery.rpartition(":")
+    if not group or not port.isdigit():
+        print(f"mcast-agent: --discovery {args.discovery!r} is not GROUP:PORT", file=sys.stderr)
+        return 2
     try:
         config = AgentConfig(
             server_url=args.server,
@@ -117,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             trust_key=args.trust_key,
             ip=args.ip,
             interface=args.interface,
+            discovery_group=group,
+            discovery_port=int(port),
             command_timeout_s=args.command_timeout,
             check_in_interval_s=args.interval,
         )

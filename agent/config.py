@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from mcast.udp import DISCOVERY_GROUP, DISCOVERY_PORT, SAFE_GROUPS
 
 
 class ConfigError(ValueError):
@@ -21,6 +24,8 @@ class AgentConfig:
     trust_key: Path  # PEM public key of the snapshot signer (NS DATA/signing.pub)
     ip: str | None = None  # sent to getPackageInfo; default: the address that reaches the NS
     interface: str = "127.0.0.1"  # multicast interface handed to the engine
+    discovery_group: str = DISCOVERY_GROUP  # where sessions are announced and solicited
+    discovery_port: int = DISCOVERY_PORT
     command_timeout_s: float = 3600.0
     check_in_interval_s: float | None = None  # overrides the policy's checkInIntervalMins
     http_timeout_s: float = 30.0
@@ -40,6 +45,14 @@ class AgentConfig:
             raise ConfigError("the command timeout must be positive")
         if self.check_in_interval_s is not None and self.check_in_interval_s <= 0:
             raise ConfigError("the check-in interval must be positive")
+        if not 0 < self.discovery_port < 65536:
+            raise ConfigError(f"discovery port {self.discovery_port} is not a UDP port")
+        try:
+            safe = ipaddress.ip_address(self.discovery_group) in SAFE_GROUPS
+        except ValueError:
+            safe = False
+        if not safe:
+            raise ConfigError(f"discovery group {self.discovery_group!r} is not in {SAFE_GROUPS}")
         object.__setattr__(self, "server_url", self.server_url.rstrip("/"))
         object.__setattr__(self, "state_dir", Path(self.state_dir))
         object.__setattr__(self, "trust_key", Path(self.trust_key))

@@ -385,6 +385,7 @@ class Agent:
             exit_code=report.exit_code,
             bytes_multicast=report.bytes_multicast,
             bytes_http=report.bytes_http,
+            route=kw.get("route"),
         )
         return job
 
@@ -487,6 +488,8 @@ class Agent:
             speed_test=s.speed_test_codebases,
             session_key=info.session_key,
             interface=self.config.interface,
+            discovery_group=self.config.discovery_group,
+            discovery_port=self.config.discovery_port,
         )
         return settings, why_not
 
