@@ -474,12 +474,6 @@ def cmd_sessions(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
-def cmd_demo(args: argparse.Namespace, out: Output) -> int:
-    from bench.demo import main as demo_main  # the demo lives with the benchmarks
-
-    return int(demo_main(list(args.demo_args)))
-
-
 # ---------------------------------------------------------------------------------------
 # parser and entry point
 
@@ -549,16 +543,19 @@ def build_parser() -> argparse.ArgumentParser:
     _discovery_args(p)
     p.set_defaults(func=cmd_sessions)
 
-    p = sub.add_parser("demo", help="the whole flow on this machine: server, agents, multicast",
-                       add_help=False)  # fmt: skip
-    p.add_argument("demo_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_demo)
+    sub.add_parser("demo", help="the whole flow on this machine: server, agents, multicast"
+                   " (mcast demo --help)")  # fmt: skip
     return ap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["demo"]:  # the demo parses its own options (argparse's REMAINDER refuses them)
+        from bench.demo import main as demo_main
+
+        return int(demo_main(words[1:]))
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(words)
     out = Output(getattr(args, "json", False))
     func: Callable[[argparse.Namespace, Output], int] = args.func
     try:

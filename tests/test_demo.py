@@ -99,11 +99,6 @@ def test_demo_bad_arguments_exit_2() -> None:
     assert proc.returncode == 2 and "--agents" in proc.stderr
 
 
-@pytest.mark.xfail(
-    reason="mcast/cli.py: the demo subparser's nargs=REMAINDER refuses options "
-    "(`mcast demo --agents 3` -> unrecognized arguments); fix reported, `--` works",
-    strict=False,
-)
 def test_mcast_cli_passes_demo_options_through() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "mcast.cli", "demo", "--agents", "0"],
