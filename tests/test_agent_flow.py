@@ -119,7 +119,6 @@ async def test_cache_by_hash_and_new_version(ns: NS, url: str, tmp_path: Path) -
 async def test_killed_during_download_resumes_and_runs_once(
     ns: NS, url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(agent.httpfetch, "CHECKPOINT_UNITS", 1)
     guid = ns.guids[0]
     task = ns.add_task()
     dying = CountingFetcher(die_after=65536)
