@@ -300,3 +300,34 @@ def test_a_master_sends_only_blocks_whose_units_it_has():
         now += 0.01
     assert s.pass_done
     assert {m.block for m in sent if isinstance(m, wire.Data)} == set(range(s.geometry.block_count))
+
+
+def test_repairs_flow_during_the_pass_and_the_tail_after_it_is_short():
+    """Repairs must not wait for the end of the pass, and after it a retry round (80 ms)
+    should rarely be needed: the last repairs carry a few spares."""
+    data = random.Random(14).randbytes(2_000_000)
+    cfg = SenderConfig(packet_size=1432, units_per_block=4, rate_bps=100_000_000)
+    pass_done_at = []
+
+    def watch(run):
+        def on_event(now, name, event, inner=run.net.on_event):
+            inner(now, name, event)
+
+        run.net.on_event = on_event
+        original = run.net._fan_out
+
+        def fan_out(src, dgram):
+            sender = run.net.nodes["sender"].core
+            if src == "sender" and sender is not None and sender.pass_done and not pass_done_at:
+                pass_done_at.append((run.net.now, sender.stats.parity_sent))
+            original(src, dgram)
+
+        run.net._fan_out = fan_out
+
+    run = simulate(
+        data, [Link(loss=0.02)] * 10, seed=15, block_size=65536, sender_config=cfg, prepare=watch
+    )
+    assert len(run.completed) == 10
+    at, parity_before_end = pass_done_at[0]
+    assert parity_before_end > 0.6 * run.sender().stats.parity_sent  # most repairs mid-pass
+    assert max(run.completed.values()) - at < 0.06  # no retry round in the tail
