@@ -1,4 +1,4 @@
-"""The ``mcast`` command line: snapshot, send, recv (and the commands later issues add).
+"""The ``mcast`` command line: snapshot, send, recv, fetch, sessions, and demo.
 
 Owns argument parsing, turning every expected failure into one clear line and an exit code,
 and the two output styles: a rich progress bar on a terminal, or JSON lines (``--json``)

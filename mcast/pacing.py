@@ -1,4 +1,5 @@
-"""A token bucket, driven by the caller's clock: send pacing and per-source feedback limits."""
+"""Rates, driven by the caller's clock: the token bucket that paces sends, per-source limits
+on feedback, and the AIMD controller that sets the send rate from receivers' overrun reports."""
 
 from __future__ import annotations
 

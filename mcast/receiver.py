@@ -2,7 +2,9 @@
 
 It owns the per-block reception state, the NAK schedule (random back-off, suppression on
 hearing an equivalent NAK, re-NAK when a block makes no progress), Reed-Solomon decoding,
-verification of every unit against the signed snapshot, status reports, and the decision that
+verification of every unit against the signed snapshot, status reports (with the overrun
+signals the sender's rate control reads: first-pass loss, socket backlog and drops, judged
+over short windows), soliciting an announce while no session is heard, and the decision that
 the package is complete, which rests on its own map of verified units alone.
 
 No clock, no socket, no trio: the driver passes ``now`` into ``receive_datagram`` and

@@ -4,13 +4,18 @@ It owns the send schedule: announces, one pass over every source shard in block 
 parity repairs answering NAKs (lowest block first, ahead of fresh data). A NAK says how many
 shards a receiver still needs for a block and how far it has seen that block's parity; the
 sender issues only the parity that is not already queued or recently sent beyond that point,
-so equivalent NAKs from many receivers cost one repair. Parity sequence numbers grow without
-bound (shard ``seq % parity_count`` is sent), so a late joiner that misses a whole block is
-served by the same mechanism: demand-driven cycling, no blind second pass.
+so equivalent NAKs from many receivers cost one repair. Repair sequence numbers grow without
+bound and walk the block's parity, then its source shards (``Geometry.repair_symbol``), so a
+late joiner that missed a whole block is served by the same mechanism: demand-driven
+cycling, no blind second pass. A SOLICIT for its package is answered with an announce.
 
-The session ends when the pass is done, no repair is queued, and every receiver heard from is
-done or has gone silent for ``receiver_timeout``, after ``linger`` seconds without activity.
-Feedback is rate-limited per source address. No clock, socket or trio: ``now`` is passed in.
+The pace is a token bucket whose rate an AIMD controller sets under the configured cap from
+receivers' overrun reports (socket backlog or drops, heavy first-pass loss); random loss does
+not slow it. ``set_available_units`` holds fresh data back to what the source can read (a
+master streaming its own download). The session ends when the pass is done, no repair is
+queued, and every receiver heard from is done or has gone silent for ``receiver_timeout``,
+after ``linger`` seconds without activity. Feedback is rate-limited per source address.
+No clock, socket or trio: ``now`` is passed in.
 """
 
 from __future__ import annotations

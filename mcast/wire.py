@@ -7,9 +7,12 @@ Layout of every datagram::
                    control messages: one msgpack array (fields in a fixed order)
     tag (16 B)     HMAC-SHA-256(session key, header + body), truncated; zeros when unkeyed
 
-DATA carries source shard ``index`` of FEC block ``block``; PARITY carries parity sequence
-number ``index`` (the Reed-Solomon recovery shard is ``index % parity_count``). The hot path
-uses fixed ``struct`` formats; control bodies are msgpack, decoded with size limits.
+DATA carries source shard ``index`` of FEC block ``block``; PARITY carries repair sequence
+number ``index``, which ``Geometry.repair_symbol`` maps to a Reed-Solomon recovery shard or,
+once those are used up, a zero-padded source shard. The control messages are ANNOUNCE (a
+session describes itself; ``claiming`` marks an agent's bid to start one), NAK, STATUS (with
+the overrun signals for rate control), END and SOLICIT (who sends this package?). The hot
+path uses fixed ``struct`` formats; control bodies are msgpack, decoded with size limits.
 
 The decoders take bytes from the network and raise only :class:`BadPacket`. A receiver that
 holds the session key drops any datagram whose tag does not match before parsing the body.
