@@ -89,15 +89,29 @@ class RateController:
         self.ceiling = float("inf")  # the rate at the last cut
         self._last_change = now
         self.cuts = 0
+        self.measured = 0.0  # what is actually being sent, bits/s (an average over ~interval)
+        self._window_start, self._window_bits, self._sent_bits = now, 0.0, 0.0
+
+    def observe(self, sent_bits: float, now: float) -> None:
+        """The sender's running total of bits sent; the controller measures the actual rate."""
+        self._window_bits += sent_bits - self._sent_bits
+        self._sent_bits = sent_bits
+        if now - self._window_start >= self.interval:
+            self.measured = self._window_bits / (now - self._window_start)
+            self._window_start, self._window_bits = now, 0.0
 
     def congested(self, now: float) -> None:
         if now - self._last_change >= self.interval:
-            self.ceiling = self.rate
-            self.rate = max(self.min_rate, self.rate * self.decrease)
+            # cut from what is really sent: a cap far above it would cut nothing
+            base = min(self.rate, self.measured) if self.measured else self.rate
+            self.ceiling = base
+            self.rate = max(self.min_rate, base * self.decrease)
             self._last_change = now
             self.cuts += 1
 
     def tick(self, now: float) -> None:
+        if self.measured and self.rate > 2 * self.measured:
+            return  # the rate is not what limits the sender: growing it means nothing
         if self.rate < self.max_rate and now - self._last_change >= self.interval:
             factor = self.increase if self.rate < 0.9 * self.ceiling else self.probe
             self.rate = min(self.max_rate, self.rate * factor)

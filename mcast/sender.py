@@ -212,6 +212,7 @@ class Sender:
         self._handlers[type(msg)](msg, addr, now)
 
     def handle_timer(self, now: float) -> None:
+        self._rate.observe(self.stats.bytes_sent * 8, now)
         if self._pacing_limited:  # grow only a rate that is in use (cwnd validation)
             self._rate.tick(now)
             self._apply_rate()

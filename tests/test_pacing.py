@@ -77,3 +77,21 @@ def test_rate_controller_never_goes_below_its_floor():
     for i in range(200):
         rc.congested(0.1 * (i + 1))
     assert rc.rate == 1e6
+
+
+def test_rate_controller_cuts_from_what_is_really_sent_not_from_an_unused_cap():
+    from mcast.pacing import RateController
+
+    rc = RateController(100e9, now=0.0, start_rate=50e9)  # a cap far above the real pace
+    sent = 0.0
+    for i in range(1, 11):  # actually sending 400 Mbit/s
+        sent += 40e6
+        rc.observe(sent, 0.1 * i)
+    assert rc.measured == pytest.approx(400e6, rel=0.01)
+    rc.congested(1.05)
+    assert rc.rate == pytest.approx(0.7 * 400e6, rel=0.02)  # a cut that bites
+    for i in range(20):  # the sender cannot use more than it sends: no growth past 2x
+        sent += 40e6
+        rc.observe(sent, 1.1 + 0.1 * i)
+        rc.tick(1.1 + 0.1 * i)
+    assert rc.rate <= 2 * 400e6 * 1.09
