@@ -1,0 +1,105 @@
+"""Adversarial review: what a hostile host on the LAN can do to the engine.
+
+Each ``xfail(strict=True)`` test is a bug found in review: it fails today because of the bug
+and will start passing (and so fail the run, as strict xfails do) once the bug is fixed. The
+plain tests pin properties that were checked and hold.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from mcast import wire
+from mcast.geometry import Geometry
+from mcast.receiver import Phase, Receiver
+from mcast.sender import BytesSource, Sender, SenderConfig
+from mcast.simnet import Link
+from tests.harness import make_snapshot, simulate
+from tests.test_hostile import Forger
+
+SMALL = SenderConfig(
+    packet_size=256, units_per_block=4, rate_bps=20_000_000, burst_bytes=8192, linger=1.0
+)
+
+
+def _geometry(a: wire.Announce, total: int, block_size: int) -> Geometry:
+    return Geometry(total, block_size, a.packet_size, a.units_per_block, a.parity_ratio_pct)
+
+
+# ---------------------------------------------------------------------------------------
+# 1. a forged PARITY with the largest sequence number makes every later NAK undecodable
+
+
+class MaxSeqParity(Forger):
+    """One forged PARITY per block, sequence number 2**32 - 1 (any payload of the right size)."""
+
+    def _forge_everything(self, a: wire.Announce) -> None:
+        g = _geometry(a, self.total_size, self.block_size)
+        for b in range(g.block_count):
+            self.out.append(
+                wire.encode_shard(
+                    wire.MsgType.PARITY, a.session, b, 0xFFFFFFFF, bytes(a.packet_size), None
+                )
+            )
+        self.forged = len(self.out)
+
+
+def test_receiver_nak_after_max_seq_parity_is_rejected_by_the_wire_decoder():
+    """The mechanism, at the core level: horizon = seq + 1 = 2**32 does not fit the u32 the
+    NAK decoder accepts, so the NAK datagram (every entry in it) is BadPacket at the sender."""
+    data = random.Random(1).randbytes(40_000)
+    snap = make_snapshot(data, 4096)
+    cfg = SenderConfig(packet_size=256, units_per_block=4, rate_bps=0, burst_bytes=1 << 20)
+    sender = Sender(snap, BytesSource(data), session_id=5, sender_id=1, now=0.0, config=cfg)
+    rcv = Receiver(snap, receiver_id=9, now=0.0, rng=random.Random(0))
+    first = sender.datagrams_to_send(0.0)
+    rcv.receive_datagram(first[0], None, 0.0)  # the genuine announce
+    forged = wire.encode_shard(wire.MsgType.PARITY, 5, 0, 0xFFFFFFFF, bytes(256), None)
+    rcv.receive_datagram(forged, None, 0.0)
+    for d in first[1:]:
+        m = wire.decode_untrusted(d)
+        if isinstance(m, wire.Data) and m.block == 0 and m.index == 3:
+            continue  # lost on the wire: block 0 needs a repair
+        rcv.receive_datagram(d, None, 0.001)
+    naks, now = [], 0.01
+    while now < 0.5:
+        rcv.handle_timer(now)
+        for d in rcv.datagrams_to_send(now):
+            if wire.peek_session_untrusted(d)[0] is wire.MsgType.NAK:
+                naks.append(d)
+        now += 0.01
+    assert naks, "the receiver asked for its missing shard"
+    rejected = 0
+    for d in naks:
+        try:
+            wire.decode_untrusted(d)
+        except wire.BadPacket:
+            rejected += 1
+    assert rejected == len(naks)  # documents today's behaviour; see the xfail below
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: receiver.py _handle_parity sets horizon = seq + 1 unchecked; a forged "
+    "PARITY with seq 2**32-1 makes horizon 2**32, which wire._dec_nak rejects, so every NAK "
+    "of that receiver is dropped by the sender: it never completes and the session never ends",
+)
+def test_one_forged_max_seq_parity_per_block_does_not_stall_receivers():
+    data = random.Random(11).randbytes(120_000)
+    holder = {}
+
+    def make(now: float) -> MaxSeqParity:
+        f = MaxSeqParity(now)
+        f.total_size, f.block_size = len(data), 4096  # type: ignore[attr-defined]
+        holder["f"] = f
+        return f
+
+    run = simulate(
+        data, [Link(loss=0.05)] * 2, key=None, seed=3, extra_nodes={"mallory": make}, until=40.0
+    )
+    assert holder["f"].forged > 0
+    assert set(run.completed) == set(run.outputs), (run.completed, run.failed)
+    for out in run.outputs.values():
+        assert bytes(out) == data
