@@ -103,3 +103,70 @@ def test_one_forged_max_seq_parity_per_block_does_not_stall_receivers():
     assert set(run.completed) == set(run.outputs), (run.completed, run.failed)
     for out in run.outputs.values():
         assert bytes(out) == data
+
+
+# ---------------------------------------------------------------------------------------
+# 2. a forged ANNOUNCE heard first fixes a wrong geometry for the whole session
+
+
+def _forged_first_announce(run, session: int, **changes) -> None:
+    """Make every receiver hear a forged announce of the genuine session id before anything
+    else (an attacker that answers the receiver's SOLICIT first, or races the sender)."""
+    for name in run.outputs:
+        node = run.net.nodes[name]
+        inner = node.factory
+
+        def factory(now: float, inner=inner):
+            core = inner(now)
+            snap = core.snapshot
+            fields = dict(
+                session=session, package_hash=snap.package_hash, sender_id=666,
+                packet_size=SMALL.packet_size, units_per_block=SMALL.units_per_block,
+                parity_ratio_pct=SMALL.parity_ratio_pct, rate_bps=SMALL.rate_bps,
+                group=SMALL.group, port=SMALL.port, next_block=0, pass_done=False,
+                receivers=0, progress_pct=0,
+            )  # fmt: skip
+            fields.update(changes)
+            core.receive_datagram(wire.encode(wire.Announce(**fields)), "mallory", now)
+            return core
+
+        node.factory = factory
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: receiver.py _handle_announce/_join adopt the geometry of the first announce "
+    "and never revisit it; with a forged packet_size every genuine shard is dropped as "
+    "wrong_length/bad block, yet genuine announces keep _last_heard fresh, so the receiver "
+    "neither completes nor fails (no retry, no HTTP fallback) and its not-done STATUS keeps "
+    "the sender alive forever",
+)
+def test_a_forged_first_announce_with_another_geometry_does_not_hang_the_receiver():
+    data = random.Random(21).randbytes(60_000)
+    run = simulate(
+        data, [Link(loss=0.01)], key=None, until=60.0, starts=[0.3],
+        prepare=lambda run: _forged_first_announce(run, 0xC0FFEE, packet_size=512),
+    )  # fmt: skip
+    rcv = run.receiver("r0")
+    assert rcv.stats.wrong_length + rcv.stats.bad_packets > 0  # the attack took hold
+    # Completing is best; failing is acceptable (fetch retries, then falls back to HTTP).
+    # Hanging in RECEIVING for a minute of genuine traffic is not.
+    assert run.completed or run.failed, (rcv.phase, rcv.verified_units)
+
+
+def test_a_forged_announce_after_join_cannot_change_the_geometry():
+    """Checked and holds: once joined, a forged announce of the same session with another
+    geometry is ignored (the geometry is fixed at join)."""
+    data = random.Random(22).randbytes(60_000)
+
+    class LateGeometry(Forger):
+        def _forge_everything(self, a: wire.Announce) -> None:
+            fields = {f: getattr(a, f) for f in a.__slots__}
+            fields.update(packet_size=512, units_per_block=1, parity_ratio_pct=400)
+            self.out.append(wire.encode(wire.Announce(**fields)))
+            self.forged = 1
+
+    run = simulate(data, [Link(loss=0.02)] * 2, key=None, extra_nodes={"mallory": LateGeometry},
+                   starts=[0.0, 0.0])  # fmt: skip
+    assert set(run.completed) == set(run.outputs)
+    assert all(bytes(out) == data for out in run.outputs.values())
