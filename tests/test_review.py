@@ -170,3 +170,60 @@ def test_a_forged_announce_after_join_cannot_change_the_geometry():
                    starts=[0.0, 0.0])  # fmt: skip
     assert set(run.completed) == set(run.outputs)
     assert all(bytes(out) == data for out in run.outputs.values())
+
+
+# ---------------------------------------------------------------------------------------
+# 3. with the session key: a replayed genuine announce keeps a dead session alive
+
+
+def _drive(rcv: Receiver, until: float, inject, step: float = 0.01) -> None:
+    """Virtual time for one receiver core: ``inject(now)`` gives datagrams to deliver."""
+    now = 0.0
+    while now < until and rcv.phase in (Phase.WAITING, Phase.RECEIVING):
+        for d in inject(now):
+            rcv.receive_datagram(d, "mallory", now)
+        timer = rcv.get_timer()
+        if timer is not None and timer <= now:
+            rcv.handle_timer(now)
+        rcv.datagrams_to_send(now)
+        now = round(now + step, 6)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: the session key is per package (server_stub/repo.py), so datagrams of any "
+    "earlier session stay authentic forever, and receiver.py _handle_announce refreshes "
+    "_last_heard on every announce: replaying one captured announce every few seconds "
+    "holds a receiver in a session that sends no data, past silence_timeout and END",
+)
+def test_a_replayed_keyed_announce_of_an_ended_session_does_not_hold_a_receiver():
+    key = b"K" * 32
+    data = random.Random(31).randbytes(30_000)
+    snap = make_snapshot(data, 4096)
+    old = Sender(snap, BytesSource(data), session_id=77, sender_id=1, now=0.0, key=key,
+                 config=SMALL)  # fmt: skip
+    captured = old.datagrams_to_send(0.0)[0]  # a genuine, keyed announce, captured once
+    assert isinstance(wire.decode_untrusted(captured, key), wire.Announce)
+    # The old session ended long ago; a new agent wants the package and hears the replay.
+    rcv = Receiver(snap, receiver_id=3, now=0.0, rng=random.Random(1), key=key)
+    _drive(rcv, 60.0, lambda now: [captured] if round(now * 100) % 200 == 0 else [])
+    assert rcv.session_id == 77  # it joined the replayed session (authentic tag)
+    assert rcv.verified_units == 0
+    # Silence of data for 60 s (12 x silence_timeout) must end the session for this receiver.
+    assert rcv.phase is Phase.FAILED, rcv.phase
+
+
+def test_a_replayed_genuine_shard_of_another_session_is_not_data_for_this_one():
+    """Checked and holds: the session id is under the tag, and the receiver filters on it, so
+    a replay from an older session of the same package (same key) is never taken as data
+    (and would verify anyway: it is genuine bytes)."""
+    key = b"K" * 32
+    data = random.Random(32).randbytes(8192)
+    snap = make_snapshot(data, 4096)
+    cur = Sender(snap, BytesSource(data), session_id=2, sender_id=1, now=0.0, key=key,
+                 config=SMALL)  # fmt: skip
+    rcv = Receiver(snap, receiver_id=3, now=0.0, rng=random.Random(1), key=key)
+    rcv.receive_datagram(cur.datagrams_to_send(0.0)[0], None, 0.0)
+    replay = wire.encode_shard(wire.MsgType.DATA, 1, 0, 0, data[:256], key)
+    rcv.receive_datagram(replay, None, 0.0)
+    assert rcv.stats.other_session == 1 and rcv.stats.data_shards == 0
