@@ -227,3 +227,79 @@ def test_a_replayed_genuine_shard_of_another_session_is_not_data_for_this_one():
     replay = wire.encode_shard(wire.MsgType.DATA, 1, 0, 0, data[:256], key)
     rcv.receive_datagram(replay, None, 0.0)
     assert rcv.stats.other_session == 1 and rcv.stats.data_shards == 0
+
+
+# ---------------------------------------------------------------------------------------
+# 4. the sender's table of receivers grows with every forged receiver id
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: sender.py _peer adds a _Peer for every new receiver_id in a NAK, STATUS or "
+    "SOLICIT and never removes one; the per-source limiter bounds datagrams per address, not "
+    "ids, so one address within its allowed rate grows Sender.peers without bound (memory, "
+    "and _idle/_idle_check_at/active_receivers walk all of it)",
+)
+def test_forged_receiver_ids_do_not_grow_the_sender_peer_table_without_bound():
+    data = random.Random(41).randbytes(8192)
+    snap = make_snapshot(data, 4096)
+    sender = Sender(snap, BytesSource(data), session_id=9, sender_id=1, now=0.0, config=SMALL)
+    n, now = 12_000, 0.0
+    for rid in range(n):
+        now += 1 / 150  # under the 200/s a single source is allowed
+        dgram = wire.encode(wire.Solicit(0, snap.package_hash, 10**12 + rid))
+        sender.receive_datagram(dgram, ("198.18.0.66", 4000), now)
+    assert sender.stats.feedback_refused == 0  # the limiter let every one through
+    assert len(sender.peers) <= 4096, len(sender.peers)  # the limiter's own bound on sources
+
+
+# ---------------------------------------------------------------------------------------
+# 5. with the session key: a replayed SOLICIT keeps every later sender of the package alive
+
+
+def _run_sender(sender: Sender, until: float, inject) -> float | None:
+    """Virtual time for one sender core; returns when it finished, or None."""
+    now = 0.0
+    while now < until:
+        for d in inject(now):
+            sender.receive_datagram(d, ("198.18.0.66", 4000), now)
+        timer = sender.get_timer()
+        if timer is not None and timer <= now:
+            sender.handle_timer(now)
+        sender.datagrams_to_send(now)
+        while (ev := sender.next_event()) is not None:
+            if type(ev).__name__ == "SenderFinished":
+                return now
+        now = round(now + 0.01, 6)
+    return None
+
+
+def test_a_sender_with_no_receivers_ends_after_linger():
+    """Baseline for the test below: nobody listening, the session ends on its own."""
+    key = b"K" * 32
+    data = random.Random(51).randbytes(8192)
+    snap = make_snapshot(data, 4096)
+    sender = Sender(snap, BytesSource(data), session_id=9, sender_id=1, now=0.0, key=key,
+                    config=SMALL)  # fmt: skip
+    assert _run_sender(sender, 10.0, lambda now: []) is not None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a SOLICIT carries session 0 (any session of the package) and the key is per "
+    "package, so one captured keyed SOLICIT is authentic for every later session; sender.py "
+    "_handle_solicit makes its receiver an active peer (refreshed on each copy), so replaying "
+    "it every few seconds keeps the sender from ever ending and holds a subnet session slot",
+)
+def test_a_replayed_keyed_solicit_does_not_keep_a_sender_alive_forever():
+    key = b"K" * 32
+    data = random.Random(52).randbytes(8192)
+    snap = make_snapshot(data, 4096)
+    captured = wire.encode(wire.Solicit(0, snap.package_hash, 4242), key)  # heard once, long ago
+    sender = Sender(snap, BytesSource(data), session_id=9, sender_id=1, now=0.0, key=key,
+                    config=SMALL)  # fmt: skip
+    finished = _run_sender(
+        sender, 120.0, lambda now: [captured] if round(now * 100) % 400 == 0 else []
+    )
+    # The solicitor never joined (no STATUS, no NAK in two minutes): it is not a receiver.
+    assert finished is not None, sender.peers
