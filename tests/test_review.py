@@ -335,3 +335,128 @@ async def test_without_multicast_a_failed_http_download_raises_fetch_error(tmp_p
         await fetch(
             snap, tmp_path / "dest", ["http://127.0.0.1:9/"], settings(multicast_enabled=False)
         )
+
+
+# ---------------------------------------------------------------------------------------
+# properties checked and holding: forged sequences cause no crash, wrong byte or early finish
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from mcast.events import Completed, UnitVerified  # noqa: E402
+
+_PROP_DATA = random.Random(71).randbytes(9_000)  # 3 units of 4096 (last short), k = 16+16+4
+_PROP_SNAP = make_snapshot(_PROP_DATA, 4096)
+_SID = 0xABC
+
+u32 = st.integers(0, 2**32 - 1)
+forged_shard = st.builds(
+    lambda kind, block, index, payload: wire.encode_shard(kind, _SID, block, index, payload, None),
+    st.sampled_from([wire.MsgType.DATA, wire.MsgType.PARITY]),
+    st.one_of(st.integers(0, 3), u32),
+    st.one_of(st.integers(0, 40), u32),
+    st.one_of(st.binary(min_size=1, max_size=300), st.sampled_from([bytes(256), bytes(20)])),
+)
+forged_control = st.one_of(
+    st.builds(
+        lambda nb, pd, ps, upb, pr: wire.encode(wire.Announce(
+            _SID, _PROP_SNAP.package_hash, 1, ps, upb, pr, 1, "239.255.1.1", 1, nb, pd, 0, 0
+        )),  # fmt: skip
+        u32, st.booleans(), st.sampled_from([2, 256, 512, 64_000]), st.integers(1, 4096),
+        st.integers(1, 400),
+    ),
+    st.builds(
+        lambda rid, entries: wire.encode(wire.Nak(_SID, rid, tuple(entries))),
+        st.integers(0, 2**64 - 1),
+        st.lists(st.builds(wire.NakEntry, u32, u32, u32), min_size=1, max_size=5),
+    ),
+    st.builds(lambda: wire.encode(wire.End(_SID, "forged"))),
+    st.builds(
+        lambda rid, n, d: wire.encode(wire.Status(_SID, rid, n, d)),
+        st.integers(0, 2**64 - 1), u32, st.booleans(),
+    ),
+    st.binary(max_size=80),
+)
+
+
+def _genuine_pass() -> tuple[bytes, list[bytes]]:
+    sender = Sender(_PROP_SNAP, BytesSource(_PROP_DATA), session_id=_SID, sender_id=1, now=0.0,
+                    config=SenderConfig(packet_size=256, units_per_block=1, rate_bps=0,
+                                        burst_bytes=1 << 20))  # fmt: skip
+    out = sender.datagrams_to_send(0.0)
+    return out[0], [d for d in out[1:] if wire.peek_session_untrusted(d)[0] is wire.MsgType.DATA]
+
+
+_ANNOUNCE, _DATA = _genuine_pass()
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    forged=st.lists(st.one_of(forged_shard, forged_control), max_size=60),
+    keep=st.lists(st.booleans(), min_size=len(_DATA), max_size=len(_DATA)),
+    seed=st.integers(0, 2**32),
+)
+def test_forged_sequences_never_crash_write_a_wrong_byte_or_complete_early(forged, keep, seed):
+    rnd = random.Random(seed)
+    rcv = Receiver(_PROP_SNAP, receiver_id=5, now=0.0, rng=rnd)
+    rcv.receive_datagram(_ANNOUNCE, None, 0.0)
+    stream = [d for d, k in zip(_DATA, keep, strict=True) if k] + forged
+    rnd.shuffle(stream)
+    now, verified = 0.0, set()
+    for d in stream:
+        now += 0.003
+        rcv.receive_datagram(d, ("198.18.0.9", 1), now)
+        if (t := rcv.get_timer()) is not None and t <= now:
+            rcv.handle_timer(now)
+        rcv.datagrams_to_send(now)
+        while (ev := rcv.next_event()) is not None:
+            if isinstance(ev, UnitVerified):
+                assert ev.data == _PROP_DATA[ev.offset : ev.offset + len(ev.data)]
+                verified.add(ev.unit)
+            elif isinstance(ev, Completed):
+                assert verified == set(range(_PROP_SNAP.block_count))
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(feedback=st.lists(st.one_of(forged_control, st.builds(
+    lambda rid, h: wire.encode(wire.Solicit(0, h, rid)),
+    st.integers(0, 2**64 - 1), st.sampled_from([_PROP_SNAP.package_hash, bytes(32)]),
+)), max_size=60))  # fmt: skip
+def test_forged_feedback_never_crashes_the_sender(feedback):
+    sender = Sender(_PROP_SNAP, BytesSource(_PROP_DATA), session_id=_SID, sender_id=1, now=0.0,
+                    config=SMALL)  # fmt: skip
+    now = 0.0
+    for d in feedback:
+        now += 0.01
+        sender.receive_datagram(d, ("198.18.0.9", 1), now)
+        if (t := sender.get_timer()) is not None and t <= now:
+            sender.handle_timer(now)
+        for out in sender.datagrams_to_send(now):
+            wire.peek_session_untrusted(out)
+
+
+@pytest.mark.parametrize(
+    ("size", "block_size", "packet_size", "units_per_block", "ratio"),
+    [
+        (0, 4096, 256, 4, 100),  # empty package
+        (1, 4096, 256, 4, 100),  # one byte: k = 1
+        (4096, 4096, 256, 4, 100),  # exactly one unit
+        (4096 * 4 + 1, 4096, 256, 4, 100),  # the last block is one 1-byte shard
+        (10_000, 1000, 4096, 3, 1),  # packet_size larger than the unit; 1% parity
+        (10_001, 1000, 1024, 2, 400),  # odd unit tail, 400% parity
+        (3, 2, 2, 1, 100),  # 2-byte units and packets, a 1-byte tail
+    ],
+)
+def test_geometry_edge_cases_deliver_exactly_the_package_under_loss(
+    size, block_size, packet_size, units_per_block, ratio
+):
+    data = random.Random(size).randbytes(size)
+    cfg = SenderConfig(packet_size=packet_size, units_per_block=units_per_block,
+                       parity_ratio_pct=ratio, rate_bps=20_000_000, burst_bytes=8192,
+                       linger=0.5)  # fmt: skip
+    run = simulate(data, [Link(loss=0.3), Link(loss=0.1, duplicate=0.2, jitter=0.002)],
+                   block_size=block_size, sender_config=cfg, seed=size, until=60.0)  # fmt: skip
+    assert run.failed == {}
+    assert set(run.completed) == set(run.outputs)
+    for out in run.outputs.values():
+        assert bytes(out) == data
