@@ -460,3 +460,63 @@ def test_geometry_edge_cases_deliver_exactly_the_package_under_loss(
     assert set(run.completed) == set(run.outputs)
     for out in run.outputs.values():
         assert bytes(out) == data
+
+
+# ---------------------------------------------------------------------------------------
+# 7. amplification: one small forged NAK buys k repairs per entry, ahead of all fresh data
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: sender.py _handle_nak grants min(need, k) repairs per entry to any NAK "
+    "(need is not bounded by anything the sender can check, and 256 entries fit a NAK), and "
+    "_next_datagram serves every queued repair before any fresh data: an 81-byte forged NAK "
+    "costs 4,416 repair datagrams (~6 MB) and stops the first pass while they drain; one such "
+    "NAK per drain time (far under the per-source limit) stalls the pass indefinitely",
+)
+def test_one_forged_nak_does_not_stop_the_first_pass():
+    data = random.Random(81).randbytes(8 << 20)
+    snap = make_snapshot(data, 65536)
+    sender = Sender(snap, BytesSource(data), session_id=5, sender_id=1, now=0.0)  # defaults
+    now = 0.0
+    while sender._cursor[0] < 6:  # the pass is at block 6 of 8
+        now += 0.001
+        sender.datagrams_to_send(now)
+    nak = wire.encode(wire.Nak(5, 1234, tuple(wire.NakEntry(b, 2**32 - 1, 0) for b in range(6))))
+    assert len(nak) < 100
+    sender.receive_datagram(nak, ("198.18.0.66", 4000), now)
+    fresh0, repairs0, end = sender.stats.data_sent, sender.stats.parity_sent, now + 0.25
+    while now < end:
+        now += 0.001
+        sender.datagrams_to_send(now)
+    fresh = sender.stats.data_sent - fresh0
+    repairs = sender.stats.parity_sent - repairs0
+    # At least a quarter of what goes out while forged demand is queued is still the pass.
+    assert fresh >= 0.25 * (fresh + repairs), (fresh, repairs)
+
+
+# ---------------------------------------------------------------------------------------
+# 8. memory: forged parity for every block is held until each block "decodes"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: receiver.py _handle_parity buffers parity for any block < block_count (even "
+    "blocks the sender has not reached: genuine parity never precedes the pass) and nothing "
+    "caps the total; without a key, k-1 forged parity per block pins about the whole "
+    "package in RAM (a multi-GB package: multi-GB of forged payload)",
+)
+def test_forged_parity_held_in_memory_is_bounded():
+    data = random.Random(82).randbytes(4 << 20)
+    snap = make_snapshot(data, 65536)
+    rcv = Receiver(snap, receiver_id=2, now=0.0, rng=random.Random(0))
+    ann = wire.Announce(5, snap.package_hash, 1, 1432, 16, 100, 1, "239.255.1.1", 1, 0, False,
+                        0, 0)  # fmt: skip  (the sender has not sent block 0 yet)
+    rcv.receive_datagram(wire.encode(ann), None, 0.0)
+    g = rcv.geometry
+    for b in range(g.block_count):
+        for seq in range(g.k(b) - 1):
+            dgram = wire.encode_shard(wire.MsgType.PARITY, 5, b, seq, bytes(1432), None)
+            rcv.receive_datagram(dgram, None, 0.01)
+    held = sum(len(p) for blk in rcv._blocks.values() for p in blk.parity.values())
+    assert held <= len(data) // 2, (held, len(data))
