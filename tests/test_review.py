@@ -361,7 +361,7 @@ forged_control = st.one_of(
     st.builds(
         lambda nb, pd, ps, upb, pr: wire.encode(wire.Announce(
             _SID, _PROP_SNAP.package_hash, 1, ps, upb, pr, 1, "239.255.1.1", 1, nb, pd, 0, 0
-        )),  # fmt: skip
+        )),
         u32, st.booleans(), st.sampled_from([2, 256, 512, 64_000]), st.integers(1, 4096),
         st.integers(1, 400),
     ),
@@ -510,8 +510,9 @@ def test_forged_parity_held_in_memory_is_bounded():
     data = random.Random(82).randbytes(4 << 20)
     snap = make_snapshot(data, 65536)
     rcv = Receiver(snap, receiver_id=2, now=0.0, rng=random.Random(0))
+    # the genuine sender has not sent block 0 yet (next_block 0, pass not done)
     ann = wire.Announce(5, snap.package_hash, 1, 1432, 16, 100, 1, "239.255.1.1", 1, 0, False,
-                        0, 0)  # fmt: skip  (the sender has not sent block 0 yet)
+                        0, 0)  # fmt: skip
     rcv.receive_datagram(wire.encode(ann), None, 0.0)
     g = rcv.geometry
     for b in range(g.block_count):
@@ -520,3 +521,32 @@ def test_forged_parity_held_in_memory_is_bounded():
             rcv.receive_datagram(dgram, None, 0.01)
     held = sum(len(p) for blk in rcv._blocks.values() for p in blk.parity.values())
     assert held <= len(data) // 2, (held, len(data))
+
+
+# ---------------------------------------------------------------------------------------
+# partial.py: a tampered resume map is re-hashed, a unit of the wrong length is refused
+
+
+def test_a_tampered_resume_map_is_rehashed_not_trusted(tmp_path):
+    from mcast.partial import PartialDownload
+
+    data = random.Random(91).randbytes(5 * 4096 + 100)
+    snap = make_snapshot(data, 4096)
+    part = PartialDownload.open(snap, tmp_path)
+    part.write_unit(1, data[4096:8192])
+    part.write_unit(2, data[8192:12288])
+    part.checkpoint()
+    part.close()
+    (part.work / "verified.map").write_bytes(b"\x01" * snap.block_count)  # claims everything
+    fd = part.work / "files" / snap.files[0].path
+    raw = bytearray(fd.read_bytes())
+    raw[8192] ^= 1  # and unit 2 rotted on disk
+    fd.write_bytes(bytes(raw))
+    again = PartialDownload.open(snap, tmp_path)
+    try:
+        assert again.verified_units() == [1]
+        with pytest.raises(ValueError):
+            again.write_unit(0, data[:100])  # a unit of the wrong length
+        assert again.verified_units() == [1]
+    finally:
+        again.close()
