@@ -12,8 +12,8 @@ download, never a corrupt file at the destination.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import partial
@@ -144,7 +144,7 @@ async def fetch(
         else:
             skip = multicast_allowed(snapshot, s)
             if skip is None:
-                with trio.move_on_after(s.time_budget_s) as budget:
+                with trio.move_on_after(s.time_budget_s) as budget, _plain_errors():
                     await _multicast(snapshot, part, codebases, s, result, report)
                 if budget.cancelled_caught:
                     result.notes.append(f"multicast time budget of {s.time_budget_s:g}s ran out")
@@ -170,6 +170,27 @@ async def fetch(
     report.phase = "done"
     report()
     return result
+
+
+@contextmanager
+def _plain_errors() -> Iterator[None]:
+    """Raise a lone failure from inside the nurseries as itself, not as an exception group,
+    so callers can catch FetchError or DownloadError."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = list(_leaves(group))
+        if len(leaves) == 1 and not isinstance(leaves[0], trio.Cancelled):
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
 
 
 class _Reporter:

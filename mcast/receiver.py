@@ -44,6 +44,13 @@ from mcast.wire import (
     encode,
 )
 
+_MAX_HORIZON = 2**32 - 1
+_PARITY_AHEAD = 1  # parity is kept up to the block the sender is known to be sending
+
+
+def _progress_of(a: Announce) -> tuple[int, int, bool, int]:
+    return a.next_block, a.progress_pct, a.pass_done, a.receivers
+
 
 @dataclass(frozen=True)
 class ReceiverConfig:
@@ -319,10 +326,20 @@ class Receiver:
                 self.stats.bad_packets += 1
                 return
             self._join(msg, geometry, now)
+            self._last_heard = now
         elif msg.session != self.session_id:
             return
+        else:
+            g = self.geometry
+            assert g is not None and self.announce is not None
+            if (msg.packet_size, msg.units_per_block, msg.parity_ratio_pct) != (
+                g.packet_size, g.units_per_block, g.parity_ratio_pct
+            ):
+                self.stats.bad_packets += 1  # not the session we joined: no say in it
+                return
+            if _progress_of(msg) != _progress_of(self.announce):
+                self._last_heard = now  # a replayed announce shows no progress: not liveness
         self.announce = msg
-        self._last_heard = now
         assert self.geometry is not None
         frontier = self.geometry.block_count if msg.pass_done else msg.next_block
         self._advance_frontier(min(frontier, self.geometry.block_count), now)
@@ -330,6 +347,9 @@ class Receiver:
             self.receive_datagram(self._early.popleft(), None, now)
 
     def _join(self, msg: Announce, geometry: Geometry, now: float) -> None:
+        """Adopt the session. Only shards that fit its geometry and announces that show
+        progress keep it alive afterwards (see _handle_data, _handle_parity, _last_heard), so
+        a forged first announce or a replayed one ends in a silence timeout, not a hang."""
         self.session_id = msg.session
         self.geometry = geometry
         self.phase = Phase.RECEIVING
@@ -352,6 +372,9 @@ class Receiver:
         if msg.block >= g.block_count or msg.index >= g.k(msg.block):
             self.stats.bad_packets += 1
             return
+        if len(msg.payload) != g.shard_span(msg.block, msg.index)[1]:
+            self.stats.wrong_length += 1
+            return
         self._last_heard = now
         if msg.block + 1 > self._frontier:
             self._advance_frontier(msg.block, now)  # the sender has moved past earlier blocks
@@ -363,9 +386,6 @@ class Receiver:
         self._high = max(self._high, pos)
         if self._block_done[msg.block]:
             self.stats.duplicates += 1
-            return
-        if len(msg.payload) != g.shard_span(msg.block, msg.index)[1]:
-            self.stats.wrong_length += 1
             return
         self._accept_source(msg.block, self._block(msg.block), msg.index, msg.payload, now)
 
@@ -389,16 +409,21 @@ class Receiver:
         if msg.block >= g.block_count:
             self.stats.bad_packets += 1
             return
+        if len(msg.payload) != g.packet_size:
+            self.stats.wrong_length += 1
+            return
+        if msg.block >= self._frontier + _PARITY_AHEAD:
+            self.stats.bad_packets += 1  # repairs never precede the pass: nothing to hold
+            return
         self._last_heard = now
         self.stats.parity_shards += 1
         if self._block_done[msg.block]:
             self.stats.duplicates += 1
             return
-        if len(msg.payload) != g.packet_size:
-            self.stats.wrong_length += 1
-            return
         blk = self._block(msg.block)
-        blk.horizon = max(blk.horizon, msg.seq + 1)
+        # capped to what a NAK can carry: a forged seq of 2**32-1 must not make our NAKs
+        # unencodable for the sender (which clamps a horizon to what it has issued anyway)
+        blk.horizon = max(blk.horizon, min(msg.seq + 1, _MAX_HORIZON))
         kind, index = g.repair_symbol(msg.block, msg.seq)
         if kind == "source":  # a source shard resent as a repair: padded to full size
             length = g.shard_span(msg.block, index)[1]

@@ -119,9 +119,12 @@ class _Peer:
     done: bool = False
     failed: bool = False
     socket_drops: int = 0
+    solicit_only: bool = False  # heard only asking for an announce (see Sender._peer)
 
 
 _FEEDBACK = (MsgType.NAK, MsgType.STATUS, MsgType.SOLICIT)
+_MAX_PEERS = 4096  # receivers tracked at once; inactive ones are pruned to make room
+_REPAIRS_PER_FRESH = 3  # while the pass is incomplete, at least 1 send in 4 is fresh data
 _MIN_ANNOUNCE_GAP = 0.02
 _END_COPIES = 3
 _END_SPACING = 0.05
@@ -160,6 +163,9 @@ class Sender:
         nblocks = self.geometry.block_count
         self._cursor = (0, 0)  # next fresh (block, shard index)
         self._available_blocks = nblocks  # blocks the source can read (see set_available_units)
+        self._repairs_in_row = 0
+        self._forgotten_done = 0  # pruned receivers, for the totals in SenderFinished
+        self._forgotten_lost = 0
         self.pass_done = nblocks == 0
         self._issued = [0] * nblocks  # parity sequence numbers handed out per block
         self._sent = [0] * nblocks  # of those, how many went out
@@ -222,7 +228,8 @@ class Sender:
         elif self.phase is SenderPhase.ENDING and not self._ends_left and now >= self._next_end:
             self.phase = SenderPhase.CLOSED
             done = sum(1 for p in self.peers.values() if p.done)
-            self._events.append(SenderFinished(self._end_reason, done, len(self.peers) - done))
+            lost = len(self.peers) - done + self._forgotten_lost
+            self._events.append(SenderFinished(self._end_reason, done + self._forgotten_done, lost))
 
     def get_timer(self) -> float | None:
         if self.phase is SenderPhase.CLOSED:
@@ -308,13 +315,32 @@ class Sender:
         return sum(1 for p in self.peers.values() if self._is_active(p, now))
 
     # -- feedback ----------------------------------------------------------------------------
-    def _peer(self, receiver_id: int, now: float) -> _Peer:
+    def _peer(self, receiver_id: int, now: float, *, solicit: bool = False) -> _Peer | None:
+        """The receiver's entry; None when the table is full of active receivers.
+
+        A receiver known only from SOLICITs gets one grace period from its first: a replayed
+        SOLICIT (authentic for every session of the package) cannot keep a sender alive."""
         peer = self.peers.get(receiver_id)
         if peer is None:
-            peer = self.peers[receiver_id] = _Peer(now)
+            if len(self.peers) >= _MAX_PEERS:
+                self._prune(now)
+                if len(self.peers) >= _MAX_PEERS:
+                    self.stats.feedback_refused += 1
+                    return None
+            peer = self.peers[receiver_id] = _Peer(now, solicit_only=solicit)
             self.stats.receivers_heard += 1
-        peer.last_heard = now
+        elif not solicit:
+            peer.solicit_only = False
+            peer.last_heard = now
+        elif not peer.solicit_only:
+            peer.last_heard = now
         return peer
+
+    def _prune(self, now: float) -> None:
+        for rid in [r for r, p in self.peers.items() if not self._is_active(p, now)]:
+            peer = self.peers.pop(rid)
+            self._forgotten_done += peer.done
+            self._forgotten_lost += not peer.done
 
     def _handle_nak(self, msg: Nak, addr: object, now: float) -> None:
         self.stats.naks_received += 1
@@ -347,12 +373,14 @@ class Sender:
         wanted = msg.package_hash == self.snapshot.package_hash
         if not wanted or msg.session not in (0, self.session_id):
             return
-        self._peer(msg.receiver_id, now)  # it is waiting for us: do not end without it
+        self._peer(msg.receiver_id, now, solicit=True)  # waiting for us: do not end without it
         self._next_announce = min(self._next_announce, self._last_announce + _MIN_ANNOUNCE_GAP)
 
     def _handle_status(self, msg: Status, addr: object, now: float) -> None:
         self.stats.status_received += 1
         peer = self._peer(msg.receiver_id, now)
+        if peer is None:
+            return
         peer.verified_units = max(peer.verified_units, msg.verified_units)
         peer.done = peer.done or msg.done
         peer.failed = msg.failed
@@ -373,9 +401,14 @@ class Sender:
         return self._pending is not None or bool(self._repair_heap) or self._fresh_ready()
 
     def _next_datagram(self, now: float) -> bytes | None:
-        if self._repair_heap:
+        # Repairs go first, but the first pass keeps a share: a forged NAK asking for whole
+        # blocks must not be able to stop it.
+        fresh = self._fresh_ready()
+        if self._repair_heap and not (fresh and self._repairs_in_row >= _REPAIRS_PER_FRESH):
+            self._repairs_in_row += 1
             return self._next_repair(now)
-        if self._fresh_ready():
+        if fresh:
+            self._repairs_in_row = 0
             return self._next_fresh(now)
         return None
 
