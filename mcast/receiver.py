@@ -45,6 +45,7 @@ from mcast.wire import (
 )
 
 _MAX_HORIZON = 2**32 - 1
+_EARLY_BYTES = 4 * 1024 * 1024  # datagrams kept from before the join, at most
 _PARITY_AHEAD = 1  # parity is kept up to the block the sender is known to be sending
 
 
@@ -159,6 +160,7 @@ class Receiver:
         self._out: list[bytes] = []
         self._nak_queue: list[NakEntry] = []
         self._early: deque[bytes] = deque(maxlen=self.config.early_buffer)
+        self._early_bytes = 0
         self._last_heard = now
         self._end_heard: float | None = None
         self._next_status = now
@@ -227,7 +229,7 @@ class Receiver:
             self.stats.other_session += 1
             return
         if self.phase is Phase.WAITING and not isinstance(msg, Announce):
-            self._early.append(data)  # shards need the session's geometry: keep for later
+            self._keep_early(data)  # shards need the session's geometry: keep for later
             return
         self._handlers[type(msg)](msg, now)
 
@@ -309,6 +311,15 @@ class Receiver:
         return [u for u, ok in enumerate(self._verified) if not ok]
 
     # -- handlers ----------------------------------------------------------------------------
+    def _keep_early(self, data: bytes) -> None:
+        """Bounded by count and by bytes: before a join nothing is authenticated by geometry."""
+        if len(self._early) == self._early.maxlen:
+            self._early_bytes -= len(self._early[0])
+        self._early.append(data)
+        self._early_bytes += len(data)
+        while self._early_bytes > _EARLY_BYTES:
+            self._early_bytes -= len(self._early.popleft())
+
     def _handle_announce(self, msg: Announce, now: float) -> None:
         if msg.package_hash != self.snapshot.package_hash:
             self.stats.other_session += 1
@@ -343,8 +354,10 @@ class Receiver:
         assert self.geometry is not None
         frontier = self.geometry.block_count if msg.pass_done else msg.next_block
         self._advance_frontier(min(frontier, self.geometry.block_count), now)
-        while self._early:
-            self.receive_datagram(self._early.popleft(), None, now)
+        early, self._early_bytes = list(self._early), 0
+        self._early.clear()
+        for data in early:
+            self.receive_datagram(data, None, now)
 
     def _join(self, msg: Announce, geometry: Geometry, now: float) -> None:
         """Adopt the session. Only shards that fit its geometry and announces that show

@@ -497,3 +497,15 @@ def test_a_tampered_resume_map_is_rehashed_not_trusted(tmp_path):
         assert again.verified_units() == [1]
     finally:
         again.close()
+
+
+def test_datagrams_kept_before_the_join_are_bounded_in_bytes():
+    data = random.Random(83).randbytes(200_000)
+    snap = make_snapshot(data, 65536)
+    rcv = Receiver(snap, receiver_id=3, now=0.0, rng=random.Random(0))
+    jumbo = wire.encode_shard(wire.MsgType.DATA, 5, 0, 0, bytes(60_000), None)
+    for _ in range(1024):  # no announce yet: everything waits in the early buffer
+        rcv.receive_datagram(jumbo, None, 0.0)
+    held = sum(len(d) for d in rcv._early)
+    assert held <= 4 * 1024 * 1024
+    assert len(rcv._early) > 0
