@@ -362,8 +362,8 @@ class Sender:
                     recent.popleft()
             in_flight = self._issued[b] - self._sent[b] + (len(recent) if recent else 0)
             extra = need - min(self._issued[b] - horizon, in_flight)
-            if extra > 0 and self.pass_done:
-                extra += 1 + extra // 10  # after the pass a lost repair costs a whole retry round
+            if extra > 0 and self.pass_done:  # after the pass a lost repair costs a retry round
+                extra = min(g.k(b), extra + 1 + extra // 10)
             if extra > 0:
                 self._issued[b] += extra
                 self.stats.parity_requested += extra
