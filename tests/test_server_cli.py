@@ -59,10 +59,10 @@ def test_sites_servers_tasks_and_status(
     d = ["--data", str(data)]
     (tmp_path / "one.msi").write_bytes(b"x" * 100)
     assert run(capsys, "package", "add", str(tmp_path / "one.msi"), "--name", "One", *d)[0] == 0
-    assert run(capsys, "site", "add", "branch", "--subnet", "10.1.0.0/16", *d)[0] == 0
-    code, _, err = run(capsys, "site", "add", "other", "--subnet", "10.1.0.0/16", *d)
+    assert run(capsys, "site", "add", "branch", "--subnet", "198.18.1.0/24", *d)[0] == 0
+    code, _, err = run(capsys, "site", "add", "other", "--subnet", "198.18.1.0/24", *d)
     assert code == 2 and "already belongs" in err
-    code, _, err = run(capsys, "site", "add", "bad", "--subnet", "10.1.0.0/33", *d)
+    code, _, err = run(capsys, "site", "add", "bad", "--subnet", "198.18.1.0/33", *d)
     assert code == 2 and "CIDR" in err
     code, _, err = run(
         capsys, "pkgserver", "add", "--site", "nowhere", "--url", "http://127.0.0.1:1/", *d

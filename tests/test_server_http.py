@@ -114,8 +114,8 @@ async def test_package_info_falls_back_to_the_server_itself(
 
 async def test_package_info_site_servers_and_totaltime(pop: Populated, client: httpx.AsyncClient):
     store = Store(pop.data_dir)
-    store.add_site("hq", ["10.0.0.0/8"])
-    store.add_site("branch", ["192.168.7.0/24"])
+    store.add_site("hq", ["198.18.0.0/16"])
+    store.add_site("branch", ["198.19.7.0/24"])
     store.add_pkgserver("branch", "http://127.0.0.1:9001/")
     store.add_pkgserver("branch", "http://127.0.0.1:9002/")
     store.add_pkgserver("hq", "http://127.0.0.1:9100/")
@@ -124,7 +124,7 @@ async def test_package_info_site_servers_and_totaltime(pop: Populated, client: h
     store.close()
     h = pop.package.hash
 
-    root = await _info(client, pop, "192.168.7.20", totaltime=5)
+    root = await _info(client, pop, "198.19.7.20", totaltime=5)
     urls = [(c.get("url"), c.get("site")) for c in root.iter("Codebase")]
     assert root.get("site") == "branch"
     assert urls == [
@@ -132,10 +132,10 @@ async def test_package_info_site_servers_and_totaltime(pop: Populated, client: h
         (f"http://127.0.0.1:9002/pkg/{h}/", "branch"),
     ]
     # trying for longer than MaxAgentDownloadTryingTimeMins: the servers of the NS's own site
-    root = await _info(client, pop, "192.168.7.20", totaltime=31)
+    root = await _info(client, pop, "198.19.7.20", totaltime=31)
     assert [c.get("url") for c in root.iter("Codebase")] == [f"http://127.0.0.1:9100/pkg/{h}/"]
     # an address in no site gets the server itself
-    root = await _info(client, pop, "172.16.0.1")
+    root = await _info(client, pop, "198.19.200.1")
     assert root.get("site") == ""
     assert [c.get("site") for c in root.iter("Codebase")] == ["hq"]
 
