@@ -66,9 +66,6 @@ class Geometry:
         first = block * self.units_per_block
         return range(first, min(first + self.units_per_block, self.unit_count))
 
-    def block_of_unit(self, unit: int) -> int:
-        return unit // self.units_per_block
-
     def first_shard(self, block: int) -> int:
         """Position of the block's first source shard in the whole first pass."""
         return self._first[block]

@@ -196,9 +196,6 @@ class Receiver:
     def verified_units(self) -> int:
         return self._verified_count
 
-    def is_verified(self, unit: int) -> bool:
-        return bool(self._verified[unit])
-
     def receive_datagram(self, data: bytes, addr: object, now: float) -> None:
         self.stats.datagrams += 1
         if self.phase is not Phase.RECEIVING:
