@@ -48,6 +48,16 @@ class Output:
         self.as_json = as_json
         self._progress: Any = None
         self._task: Any = None
+        self._last_line = float("-inf")
+
+    def due(self, interval: float, *, now_anyway: bool = False) -> bool:
+        """True at most once per ``interval`` seconds (or at once with ``now_anyway``):
+        how often a progress line is worth printing."""
+        now = time.monotonic()
+        if now_anyway or now - self._last_line >= interval:
+            self._last_line = now
+            return True
+        return False
 
     def event(self, name: str, **fields: Any) -> None:
         if self.as_json:
@@ -282,14 +292,11 @@ def cmd_send(args: argparse.Namespace, out: Output) -> int:
         out.event("ready")
         sys.stdin.readline()
     out.bar(f"sending {snap.name}", snap.total_size)
-    last = [0.0]
 
     def progress(p: SendProgress) -> None:
         out.update(p.progress * snap.total_size,
                    f"sending {snap.name} ({p.receivers_active} receivers)")  # fmt: skip
-        now = time.monotonic()
-        if now - last[0] >= 1.0:
-            last[0] = now
+        if out.due(1.0):
             out.event("progress", progress=round(p.progress, 4), receivers=p.receivers_active,
                       bytes_sent=p.bytes_sent, repairs=p.repairs_sent)  # fmt: skip
 
@@ -325,16 +332,14 @@ def cmd_recv(args: argparse.Namespace, out: Output) -> int:
     cfg = ReceiverConfig(silence_timeout=args.timeout)
     out.event("start", hash=snap.package_hash_hex, size=snap.total_size, out=str(args.out))
     out.bar(f"waiting for {snap.name}", snap.total_size)
-    last = [0.0, False]
+    joined = [False]
 
     def progress(p: ReceiveProgress) -> None:
         out.update(p.bytes_verified, f"receiving {snap.name}" if p.joined else None)
-        now = time.monotonic()
-        if p.joined and not last[1]:
-            last[1] = True
+        if p.joined and not joined[0]:
+            joined[0] = True
             out.event("joined")
-        if now - float(last[0]) >= 1.0:
-            last[0] = now
+        if out.due(1.0):
             out.event("progress", units=p.units_verified, total=p.units_total,
                       bytes=p.bytes_verified)  # fmt: skip
 
@@ -377,13 +382,12 @@ def cmd_fetch(args: argparse.Namespace, out: Output) -> int:
     )  # fmt: skip
     out.event("start", hash=snap.package_hash_hex, size=snap.total_size, out=str(args.out))
     out.bar(f"fetching {snap.name}", snap.total_size)
-    last_time, last_phase = [0.0], [""]
+    last_phase = [""]
 
     def progress(p: FetchProgress) -> None:
         out.update(max(p.bytes_verified, p.bytes_http), f"{p.phase} {snap.name}")
-        now = time.monotonic()
-        if p.phase != last_phase[0] or now - last_time[0] >= 0.25:
-            last_time[0], last_phase[0] = now, p.phase
+        if out.due(0.25, now_anyway=p.phase != last_phase[0]):
+            last_phase[0] = p.phase
             out.event("progress", phase=p.phase, bytes=p.bytes_verified,
                       bytes_multicast=p.bytes_multicast, bytes_http=p.bytes_http)  # fmt: skip
 
