@@ -354,7 +354,7 @@ def run_lab(receivers: int, size: int, rate_bps: int | None, loss: float, mode: 
             elif mode == "fetch":
                 from bench.lab_fetch import run_fetch
 
-                res = run_fetch(lab, work, size, rate_bps, packages=packages,
+                res = run_fetch(lab, work, pkg, rate_bps, packages=packages,
                                 max_sessions=max_sessions, kill_sender_at=kill_sender_at,
                                 timeout=timeout * packages, keep_going=keep_going)
             else:

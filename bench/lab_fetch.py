@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.lab import (
+    BIG_NAME,
     PY,
+    Package,
     _wait_all,
     check_tree,
     make_package,
@@ -86,7 +88,7 @@ def _kill_when_received(sender: Proc, agents: dict[str, Proc], need: float, time
 def run_fetch(
     lab: Lab,
     work: Path,
-    size: int,
+    first: Package,
     rate_bps: int | None,
     *,
     packages: int,
@@ -102,8 +104,9 @@ def run_fetch(
     session_key.write_text(os.urandom(32).hex())
     rate = rate_text(rate_bps) if rate_bps else "0"
     pkgs, snaps, urls = [], [], []
-    for p in range(packages):
-        pkg = make_package(work / f"pkg{p}", size)
+    size = first.files[BIG_NAME][0]  # the payload; make_package adds the small files
+    for p in range(packages):  # package 0 is the one bench.lab already made
+        pkg = first if p == 0 else make_package(work / f"pkg{p}", size)
         snap_path = work / f"snapshot{p}.xml"
         lab.exec("h0", [*cli, "snapshot", str(pkg.root), "-o", str(snap_path), "--key", str(key),
                         "--name", f"package{p}"], timeout=max(120, size / 20e6))  # fmt: skip
