@@ -204,17 +204,17 @@ class _Reporter:
         self.phase = "discovering"
 
     def __call__(self) -> None:
+        self._emit(self.phase, 0)
+
+    def http_bytes(self, so_far: int) -> None:
+        self._emit("http", so_far)
+
+    def _emit(self, phase: str, http_so_far: int) -> None:
         if self.progress is not None:
             r = self.result
             verified = min(r.bytes_total, sum(self.part.verified) * self.part.snapshot.block_size)
-            self.progress(FetchProgress(self.phase, verified, r.bytes_total,
-                                        r.bytes_multicast, r.bytes_http))  # fmt: skip
-
-    def http_bytes(self, so_far: int) -> None:
-        if self.progress is not None:
-            r = self.result
-            self.progress(FetchProgress("http", 0, r.bytes_total, r.bytes_multicast,
-                                        r.bytes_http + so_far))  # fmt: skip
+            self.progress(FetchProgress(phase, verified, r.bytes_total, r.bytes_multicast,
+                                        r.bytes_http + http_so_far))  # fmt: skip
 
 
 async def _multicast(
