@@ -58,8 +58,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from bench.labnet import REPO_ROOT, Lab, LabError, Proc, child_env, lab_available, parse_rate
-from mcast.units import parse_size
+from bench.labnet import REPO_ROOT, Lab, LabError, Proc, child_env, lab_available
+from mcast.units import parse_rate, parse_size
 
 PY = sys.executable
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -589,7 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="make the command exit 3 on the first K agents (a failure demo)",
     )
     p.add_argument("--lab", action="store_true", help="on the namespace lab (root)")
-    p.add_argument("--rate", default="100mbit", help="lab link rate (default 100mbit)")
+    p.add_argument("--rate", type=parse_rate, default="100mbit",
+                   help="lab link rate (default 100mbit; 0 = not shaped)")
     return p
 
 
@@ -607,10 +608,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--fail-agents must be 0..--agents")
     if args.timeout <= 0:
         parser.error("--timeout must be positive")
-    try:
-        args.rate = parse_rate(args.rate)
-    except ValueError as exc:
-        parser.error(str(exc))
     if args.lab:
         ok, why = lab_available()
         if not ok:

@@ -43,11 +43,10 @@ from bench.labnet import (
     LabError,
     Proc,
     cleanup_stale,
-    parse_rate,
-    parse_size,
     pid_alive,
     run,
 )
+from mcast.units import format_rate, parse_rate, parse_size
 
 PY = sys.executable
 HTTP_PORT = 8080
@@ -118,13 +117,6 @@ def cleanup_stale_workdirs(parent: str | None = None) -> list[str]:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(str(path))
     return removed
-
-
-def rate_text(bps: int) -> str:
-    for div, unit in ((10**9, "gbit"), (10**6, "mbit"), (10**3, "kbit")):
-        if bps % div == 0:
-            return f"{bps // div}{unit}"
-    return f"{bps}bit"
 
 
 DEFAULT_MCAST_CMD = (PY, "-m", "mcast.cli")
@@ -328,7 +320,7 @@ def _wait_joined(lab: Lab, receivers: dict[str, Proc], group: str, timeout: floa
 
 # ---------------------------------------------------------------- one run
 
-def run_lab(receivers: int, size: int, rate_bps: int | None, loss: float, mode: str, *,
+def run_lab(receivers: int, size: int, rate_bps: int, loss: float, mode: str, *,
             keep_going: bool = False, timeout: float | None = None,
             workdir: str | None = None, sender_rate: str | None = None,
             loss_proto: str = "udp",
@@ -341,7 +333,7 @@ def run_lab(receivers: int, size: int, rate_bps: int | None, loss: float, mode: 
         copies = receivers if mode == "http" else 1
         timeout = 60 + 5 * (line_rate_s or size * 8 / 1e9) * copies
     if sender_rate is None:  # the engine paces to the link; with no link limit, it finds one
-        sender_rate = rate_text(rate_bps) if rate_bps else "0"
+        sender_rate = format_rate(rate_bps)
     work = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-", dir=workdir))
     try:
         t_gen = time.monotonic()
@@ -396,8 +388,10 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench.lab",
         description="Run one package distribution across a network-namespace lab LAN.")
     ap.add_argument("--receivers", type=int, default=3)
-    ap.add_argument("--size", default="16M", help="package size, binary units: 4096, 512K, 64M, 1G")
-    ap.add_argument("--rate", default="100mbit", help="link rate (tc tbf): 100mbit, 1gbit; 0/none")
+    ap.add_argument("--size", type=parse_size, default="16M",
+                    help="package size, binary units: 4096, 512K, 64M, 1G")
+    ap.add_argument("--rate", type=parse_rate, default="100mbit",
+                    help="link rate (tc tbf): 100mbit, 1gbit; 0 = not shaped")
     ap.add_argument("--loss", type=float, default=0.0, help="percent of UDP dropped per receiver")
     ap.add_argument("--loss-proto", default="udp", choices=["udp", "tcp", "all"],
                     help="which incoming packets the loss applies to (default udp)")
@@ -417,11 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=None, help="where the temp package dir goes")
     ap.add_argument("--json", action="store_true", help="compact one-line JSON")
     args = ap.parse_args(argv)
-    try:
-        size = parse_size(args.size)
-        rate_bps = parse_rate(args.rate)
-    except ValueError as exc:
-        ap.error(str(exc))
+    size, rate_bps = args.size, args.rate
     if not 0 <= args.loss <= 100:
         ap.error("--loss is a percentage, 0..100")
     if os.geteuid() != 0:

@@ -29,11 +29,11 @@ from bench.lab import (
     _wait_all,
     check_tree,
     make_package,
-    rate_text,
 )
 from bench.labnet import Lab, Proc
 from mcast.discovery import SESSION_TTL
 from mcast.snapshot import parse_snapshot_xml
+from mcast.units import format_rate
 
 CODEBASE_PORT = 8080
 KILLED_GROUP = "239.255.66.1"
@@ -89,7 +89,7 @@ def run_fetch(
     lab: Lab,
     work: Path,
     first: Package,
-    rate_bps: int | None,
+    rate_bps: int,
     *,
     packages: int,
     max_sessions: int,
@@ -102,7 +102,7 @@ def run_fetch(
     pub = Path(f"{key}.pub")
     session_key = work / "session.key"
     session_key.write_text(os.urandom(32).hex())
-    rate = rate_text(rate_bps) if rate_bps else "0"
+    rate = format_rate(rate_bps)
     pkgs, snaps, urls = [], [], []
     size = first.files[BIG_NAME][0]  # the payload; make_package adds the small files
     for p in range(packages):  # package 0 is the one bench.lab already made

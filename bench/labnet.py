@@ -51,42 +51,7 @@ class LabError(RuntimeError):
     """A lab command failed (the message carries the command and its stderr)."""
 
 
-# ---------------------------------------------------------------- parsing helpers
-
-_SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_RATE_UNITS = {
-    "": 1, "bit": 1, "bps": 1,
-    "k": 10**3, "kbit": 10**3, "kbps": 10**3,
-    "m": 10**6, "mbit": 10**6, "mbps": 10**6,
-    "g": 10**9, "gbit": 10**9, "gbps": 10**9,
-}
-
-
-def parse_size(text: str | int) -> int:
-    """``"64M"`` -> 67108864. Units are binary (K=KiB, M=MiB, G=GiB); ``MiB``/``MB`` too."""
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise ValueError(f"bad size {text!r} (examples: 4096, 512K, 64M, 1G)")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).upper()])
-
-
-def parse_rate(text: str | int | None) -> int | None:
-    """``"100mbit"`` -> 100_000_000 bit/s (decimal, as tc); ``0``/``none`` -> None (no limit)."""
-    if text is None:
-        return None
-    if isinstance(text, int):
-        return text or None
-    t = text.strip().lower()
-    if t in ("", "0", "none", "off", "inf"):
-        return None
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]*)", t)
-    if not m or m.group(2) not in _RATE_UNITS:
-        raise ValueError(f"bad rate {text!r} (examples: 100mbit, 1gbit, 500kbit, 0/none)")
-    bps = int(float(m.group(1)) * _RATE_UNITS[m.group(2)])
-    return bps or None
-
+# ---------------------------------------------------------------- nftables
 
 def nft_loss_ruleset(loss_pct: float, proto: str = "udp", device: str = "eth0") -> str:
     """The nftables ruleset that drops ``loss_pct`` % of incoming ``proto`` packets on ``device``.
@@ -339,7 +304,7 @@ class Lab:
             lab.exec("h1", ["ping", "-c1", lab.addr("h0")])
     """
 
-    def __init__(self, receivers: int, rate_bps: int | None = None, loss: float = 0.0,
+    def __init__(self, receivers: int, rate_bps: int = 0, loss: float = 0.0,
                  loss_proto: str = "udp", burst: str = "256k", latency: str = "20ms") -> None:
         if not 1 <= receivers <= MAX_RECEIVERS:
             raise ValueError(f"receivers must be 1..{MAX_RECEIVERS}")
