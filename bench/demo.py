@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bench.labnet import REPO_ROOT, Lab, LabError, Proc, child_env, lab_available
+from mcast.cli import ArgParser
 from mcast.units import parse_rate, parse_size
 
 PY = sys.executable
@@ -570,7 +571,7 @@ def run_demo(args: argparse.Namespace, live_ok: bool) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgParser(
         prog="mcast demo",
         description="The seed's Software Delivery flow end to end: the server stub, a task for "
         "N agent processes, one multicast session; a table per agent (or --json).",
