@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 import shlex
@@ -33,11 +32,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.lab_fetch import run_fetch
 from bench.labnet import (
     Lab,
     LabError,
@@ -45,64 +44,16 @@ from bench.labnet import (
     cleanup_stale,
     pid_alive,
     run,
+    wait_all,
 )
+from bench.labpkg import BIG_NAME, Package, check_tree, make_package
 from mcast.units import format_rate, parse_rate, parse_size
 
 PY = sys.executable
 HTTP_PORT = 8080
 MCAST_GROUP = "239.255.77.1"
 MCAST_PORT = 47000
-BIG_NAME = "payload.bin"
-_CHUNK = 1 << 20
 WORKDIR_PREFIX = "mcast-lab-"
-
-
-# ---------------------------------------------------------------- the package
-
-@dataclass
-class Package:
-    root: Path
-    files: dict[str, tuple[int, str]] = field(default_factory=dict)  # rel -> (size, sha256)
-
-    @property
-    def total(self) -> int:
-        return sum(size for size, _ in self.files.values())
-
-
-def make_package(root: Path, size: int) -> Package:
-    """Random bytes: ``payload.bin`` of ``size`` bytes plus two small files (1 and 3 KiB)."""
-    pkg = Package(root)
-    root.mkdir(parents=True, exist_ok=True)
-    for rel, n in ((BIG_NAME, size), ("README.txt", 1024), ("etc/config.ini", 3072)):
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256()
-        with open(path, "wb") as f:
-            left = n
-            while left:
-                chunk = os.urandom(min(_CHUNK, left))
-                f.write(chunk)
-                digest.update(chunk)
-                left -= len(chunk)
-        pkg.files[rel] = (n, digest.hexdigest())
-    return pkg
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def check_tree(outdir: Path, pkg: Package) -> bool | None:
-    """True if every package file is under ``outdir`` with the right hash; None if none is."""
-    found = [rel for rel in pkg.files if (outdir / rel).is_file()]
-    if not found:
-        return None
-    return len(found) == len(pkg.files) and all(
-        sha256_file(outdir / rel) == pkg.files[rel][1] for rel in pkg.files)
 
 
 # ---------------------------------------------------------------- helpers
@@ -139,32 +90,6 @@ def mcast_cli_has_send() -> tuple[bool, str]:
     if proc.returncode != 0 or "--snapshot" not in proc.stdout:
         return False, "mcast.cli has no 'send' subcommand (with --snapshot) yet"
     return True, ""
-
-
-def _wait_all(procs: dict[str, Proc], is_final: Callable[[dict[str, Any]], bool],
-              deadline: float, keep_going: bool) -> dict[str, tuple[float, dict[str, Any]] | None]:
-    """Wait until each process printed a final JSON line or exited; None for a failure.
-
-    Without ``keep_going`` the wait stops at the first failure (the rest count as failed).
-    """
-    results: dict[str, tuple[float, dict[str, Any]] | None] = {}
-    seen = dict.fromkeys(procs, 0)
-    while len(results) < len(procs):
-        for host, proc in procs.items():
-            if host in results:
-                continue
-            finished = proc.finished  # read before the lines: no line can be missed
-            new = proc.json_lines(seen[host])
-            seen[host] += len(new)
-            final = next(((t, o) for t, o in new if is_final(o)), None)
-            if final is not None or finished:
-                results[host] = final
-                if final is None and not keep_going:
-                    return results
-        if len(results) < len(procs) and time.monotonic() > deadline:
-            break
-        time.sleep(0.02)
-    return results
 
 
 def _receiver_entry(lab: Lab, host: str, proc: Proc, final: tuple[float, dict[str, Any]] | None,
@@ -207,7 +132,7 @@ def run_http(lab: Lab, pkg: Package, work: Path, timeout: float,
     t0 = time.monotonic()
     for proc in clients.values():
         proc.send("go\n")
-    finals = _wait_all(clients, lambda o: o.get("event") in ("done", "error"),
+    finals = wait_all(clients, lambda o: o.get("event") in ("done", "error"),
                        t0 + timeout, keep_going)
     after = lab.link_stats("h0")
     size, sha = pkg.files[BIG_NAME]
@@ -268,7 +193,7 @@ def run_multicast(lab: Lab, pkg: Package, work: Path, timeout: float, keep_going
         before = lab.link_stats("h0")
         t0 = time.monotonic()
         sender.send("go\n")
-        finals = _wait_all(active, lambda o: o.get("event") == "done", t0 + timeout,
+        finals = wait_all(active, lambda o: o.get("event") == "done", t0 + timeout,
                            keep_going)
         if len(finals) == len(active) and all(finals.values()):
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -344,8 +269,6 @@ def run_lab(receivers: int, size: int, rate_bps: int, loss: float, mode: str, *,
             if mode == "http":
                 res = run_http(lab, pkg, work, timeout, keep_going)
             elif mode == "fetch":
-                from bench.lab_fetch import run_fetch
-
                 res = run_fetch(lab, work, pkg, rate_bps, packages=packages,
                                 max_sessions=max_sessions, kill_sender_at=kill_sender_at,
                                 timeout=timeout * packages, keep_going=keep_going)

@@ -18,23 +18,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.lab import (
-    BIG_NAME,
-    PY,
-    Package,
-    _wait_all,
-    check_tree,
-    make_package,
-)
-from bench.labnet import Lab, Proc
+from bench.labnet import Lab, Proc, wait_all
+from bench.labpkg import BIG_NAME, Package, check_tree, make_package
 from mcast.discovery import SESSION_TTL
 from mcast.snapshot import parse_snapshot_xml
 from mcast.units import format_rate
 
+PY = sys.executable
 CODEBASE_PORT = 8080
 KILLED_GROUP = "239.255.66.1"
 
@@ -149,7 +144,7 @@ def run_fetch(
             agents[host] = lab.popen(host, argv)
         if sender is not None and kill_sender_at is not None:
             _kill_when_received(sender, agents, kill_sender_at * pkgs[0].total, timeout)
-        finals = _wait_all(agents, lambda o: o.get("event") in ("done", "error"),
+        finals = wait_all(agents, lambda o: o.get("event") in ("done", "error"),
                            time.monotonic() + timeout, keep_going)  # fmt: skip
         t_end = max((f[0] for f in finals.values() if f), default=None)
         time.sleep(SESSION_TTL)  # let the observer hear the last sessions end

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -278,6 +278,32 @@ class Proc:
     def describe(self) -> str:
         tail = " | ".join(list(self.stderr_tail)[-5:])
         return f"{self.host}: {' '.join(self.argv)} rc={self.popen.poll()} stderr: {tail}"
+
+
+def wait_all(procs: dict[str, Proc], is_final: Callable[[dict[str, Any]], bool],
+              deadline: float, keep_going: bool) -> dict[str, tuple[float, dict[str, Any]] | None]:
+    """Wait until each process printed a final JSON line or exited; None for a failure.
+
+    Without ``keep_going`` the wait stops at the first failure (the rest count as failed).
+    """
+    results: dict[str, tuple[float, dict[str, Any]] | None] = {}
+    seen = dict.fromkeys(procs, 0)
+    while len(results) < len(procs):
+        for host, proc in procs.items():
+            if host in results:
+                continue
+            finished = proc.finished  # read before the lines: no line can be missed
+            new = proc.json_lines(seen[host])
+            seen[host] += len(new)
+            final = next(((t, o) for t, o in new if is_final(o)), None)
+            if final is not None or finished:
+                results[host] = final
+                if final is None and not keep_going:
+                    return results
+        if len(results) < len(procs) and time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    return results
 
 
 def child_env() -> dict[str, str]:
