@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from bench.labnet import REPO_ROOT, Lab, LabError, Proc, child_env, lab_available
+from bench.labnet import Lab, LabError, Proc, child_env, lab_available
 from mcast.cli import ArgParser
 from mcast.units import parse_rate, parse_size
 
@@ -68,18 +68,6 @@ WORKDIR_PREFIX = "mcast-demo-"
 PACKAGE_NAME = "demo"
 MARKER = "demo-installed.txt"  # written by install.py into the agent's state dir
 DISCOVERY_GROUP_PREFIX = "239.255.78."  # clear of data groups (239.255.1-76.y) and 77.x
-
-# Runs in each agent process: import everything, say ready, wait for "go", then be the agent.
-_LAUNCHER = """\
-import json, os, sys
-os.environ["MCAST_DEMO_MARKER"] = sys.argv[1]
-import mcast.fetch
-from agent.cli import main
-print(json.dumps({"event": "ready"}), flush=True)
-if sys.stdin.readline().strip() != "go":
-    sys.exit(130)
-sys.exit(main(sys.argv[2:]))
-"""
 
 _INSTALL_PY = """\
 \"\"\"Demo installer: re-hash the payload, record that it ran here, say so.\"\"\"
@@ -226,7 +214,7 @@ class Loopback:
     def spawn(self, who: int, argv: list[str]) -> Proc:
         popen = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE,
-            text=True, bufsize=1, env=child_env(), cwd=REPO_ROOT, start_new_session=True,
+            text=True, bufsize=1, env=child_env(), start_new_session=True,
         )  # fmt: skip
         proc = Proc("local", argv, popen)
         self.procs.append(proc)
@@ -338,7 +326,7 @@ def agent_argv(v: AgentView, url: str, setup: Setup, discovery: str) -> list[str
         "--trust-key", str(setup.pub), "--once", "--json", "--ip", v.addr,
         "--interface", v.addr, "--discovery", discovery, "--command-timeout", "60",
     ]  # fmt: skip
-    return [PY, "-c", _LAUNCHER, str(v.state_dir / MARKER), *args]
+    return [PY, "-m", "bench.demo_agent", str(v.state_dir / MARKER), *args]
 
 
 def cache_verified(v: AgentView, setup: Setup) -> bool:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -43,7 +44,8 @@ _NAME_RE = re.compile(rf"^{PREFIX}(\d+)_(\d+)-")
 SUBNET = "198.18.0"  # lab hosts are SUBNET.1 .. SUBNET.(N+1), /24
 MAX_RECEIVERS = 200
 MCAST_ROUTE = "224.0.0.0/4"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# Where this process imports the project from (a checkout, or site-packages when installed).
+IMPORT_ROOT = Path(__file__).resolve().parent.parent
 _seq = itertools.count()
 
 
@@ -80,7 +82,7 @@ def run(argv: Sequence[str], *, check: bool = True, input: str | None = None,
         timeout: float = 30) -> subprocess.CompletedProcess[str]:
     """Run a command, capture its output; raise :class:`LabError` with stderr when it fails."""
     proc = subprocess.run(list(argv), input=input, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+                          timeout=timeout, check=False, env=child_env())
     if check and proc.returncode != 0:
         raise LabError(f"{' '.join(argv)} -> rc={proc.returncode}: {proc.stderr.strip()}")
     return proc
@@ -306,12 +308,35 @@ def wait_all(procs: dict[str, Proc], is_final: Callable[[dict[str, Any]], bool],
     return results
 
 
+def _proxy_free() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+
+
+@functools.cache
+def _extra_path() -> str | None:
+    """The directory to put first on a child's PYTHONPATH, or None when none is needed.
+
+    Children run ``sys.executable -m MODULE`` from this process's working directory and find
+    the project as any Python would: installed, on the inherited PYTHONPATH, or in the
+    working directory. Only when that finds other code than this process runs (a test run
+    whose ``pythonpath`` setting added a checkout, a checkout beside another installed copy)
+    is this process's import root put first, so that a child never runs other code than its
+    parent. Asked once, of a Python started the way the children are.
+    """
+    probe = subprocess.run(
+        [sys.executable, "-c", "import bench, mcast; print(bench.__file__); print(mcast.__file__)"],
+        capture_output=True, text=True, env=_proxy_free(), timeout=60, check=False)
+    found = [Path(line).resolve().parent.parent for line in probe.stdout.split()]
+    return None if found == [IMPORT_ROOT, IMPORT_ROOT] else str(IMPORT_ROOT)
+
+
 def child_env() -> dict[str, str]:
-    """Environment for lab children: repo importable, unbuffered output, no proxies."""
-    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
+    """Environment for lab and demo children: the same code as this process (see
+    :func:`_extra_path`), unbuffered output, no proxies."""
+    env = dict(_proxy_free(), PYTHONUNBUFFERED="1")
+    extra = _extra_path()
+    if extra is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (extra, env.get("PYTHONPATH", "")) if p)
     return env
 
 
@@ -509,7 +534,7 @@ class Lab:
         popen = subprocess.Popen(
             self._wrap(host, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, text=True, bufsize=1,
-            env=child_env(), cwd=cwd or REPO_ROOT, start_new_session=True)
+            env=child_env(), cwd=cwd, start_new_session=True)
         proc = Proc(host, argv, popen)
         self.procs.append(proc)
         return proc

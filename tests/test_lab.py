@@ -33,6 +33,7 @@ needs_lab = pytest.mark.skipif(not LAB_OK, reason=f"lab unavailable: {LAB_WHY}")
 lab = pytest.mark.lab
 
 MiB = 1 << 20
+ROOT = Path(__file__).resolve().parent.parent
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -145,9 +146,9 @@ _SIGNAL_CHILD = textwrap.dedent("""
 @lab
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_lab_tears_down_on_signal(sig: int) -> None:
-    env = dict(os.environ, PYTHONPATH=str(labnet.REPO_ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
     child = subprocess.Popen([sys.executable, "-c", _SIGNAL_CHILD], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=env, cwd=labnet.REPO_ROOT)
+                             stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     try:
         assert child.stdout is not None
         prefix = child.stdout.readline().strip()
@@ -266,8 +267,8 @@ def test_cli_prints_one_json_object() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "bench.lab", "--receivers", "2", "--size", "1M", "--rate", "0",
          "--mode", "http", "--json"],
-        capture_output=True, text=True, timeout=60, cwd=labnet.REPO_ROOT,
-        env=dict(os.environ, PYTHONPATH=str(labnet.REPO_ROOT)))
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 1
