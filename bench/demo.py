@@ -13,7 +13,9 @@ One run, everything it starts removed at the end (also on failure, Ctrl-C and SI
    each its own process, with this run's own discovery channel so that no other run's sessions
    count against the subnet's limit). Each agent first imports everything and says ``ready``;
    the demo then releases all of them at the same moment, so they meet in one multicast
-   session: one master downloads over HTTP and multicasts, the others join it;
+   session: one master downloads over HTTP and multicasts, the others join it. Beside the
+   server, ``mcast sessions --json`` listens to that discovery channel from before the release
+   to the end: the sessions the demo reports are the ones it heard;
 4. live progress from the agents' JSON lines (a table redrawn in place on a terminal), then a
    table per agent: route, bytes by multicast and by HTTP, payload verified (the demo re-hashes
    the agent's cached files itself), exit code of the command, and the status the SERVER
@@ -23,9 +25,12 @@ One run, everything it starts removed at the end (also on failure, Ctrl-C and SI
 route (master/joined/http/cached), bytes by multicast and HTTP, verified, exit code and the
 server's recorded status (with the server's byte counts); totals ``package_size``,
 ``bytes_http_total``, ``http_ratio`` (= bytes_http_total / package_size), ``sessions`` (the
-number of agents that were a session's master: every multicast session has exactly one; the
-engine does not report session ids), ``wall_s`` (from the release of the agents to the last
-one's exit) and ``all_ok``. Exit 0 only if every agent verified the package, ran the command
+distinct session ids heard announcing data on the agents' discovery group by an
+``mcast sessions --json`` observer the demo runs beside the server; ``session_ids`` lists
+them, ``claims_only`` counts claims that never sent), ``masters`` (the agents whose route
+says they started one), ``wall_s`` (from the release of the agents to the last one's exit)
+and ``all_ok``. ``verified`` is the demo's own re-hash of each agent's cached files.
+Exit 0 only if every agent verified the package, ran the command
 with exit 0 and the server recorded ``succeeded`` for it; 1 otherwise; 2 for bad arguments or
 a missing prerequisite (``--lab`` without root); 130 when interrupted.
 
@@ -108,6 +113,7 @@ class Setup:
     package_size: int
     files: dict[str, str]  # relative path -> sha256 hex
     guids: list[str]
+    session_key_file: Path  # the package's session key, for the session observer
 
 
 def _write_random(path: Path, size: int) -> str:
@@ -156,7 +162,11 @@ def prepare(work: Path, agents: int, size: int, subnet: str, fail: int) -> Setup
         store.add_task(task, guids)
     finally:
         store.close()
-    return Setup(work, data, data / repo.PUB_NAME, task.task_id, row.hash, row.size, files, guids)
+    key_file = work / "session.key"
+    key_file.write_text(row.session_key)
+    return Setup(
+        work, data, data / repo.PUB_NAME, task.task_id, row.hash, row.size, files, guids, key_file
+    )
 
 
 def wait_url(proc: Proc, timeout: float) -> str:
@@ -412,11 +422,41 @@ def _signals() -> Iterator[None]:
                 signal.signal(sig, h)
 
 
+def start_observer(net: Net, setup: Setup, group: str, port: int) -> Proc:
+    """``mcast sessions --json`` on the agents' discovery group, beside the server: the
+    sessions the demo reports are the ones it hears announced, not a count it assumes."""
+    argv = [PY, "-m", "mcast.cli", "sessions", "--json", "--interface", net.addr(0),
+            "--group", group, "--port", str(port),
+            "--session-key-file", str(setup.session_key_file)]  # fmt: skip
+    observer = net.spawn(0, argv)
+    if observer.wait_json(lambda o: o.get("event") in ("listening", "error"), 30) is None:
+        raise LabError(f"the session observer did not start: {observer.describe()}")
+    last = observer.last_json()
+    if last is None or last[1].get("event") != "listening":
+        raise LabError(f"the session observer failed: {observer.describe()}")
+    return observer
+
+
+def sessions_heard(observer: Proc) -> dict[str, Any]:
+    """Distinct session ids announced on the discovery group: those that sent data, and the
+    claims (a would-be master's announce before it sends) that never became a session."""
+    sending, claimed = set(), set()
+    for _t, ev in observer.json_lines(0):
+        if ev.get("event") == "announce":
+            (claimed if ev.get("claiming") else sending).add(str(ev.get("session")))
+    return {"sessions": len(sending), "session_ids": sorted(sending),
+            "claims_only": len(claimed - sending)}  # fmt: skip
+
+
 def run_agents(
     net: Net, setup: Setup, views: list[AgentView], url: str, timeout: float, live: Any
-) -> float:
-    """Start every agent, release them together, follow them to the end; returns wall time."""
-    discovery = f"{DISCOVERY_GROUP_PREFIX}{random.randint(1, 254)}:{random.randint(47100, 47999)}"
+) -> tuple[float, dict[str, Any]]:
+    """Start every agent, release them together, follow them to the end, listening to the
+    discovery group all along; returns the wall time and the sessions heard."""
+    group = f"{DISCOVERY_GROUP_PREFIX}{random.randint(1, 254)}"
+    port = random.randint(47100, 47999)
+    discovery = f"{group}:{port}"
+    observer = start_observer(net, setup, group, port)
     for v in views:
         v.proc = net.spawn(v.index, agent_argv(v, url, setup, discovery))
     deadline = time.monotonic() + max(60.0, timeout)
@@ -454,11 +494,14 @@ def run_agents(
         time.sleep(0.1)
     for v in views:
         v.update()
-    return time.monotonic() - t0
+    wall = time.monotonic() - t0
+    observer.kill()
+    return wall, sessions_heard(observer)
 
 
 def summarize(
-    mode: str, setup: Setup, views: list[AgentView], status: dict[str, Any], wall: float
+    mode: str, setup: Setup, views: list[AgentView], status: dict[str, Any], wall: float,
+    heard: dict[str, Any],
 ) -> dict[str, Any]:
     per: list[dict[str, Any]] = []
     for v in views:
@@ -502,8 +545,8 @@ def summarize(
         "bytes_http_total": http_total,
         "bytes_multicast_total": sum(a["bytes_multicast"] for a in per),
         "http_ratio": round(http_total / setup.package_size, 4),
-        "sessions": len(masters),  # every multicast session has exactly one master
-        "masters": masters,
+        **heard,  # sessions: distinct session ids heard announcing on the discovery group
+        "masters": masters,  # agents whose route says they started a session
         "wall_s": round(wall, 3),
         "all_ok": bool(per) and all(a["ok"] for a in per),
         "per_agent": per,
@@ -539,9 +582,9 @@ def run_demo(args: argparse.Namespace, live_ok: bool) -> dict[str, Any]:
                 live_table(views, "mcast demo: starting"), refresh_per_second=8, transient=True
             )
         with live_cm as live:
-            wall = run_agents(net, setup, views, url, args.timeout, live)
+            wall, heard = run_agents(net, setup, views, url, args.timeout, live)
         status = server_status(setup.data, setup.task_id, setup.guids)
-        summary = summarize("lab" if args.lab else "loopback", setup, views, status, wall)
+        summary = summarize("lab" if args.lab else "loopback", setup, views, status, wall, heard)
         summary["server_url"] = url
         summary["workdir"] = str(work) if args.keep else None
         return summary

@@ -10,7 +10,11 @@ receiver in one of two modes and prints ONE JSON object:
 * ``multicast``: the engine. ``mcast.cli snapshot`` signs the package, every receiver runs
   ``mcast.cli recv`` (started first; the lab waits until each has joined the group, seen in
   ``ip maddr``), then h0 runs ``mcast.cli send``; ``wall_s`` is from the sender's start to
-  the last receiver's ``done`` line. The lab also re-hashes every received file itself.
+  the last receiver's ``done`` line.
+
+Every figure is observed: a receiver is ``verified`` only if its last JSON line is ``done``
+with ``complete: true`` (HTTP: the whole body) and the lab itself re-hashes its files equal
+on disk (``files_ok``); sender bytes are h0's eth0 counters.
 
     python -m bench.lab --receivers 8 --size 64M --rate 100mbit --loss 2 --mode http
 
@@ -46,7 +50,14 @@ from bench.labnet import (
     run,
     wait_all,
 )
-from bench.labpkg import BIG_NAME, Package, check_tree, make_package
+from bench.labpkg import (
+    BIG_NAME,
+    Package,
+    check_tree,
+    make_package,
+    receiver_verified,
+    sha256_file,
+)
 from mcast.units import format_rate, parse_rate, parse_size
 
 PY = sys.executable
@@ -98,7 +109,7 @@ def _receiver_entry(lab: Lab, host: str, proc: Proc, final: tuple[float, dict[st
     obj = final[1] if final else {}
     entry["completed"] = bool(final) and obj.get("event") == "done"
     entry["done_after_s"] = round(final[0] - t0, 4) if final else None
-    for key in ("bytes", "wall_s", "peak_rss_mb", "verified", "sha256", "status", "timeline",
+    for key in ("bytes", "wall_s", "peak_rss_mb", "complete", "sha256", "status", "timeline",
                 "naks_sent", "repairs", "bad_packets", "verify_failures", "reason"):
         if key in obj:
             entry[key] = obj[key]
@@ -139,8 +150,9 @@ def run_http(lab: Lab, pkg: Package, work: Path, timeout: float,
     per = []
     for host, proc in clients.items():
         entry = _receiver_entry(lab, host, proc, finals.get(host), t0)
-        entry["verified"] = entry["completed"] and entry.get("sha256") == sha \
-            and entry.get("bytes") == size
+        path = work / host / BIG_NAME  # re-hashed on disk, not taken from the client's report
+        entry["files_ok"] = entry["completed"] and path.is_file() and sha256_file(path) == sha
+        entry["verified"] = entry["files_ok"] and entry.get("bytes") == size
         per.append(entry)
     done_times = [f[0] for f in finals.values() if f and f[1].get("event") == "done"]
     return {"per_receiver": per, "t_end": max(done_times, default=None),
@@ -202,10 +214,10 @@ def run_multicast(lab: Lab, pkg: Package, work: Path, timeout: float, keep_going
     after = lab.link_stats("h0")
     per = []
     for host, proc in receivers.items():
-        entry = _receiver_entry(lab, host, proc, finals.get(host), t0)
-        files_ok = check_tree(work / host, pkg) if entry["completed"] else False
-        entry["files_ok"] = files_ok
-        entry["verified"] = bool(entry.get("verified")) and files_ok is not False
+        final = finals.get(host)
+        entry = _receiver_entry(lab, host, proc, final, t0)
+        entry["files_ok"] = entry["completed"] and check_tree(work / host, pkg)
+        entry["verified"] = receiver_verified(final[1] if final else None, entry["files_ok"])
         per.append(entry)
     done_times = [f[0] for f in finals.values() if f]
     if sender is None:

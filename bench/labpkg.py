@@ -11,6 +11,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 BIG_NAME = "payload.bin"
 _CHUNK = 1 << 20
@@ -53,10 +54,20 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_tree(outdir: Path, pkg: Package) -> bool | None:
-    """True if every package file is under ``outdir`` with the right hash; None if none is."""
-    found = [rel for rel in pkg.files if (outdir / rel).is_file()]
-    if not found:
-        return None
-    return len(found) == len(pkg.files) and all(
-        sha256_file(outdir / rel) == pkg.files[rel][1] for rel in pkg.files)
+def check_tree(outdir: Path, pkg: Package) -> bool:
+    """True only if every package file is under ``outdir`` and re-hashes to its SHA-256."""
+    return all(
+        (outdir / rel).is_file() and sha256_file(outdir / rel) == sha
+        for rel, (_, sha) in pkg.files.items()
+    )
+
+
+def receiver_verified(final: dict[str, Any] | None, files_ok: bool) -> bool:
+    """The one rule of every lab mode: a receiver counts as verified only if its last JSON
+    line is ``done`` and says ``complete``, and its files re-hash equal on disk."""
+    return (
+        final is not None
+        and final.get("event") == "done"
+        and final.get("complete") is True
+        and files_ok is True
+    )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from bench.labnet import (
     nft_loss_ruleset,
     udp_probe,
 )
+from bench.labpkg import check_tree, make_package, receiver_verified
 from mcast.units import format_rate, parse_rate, parse_size
 
 LAB_OK, LAB_WHY = labnet.lab_available()
@@ -66,6 +68,23 @@ def test_parse_bad(bad: str) -> None:
 def test_format_rate_roundtrip() -> None:
     for bps in (100_000_000, 10**9, 1_500_000, 1234, 0):
         assert parse_rate(format_rate(bps)) == bps
+
+
+def test_a_receiver_is_verified_only_by_what_was_observed(tmp_path: Path) -> None:
+    pkg = make_package(tmp_path / "pkg", 10_000)
+    copy = tmp_path / "copy"
+    shutil.copytree(pkg.root, copy)
+    assert check_tree(copy, pkg) is True
+    assert check_tree(tmp_path / "nothing-here", pkg) is False  # no files is not "unknown"
+    (copy / "README.txt").write_bytes(b"x" * 1024)  # same size, other bytes
+    assert check_tree(copy, pkg) is False
+    done = {"event": "done", "complete": True, "verified": True}
+    assert receiver_verified(done, True)
+    assert not receiver_verified(done, False)  # files on disk do not re-hash equal
+    assert not receiver_verified({"event": "done", "verified": True}, True)  # never said complete
+    assert not receiver_verified({"event": "done", "complete": False}, True)
+    assert not receiver_verified({"event": "error", "complete": True}, True)
+    assert not receiver_verified(None, True)
 
 
 def test_nft_ruleset_shape() -> None:
@@ -291,7 +310,7 @@ def test_multicast_mode_end_to_end() -> None:
     t0 = time.monotonic()
     rep = run_lab(3, 4 * MiB, 50_000_000, 2.0, "multicast", timeout=60)
     assert rep["completed"] and rep["verified"], rep
-    assert all(p["files_ok"] is not False for p in rep["per_receiver"])
+    assert all(p["files_ok"] is True for p in rep["per_receiver"])
     # one stream for everyone: far less than one copy per receiver
     assert rep["sender_tx_copies"] < 2.0, rep
     assert time.monotonic() - t0 < 90
@@ -400,7 +419,7 @@ FAKE_ENGINE = textwrap.dedent('''
         ok = manifest(a.out) == dict(files)
         for _ in range(3):
             s.sendto(b"done", sender)
-        print(json.dumps({"event": "done", "verified": ok,
+        print(json.dumps({"event": "done", "verified": ok, "complete": ok,
                           "bytes": sum(size for _, (size, _) in files),
                           "wall_s": round(time.monotonic() - t0, 3),
                           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
