@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bench.labnet import Lab, LabError, Proc, child_env, lab_available
+from bench.labpkg import sha256_file
 from mcast.cli import ArgParser
 from mcast.units import parse_rate, parse_size
 
@@ -342,17 +343,10 @@ def agent_argv(v: AgentView, url: str, setup: Setup, discovery: str) -> list[str
 def cache_verified(v: AgentView, setup: Setup) -> bool:
     """The demo's own check: every package file in the agent's cache has the right sha256."""
     root = v.state_dir / "cache" / setup.package_hash
-    for rel, want in setup.files.items():
-        path = root / rel
-        if not path.is_file():
-            return False
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-        if digest.hexdigest() != want:
-            return False
-    return True
+    return all(
+        (root / rel).is_file() and sha256_file(root / rel) == want
+        for rel, want in setup.files.items()
+    )
 
 
 # ---------------------------------------------------------------- display

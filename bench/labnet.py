@@ -1,10 +1,12 @@
 """Network-namespace plumbing for the lab LAN: build it, run processes in it, tear it down.
 
-This module owns the lab topology and nothing else: a switch namespace with a bridge
-(``br0``, multicast snooping off, so multicast floods like on a dumb switch), one host
-namespace per lab host (``h0`` is the sender, ``h1..hN`` the receivers), one veth per host
-with the switch end enslaved to ``br0`` and the host end named ``eth0``; rate limits with
-``tc tbf``; loss with an nftables ``numgen random`` drop on each receiver's ingress.
+This module owns the lab topology and the processes run in it (:class:`Proc`, their
+environment in :func:`child_env`, :func:`wait_all` for their last lines). The topology: a
+switch namespace with a bridge (``br0``, multicast snooping off, so multicast floods like on
+a dumb switch), one host namespace per lab host (``h0`` is the sender, ``h1..hN`` the
+receivers), one veth per host with the switch end enslaved to ``br0`` and the host end named
+``eth0``; rate limits with ``tc tbf``; loss with an nftables ``numgen random`` drop on each
+receiver's ingress.
 
 Safety (see DESIGN.md, "Network safety"):
 
