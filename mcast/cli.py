@@ -265,6 +265,16 @@ def _existing(text: str) -> Path:
     return path
 
 
+def _new_file(text: str) -> Path:
+    """A file to write (the snapshot): its directory must exist."""
+    path = Path(text)
+    if not path.parent.is_dir():
+        raise StorageError(f"cannot write {path}: no directory {path.parent}")
+    if path.is_dir():
+        raise StorageError(f"cannot write {path}: it is a directory")
+    return path
+
+
 def _out_dir(text: str) -> Path:
     path = Path(text)
     if path.exists() and not path.is_dir():
@@ -595,7 +605,7 @@ def build_parser(plugins: dict[str, EntryPoint] | None = None) -> argparse.Argum
 
     p = sub.add_parser("snapshot", help="hash and sign a file or directory")
     p.add_argument("path", type=_existing)
-    p.add_argument("-o", "--output", type=Path, required=True, help="snapshot XML to write")
+    p.add_argument("-o", "--output", type=_new_file, required=True, help="snapshot XML to write")
     p.add_argument("--key", type=signing_key, required=True,
                    help="Ed25519 signing key (PEM); made if missing")  # fmt: skip
     p.add_argument("--name", help="package name (default: the path's name)")

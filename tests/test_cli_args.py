@@ -92,6 +92,8 @@ BAD = [
     ("snapshot {pkg} -o {out}.xml --key {garbage_pem}", 2, "not an Ed25519 PEM private key"),
     ("snapshot {missing} -o {out}.xml --key {sign_pem}", 4, "cannot read"),
     ("snapshot {pkg} -o {out}.xml --key {missing}/sub/k.pem", 4, "cannot create signing key"),
+    ("snapshot {pkg} -o {missing}/s.xml --key {sign_pem}", 4, "cannot write"),
+    ("snapshot {pkg} -o {pkg} --key {sign_pem}", 4, "it is a directory"),
     ("sessions --duration 0", 2, "argument --duration"),
     ("sessions --interface 10.0.0.256", 2, "not an IPv4 address"),
     ("frobnicate", 2, "invalid choice: 'frobnicate'"),
@@ -186,3 +188,11 @@ def test_a_plug_in_that_cannot_load_is_exit_2(
 def test_pyproject_registers_the_demo_as_a_plug_in() -> None:
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert meta["project"]["entry-points"][cli.PLUGIN_GROUP]["demo"] == "bench.demo:main"
+
+
+def test_session_key_files_that_are_fine(tmp_path: Path) -> None:
+    raw = bytes(range(32))  # not text: taken as the raw key
+    (tmp_path / "raw").write_bytes(raw)
+    (tmp_path / "hex").write_text(f"  {raw.hex()}\n")
+    assert cli.session_key(str(tmp_path / "raw")) == raw
+    assert cli.session_key(str(tmp_path / "hex")) == raw
