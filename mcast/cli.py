@@ -224,7 +224,7 @@ def _positive_float(text: str) -> float:
     except ValueError:
         raise _bad(f"not a number: {text!r}") from None
     if not math.isfinite(value) or value <= 0:
-        raise _bad(f"must be a positive number of seconds: {text!r}")
+        raise _bad(f"must be a positive number: {text!r}")
     return value
 
 
