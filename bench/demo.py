@@ -13,7 +13,9 @@ One run, everything it starts removed at the end (also on failure, Ctrl-C and SI
    each its own process, with this run's own discovery channel so that no other run's sessions
    count against the subnet's limit). Each agent first imports everything and says ``ready``;
    the demo then releases all of them at the same moment, so they meet in one multicast
-   session: one master downloads over HTTP and multicasts, the others join it;
+   session: one master downloads over HTTP and multicasts, the others join it. Beside the
+   server, ``mcast sessions --json`` listens to that discovery channel from before the release
+   to the end: the sessions the demo reports are the ones it heard;
 4. live progress from the agents' JSON lines (a table redrawn in place on a terminal), then a
    table per agent: route, bytes by multicast and by HTTP, payload verified (the demo re-hashes
    the agent's cached files itself), exit code of the command, and the status the SERVER
@@ -23,9 +25,12 @@ One run, everything it starts removed at the end (also on failure, Ctrl-C and SI
 route (master/joined/http/cached), bytes by multicast and HTTP, verified, exit code and the
 server's recorded status (with the server's byte counts); totals ``package_size``,
 ``bytes_http_total``, ``http_ratio`` (= bytes_http_total / package_size), ``sessions`` (the
-number of agents that were a session's master: every multicast session has exactly one; the
-engine does not report session ids), ``wall_s`` (from the release of the agents to the last
-one's exit) and ``all_ok``. Exit 0 only if every agent verified the package, ran the command
+distinct session ids heard announcing data on the agents' discovery group by an
+``mcast sessions --json`` observer the demo runs beside the server; ``session_ids`` lists
+them, ``claims_only`` counts claims that never sent), ``masters`` (the agents whose route
+says they started one), ``wall_s`` (from the release of the agents to the last one's exit)
+and ``all_ok``. ``verified`` is the demo's own re-hash of each agent's cached files.
+Exit 0 only if every agent verified the package, ran the command
 with exit 0 and the server recorded ``succeeded`` for it; 1 otherwise; 2 for bad arguments or
 a missing prerequisite (``--lab`` without root); 130 when interrupted.
 
@@ -58,8 +63,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from bench.labnet import REPO_ROOT, Lab, LabError, Proc, child_env, lab_available, parse_rate
-from mcast.units import parse_size
+from bench.labnet import Lab, LabError, Proc, child_env, lab_available
+from bench.labpkg import sha256_file
+from mcast.cli import ArgParser
+from mcast.units import parse_rate, parse_size
 
 PY = sys.executable
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -67,18 +74,6 @@ WORKDIR_PREFIX = "mcast-demo-"
 PACKAGE_NAME = "demo"
 MARKER = "demo-installed.txt"  # written by install.py into the agent's state dir
 DISCOVERY_GROUP_PREFIX = "239.255.78."  # clear of data groups (239.255.1-76.y) and 77.x
-
-# Runs in each agent process: import everything, say ready, wait for "go", then be the agent.
-_LAUNCHER = """\
-import json, os, sys
-os.environ["MCAST_DEMO_MARKER"] = sys.argv[1]
-import mcast.fetch
-from agent.cli import main
-print(json.dumps({"event": "ready"}), flush=True)
-if sys.stdin.readline().strip() != "go":
-    sys.exit(130)
-sys.exit(main(sys.argv[2:]))
-"""
 
 _INSTALL_PY = """\
 \"\"\"Demo installer: re-hash the payload, record that it ran here, say so.\"\"\"
@@ -119,6 +114,7 @@ class Setup:
     package_size: int
     files: dict[str, str]  # relative path -> sha256 hex
     guids: list[str]
+    session_key_file: Path  # the package's session key, for the session observer
 
 
 def _write_random(path: Path, size: int) -> str:
@@ -167,7 +163,11 @@ def prepare(work: Path, agents: int, size: int, subnet: str, fail: int) -> Setup
         store.add_task(task, guids)
     finally:
         store.close()
-    return Setup(work, data, data / repo.PUB_NAME, task.task_id, row.hash, row.size, files, guids)
+    key_file = work / "session.key"
+    key_file.write_text(row.session_key)
+    return Setup(
+        work, data, data / repo.PUB_NAME, task.task_id, row.hash, row.size, files, guids, key_file
+    )
 
 
 def wait_url(proc: Proc, timeout: float) -> str:
@@ -225,7 +225,7 @@ class Loopback:
     def spawn(self, who: int, argv: list[str]) -> Proc:
         popen = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE,
-            text=True, bufsize=1, env=child_env(), cwd=REPO_ROOT, start_new_session=True,
+            text=True, bufsize=1, env=child_env(), start_new_session=True,
         )  # fmt: skip
         proc = Proc("local", argv, popen)
         self.procs.append(proc)
@@ -337,23 +337,16 @@ def agent_argv(v: AgentView, url: str, setup: Setup, discovery: str) -> list[str
         "--trust-key", str(setup.pub), "--once", "--json", "--ip", v.addr,
         "--interface", v.addr, "--discovery", discovery, "--command-timeout", "60",
     ]  # fmt: skip
-    return [PY, "-c", _LAUNCHER, str(v.state_dir / MARKER), *args]
+    return [PY, "-m", "bench.demo_agent", str(v.state_dir / MARKER), *args]
 
 
 def cache_verified(v: AgentView, setup: Setup) -> bool:
     """The demo's own check: every package file in the agent's cache has the right sha256."""
     root = v.state_dir / "cache" / setup.package_hash
-    for rel, want in setup.files.items():
-        path = root / rel
-        if not path.is_file():
-            return False
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-        if digest.hexdigest() != want:
-            return False
-    return True
+    return all(
+        (root / rel).is_file() and sha256_file(root / rel) == want
+        for rel, want in setup.files.items()
+    )
 
 
 # ---------------------------------------------------------------- display
@@ -423,11 +416,41 @@ def _signals() -> Iterator[None]:
                 signal.signal(sig, h)
 
 
+def start_observer(net: Net, setup: Setup, group: str, port: int) -> Proc:
+    """``mcast sessions --json`` on the agents' discovery group, beside the server: the
+    sessions the demo reports are the ones it hears announced, not a count it assumes."""
+    argv = [PY, "-m", "mcast.cli", "sessions", "--json", "--interface", net.addr(0),
+            "--group", group, "--port", str(port),
+            "--session-key-file", str(setup.session_key_file)]  # fmt: skip
+    observer = net.spawn(0, argv)
+    if observer.wait_json(lambda o: o.get("event") in ("listening", "error"), 30) is None:
+        raise LabError(f"the session observer did not start: {observer.describe()}")
+    last = observer.last_json()
+    if last is None or last[1].get("event") != "listening":
+        raise LabError(f"the session observer failed: {observer.describe()}")
+    return observer
+
+
+def sessions_heard(observer: Proc) -> dict[str, Any]:
+    """Distinct session ids announced on the discovery group: those that sent data, and the
+    claims (a would-be master's announce before it sends) that never became a session."""
+    sending, claimed = set(), set()
+    for _t, ev in observer.json_lines(0):
+        if ev.get("event") == "announce":
+            (claimed if ev.get("claiming") else sending).add(str(ev.get("session")))
+    return {"sessions": len(sending), "session_ids": sorted(sending),
+            "claims_only": len(claimed - sending)}  # fmt: skip
+
+
 def run_agents(
     net: Net, setup: Setup, views: list[AgentView], url: str, timeout: float, live: Any
-) -> float:
-    """Start every agent, release them together, follow them to the end; returns wall time."""
-    discovery = f"{DISCOVERY_GROUP_PREFIX}{random.randint(1, 254)}:{random.randint(47100, 47999)}"
+) -> tuple[float, dict[str, Any]]:
+    """Start every agent, release them together, follow them to the end, listening to the
+    discovery group all along; returns the wall time and the sessions heard."""
+    group = f"{DISCOVERY_GROUP_PREFIX}{random.randint(1, 254)}"
+    port = random.randint(47100, 47999)
+    discovery = f"{group}:{port}"
+    observer = start_observer(net, setup, group, port)
     for v in views:
         v.proc = net.spawn(v.index, agent_argv(v, url, setup, discovery))
     deadline = time.monotonic() + max(60.0, timeout)
@@ -465,11 +488,14 @@ def run_agents(
         time.sleep(0.1)
     for v in views:
         v.update()
-    return time.monotonic() - t0
+    wall = time.monotonic() - t0
+    observer.kill()
+    return wall, sessions_heard(observer)
 
 
 def summarize(
-    mode: str, setup: Setup, views: list[AgentView], status: dict[str, Any], wall: float
+    mode: str, setup: Setup, views: list[AgentView], status: dict[str, Any], wall: float,
+    heard: dict[str, Any],
 ) -> dict[str, Any]:
     per: list[dict[str, Any]] = []
     for v in views:
@@ -513,8 +539,8 @@ def summarize(
         "bytes_http_total": http_total,
         "bytes_multicast_total": sum(a["bytes_multicast"] for a in per),
         "http_ratio": round(http_total / setup.package_size, 4),
-        "sessions": len(masters),  # every multicast session has exactly one master
-        "masters": masters,
+        **heard,  # sessions: distinct session ids heard announcing on the discovery group
+        "masters": masters,  # agents whose route says they started a session
         "wall_s": round(wall, 3),
         "all_ok": bool(per) and all(a["ok"] for a in per),
         "per_agent": per,
@@ -550,9 +576,9 @@ def run_demo(args: argparse.Namespace, live_ok: bool) -> dict[str, Any]:
                 live_table(views, "mcast demo: starting"), refresh_per_second=8, transient=True
             )
         with live_cm as live:
-            wall = run_agents(net, setup, views, url, args.timeout, live)
+            wall, heard = run_agents(net, setup, views, url, args.timeout, live)
         status = server_status(setup.data, setup.task_id, setup.guids)
-        summary = summarize("lab" if args.lab else "loopback", setup, views, status, wall)
+        summary = summarize("lab" if args.lab else "loopback", setup, views, status, wall, heard)
         summary["server_url"] = url
         summary["workdir"] = str(work) if args.keep else None
         return summary
@@ -570,7 +596,7 @@ def run_demo(args: argparse.Namespace, live_ok: bool) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgParser(
         prog="mcast demo",
         description="The seed's Software Delivery flow end to end: the server stub, a task for "
         "N agent processes, one multicast session; a table per agent (or --json).",
@@ -589,7 +615,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="make the command exit 3 on the first K agents (a failure demo)",
     )
     p.add_argument("--lab", action="store_true", help="on the namespace lab (root)")
-    p.add_argument("--rate", default="100mbit", help="lab link rate (default 100mbit)")
+    p.add_argument("--rate", type=parse_rate, default="100mbit",
+                   help="lab link rate (default 100mbit; 0 = not shaped)")
     return p
 
 
@@ -607,10 +634,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--fail-agents must be 0..--agents")
     if args.timeout <= 0:
         parser.error("--timeout must be positive")
-    try:
-        args.rate = parse_rate(args.rate)
-    except ValueError as exc:
-        parser.error(str(exc))
     if args.lab:
         ok, why = lab_available()
         if not ok:

@@ -10,7 +10,11 @@ receiver in one of two modes and prints ONE JSON object:
 * ``multicast``: the engine. ``mcast.cli snapshot`` signs the package, every receiver runs
   ``mcast.cli recv`` (started first; the lab waits until each has joined the group, seen in
   ``ip maddr``), then h0 runs ``mcast.cli send``; ``wall_s`` is from the sender's start to
-  the last receiver's ``done`` line. The lab also re-hashes every received file itself.
+  the last receiver's ``done`` line.
+
+Every figure is observed: a receiver is ``verified`` only if its last JSON line is ``done``
+with ``complete: true`` (HTTP: the whole body) and the lab itself re-hashes its files equal
+on disk (``files_ok``); sender bytes are h0's eth0 counters.
 
     python -m bench.lab --receivers 8 --size 64M --rate 100mbit --loss 2 --mode http
 
@@ -23,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 import shlex
@@ -33,77 +36,35 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.lab_fetch import run_fetch
 from bench.labnet import (
     Lab,
     LabError,
     Proc,
     cleanup_stale,
-    parse_rate,
-    parse_size,
     pid_alive,
     run,
+    wait_all,
 )
+from bench.labpkg import (
+    BIG_NAME,
+    Package,
+    check_tree,
+    make_package,
+    receiver_verified,
+    sha256_file,
+)
+from mcast.units import format_rate, parse_rate, parse_size
 
 PY = sys.executable
 HTTP_PORT = 8080
 MCAST_GROUP = "239.255.77.1"
 MCAST_PORT = 47000
-BIG_NAME = "payload.bin"
-_CHUNK = 1 << 20
 WORKDIR_PREFIX = "mcast-lab-"
-
-
-# ---------------------------------------------------------------- the package
-
-@dataclass
-class Package:
-    root: Path
-    files: dict[str, tuple[int, str]] = field(default_factory=dict)  # rel -> (size, sha256)
-
-    @property
-    def total(self) -> int:
-        return sum(size for size, _ in self.files.values())
-
-
-def make_package(root: Path, size: int) -> Package:
-    """Random bytes: ``payload.bin`` of ``size`` bytes plus two small files (1 and 3 KiB)."""
-    pkg = Package(root)
-    root.mkdir(parents=True, exist_ok=True)
-    for rel, n in ((BIG_NAME, size), ("README.txt", 1024), ("etc/config.ini", 3072)):
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256()
-        with open(path, "wb") as f:
-            left = n
-            while left:
-                chunk = os.urandom(min(_CHUNK, left))
-                f.write(chunk)
-                digest.update(chunk)
-                left -= len(chunk)
-        pkg.files[rel] = (n, digest.hexdigest())
-    return pkg
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def check_tree(outdir: Path, pkg: Package) -> bool | None:
-    """True if every package file is under ``outdir`` with the right hash; None if none is."""
-    found = [rel for rel in pkg.files if (outdir / rel).is_file()]
-    if not found:
-        return None
-    return len(found) == len(pkg.files) and all(
-        sha256_file(outdir / rel) == pkg.files[rel][1] for rel in pkg.files)
 
 
 # ---------------------------------------------------------------- helpers
@@ -118,13 +79,6 @@ def cleanup_stale_workdirs(parent: str | None = None) -> list[str]:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(str(path))
     return removed
-
-
-def rate_text(bps: int) -> str:
-    for div, unit in ((10**9, "gbit"), (10**6, "mbit"), (10**3, "kbit")):
-        if bps % div == 0:
-            return f"{bps // div}{unit}"
-    return f"{bps}bit"
 
 
 DEFAULT_MCAST_CMD = (PY, "-m", "mcast.cli")
@@ -149,39 +103,13 @@ def mcast_cli_has_send() -> tuple[bool, str]:
     return True, ""
 
 
-def _wait_all(procs: dict[str, Proc], is_final: Callable[[dict[str, Any]], bool],
-              deadline: float, keep_going: bool) -> dict[str, tuple[float, dict[str, Any]] | None]:
-    """Wait until each process printed a final JSON line or exited; None for a failure.
-
-    Without ``keep_going`` the wait stops at the first failure (the rest count as failed).
-    """
-    results: dict[str, tuple[float, dict[str, Any]] | None] = {}
-    seen = dict.fromkeys(procs, 0)
-    while len(results) < len(procs):
-        for host, proc in procs.items():
-            if host in results:
-                continue
-            finished = proc.finished  # read before the lines: no line can be missed
-            new = proc.json_lines(seen[host])
-            seen[host] += len(new)
-            final = next(((t, o) for t, o in new if is_final(o)), None)
-            if final is not None or finished:
-                results[host] = final
-                if final is None and not keep_going:
-                    return results
-        if len(results) < len(procs) and time.monotonic() > deadline:
-            break
-        time.sleep(0.02)
-    return results
-
-
 def _receiver_entry(lab: Lab, host: str, proc: Proc, final: tuple[float, dict[str, Any]] | None,
                     t0: float) -> dict[str, Any]:
     entry: dict[str, Any] = {"host": host, "addr": lab.addr(host)}
     obj = final[1] if final else {}
     entry["completed"] = bool(final) and obj.get("event") == "done"
     entry["done_after_s"] = round(final[0] - t0, 4) if final else None
-    for key in ("bytes", "wall_s", "peak_rss_mb", "verified", "sha256", "status", "timeline",
+    for key in ("bytes", "wall_s", "peak_rss_mb", "complete", "sha256", "status", "timeline",
                 "naks_sent", "repairs", "bad_packets", "verify_failures", "reason"):
         if key in obj:
             entry[key] = obj[key]
@@ -215,15 +143,16 @@ def run_http(lab: Lab, pkg: Package, work: Path, timeout: float,
     t0 = time.monotonic()
     for proc in clients.values():
         proc.send("go\n")
-    finals = _wait_all(clients, lambda o: o.get("event") in ("done", "error"),
+    finals = wait_all(clients, lambda o: o.get("event") in ("done", "error"),
                        t0 + timeout, keep_going)
     after = lab.link_stats("h0")
     size, sha = pkg.files[BIG_NAME]
     per = []
     for host, proc in clients.items():
         entry = _receiver_entry(lab, host, proc, finals.get(host), t0)
-        entry["verified"] = entry["completed"] and entry.get("sha256") == sha \
-            and entry.get("bytes") == size
+        path = work / host / BIG_NAME  # re-hashed on disk, not taken from the client's report
+        entry["files_ok"] = entry["completed"] and path.is_file() and sha256_file(path) == sha
+        entry["verified"] = entry["files_ok"] and entry.get("bytes") == size
         per.append(entry)
     done_times = [f[0] for f in finals.values() if f and f[1].get("event") == "done"]
     return {"per_receiver": per, "t_end": max(done_times, default=None),
@@ -276,7 +205,7 @@ def run_multicast(lab: Lab, pkg: Package, work: Path, timeout: float, keep_going
         before = lab.link_stats("h0")
         t0 = time.monotonic()
         sender.send("go\n")
-        finals = _wait_all(active, lambda o: o.get("event") == "done", t0 + timeout,
+        finals = wait_all(active, lambda o: o.get("event") == "done", t0 + timeout,
                            keep_going)
         if len(finals) == len(active) and all(finals.values()):
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -285,10 +214,10 @@ def run_multicast(lab: Lab, pkg: Package, work: Path, timeout: float, keep_going
     after = lab.link_stats("h0")
     per = []
     for host, proc in receivers.items():
-        entry = _receiver_entry(lab, host, proc, finals.get(host), t0)
-        files_ok = check_tree(work / host, pkg) if entry["completed"] else False
-        entry["files_ok"] = files_ok
-        entry["verified"] = bool(entry.get("verified")) and files_ok is not False
+        final = finals.get(host)
+        entry = _receiver_entry(lab, host, proc, final, t0)
+        entry["files_ok"] = entry["completed"] and check_tree(work / host, pkg)
+        entry["verified"] = receiver_verified(final[1] if final else None, entry["files_ok"])
         per.append(entry)
     done_times = [f[0] for f in finals.values() if f]
     if sender is None:
@@ -328,7 +257,7 @@ def _wait_joined(lab: Lab, receivers: dict[str, Proc], group: str, timeout: floa
 
 # ---------------------------------------------------------------- one run
 
-def run_lab(receivers: int, size: int, rate_bps: int | None, loss: float, mode: str, *,
+def run_lab(receivers: int, size: int, rate_bps: int, loss: float, mode: str, *,
             keep_going: bool = False, timeout: float | None = None,
             workdir: str | None = None, sender_rate: str | None = None,
             loss_proto: str = "udp",
@@ -341,7 +270,7 @@ def run_lab(receivers: int, size: int, rate_bps: int | None, loss: float, mode: 
         copies = receivers if mode == "http" else 1
         timeout = 60 + 5 * (line_rate_s or size * 8 / 1e9) * copies
     if sender_rate is None:  # the engine paces to the link; with no link limit, it finds one
-        sender_rate = rate_text(rate_bps) if rate_bps else "0"
+        sender_rate = format_rate(rate_bps)
     work = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-", dir=workdir))
     try:
         t_gen = time.monotonic()
@@ -352,8 +281,6 @@ def run_lab(receivers: int, size: int, rate_bps: int | None, loss: float, mode: 
             if mode == "http":
                 res = run_http(lab, pkg, work, timeout, keep_going)
             elif mode == "fetch":
-                from bench.lab_fetch import run_fetch
-
                 res = run_fetch(lab, work, pkg, rate_bps, packages=packages,
                                 max_sessions=max_sessions, kill_sender_at=kill_sender_at,
                                 timeout=timeout * packages, keep_going=keep_going)
@@ -396,8 +323,10 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench.lab",
         description="Run one package distribution across a network-namespace lab LAN.")
     ap.add_argument("--receivers", type=int, default=3)
-    ap.add_argument("--size", default="16M", help="package size, binary units: 4096, 512K, 64M, 1G")
-    ap.add_argument("--rate", default="100mbit", help="link rate (tc tbf): 100mbit, 1gbit; 0/none")
+    ap.add_argument("--size", type=parse_size, default="16M",
+                    help="package size, binary units: 4096, 512K, 64M, 1G")
+    ap.add_argument("--rate", type=parse_rate, default="100mbit",
+                    help="link rate (tc tbf): 100mbit, 1gbit; 0 = not shaped")
     ap.add_argument("--loss", type=float, default=0.0, help="percent of UDP dropped per receiver")
     ap.add_argument("--loss-proto", default="udp", choices=["udp", "tcp", "all"],
                     help="which incoming packets the loss applies to (default udp)")
@@ -417,11 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=None, help="where the temp package dir goes")
     ap.add_argument("--json", action="store_true", help="compact one-line JSON")
     args = ap.parse_args(argv)
-    try:
-        size = parse_size(args.size)
-        rate_bps = parse_rate(args.rate)
-    except ValueError as exc:
-        ap.error(str(exc))
+    size, rate_bps = args.size, args.rate
     if not 0 <= args.loss <= 100:
         ap.error("--loss is a percentage, 0..100")
     if os.geteuid() != 0:

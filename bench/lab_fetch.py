@@ -11,30 +11,27 @@ discovery group with ``mcast sessions --json``; receiver i fetches package i mod
 
 The report adds to the lab's: per receiver the route, bytes by multicast and by HTTP, and
 from the observer's log ``max_live_sessions`` (sessions, not claims, alive at once, ended by
-END or by the agents' TTL) and ``sessions``.
+END or by the agents' TTL) and ``sessions`` (distinct session ids heard announcing data).
+``sender_tx_bytes`` is what h0 (the codebase server) sent, from its eth0 counters; a receiver
+is ``verified`` only if its JSON says complete and its files re-hash equal on disk.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.lab import (
-    BIG_NAME,
-    PY,
-    Package,
-    _wait_all,
-    check_tree,
-    make_package,
-    rate_text,
-)
-from bench.labnet import Lab, Proc
+from bench.labnet import Lab, Proc, wait_all
+from bench.labpkg import BIG_NAME, Package, check_tree, make_package, receiver_verified
 from mcast.discovery import SESSION_TTL
 from mcast.snapshot import parse_snapshot_xml
+from mcast.units import format_rate
 
+PY = sys.executable
 CODEBASE_PORT = 8080
 KILLED_GROUP = "239.255.66.1"
 
@@ -89,7 +86,7 @@ def run_fetch(
     lab: Lab,
     work: Path,
     first: Package,
-    rate_bps: int | None,
+    rate_bps: int,
     *,
     packages: int,
     max_sessions: int,
@@ -102,7 +99,7 @@ def run_fetch(
     pub = Path(f"{key}.pub")
     session_key = work / "session.key"
     session_key.write_text(os.urandom(32).hex())
-    rate = rate_text(rate_bps) if rate_bps else "0"
+    rate = format_rate(rate_bps)
     pkgs, snaps, urls = [], [], []
     size = first.files[BIG_NAME][0]  # the payload; make_package adds the small files
     for p in range(packages):  # package 0 is the one bench.lab already made
@@ -127,7 +124,9 @@ def run_fetch(
     try:
         if server.wait_json(lambda o: o.get("event") == "ready", 20) is None:
             raise RuntimeError(f"codebase server did not start: {server.describe()}")
-        time.sleep(0.3)  # the observer joins the discovery group
+        if observer.wait_json(lambda o: o.get("event") == "listening", 20) is None:
+            raise RuntimeError(f"session observer did not start: {observer.describe()}")
+        before = lab.link_stats("h0")
         t0 = time.monotonic()
         if kill_sender_at is not None:
             send = [*cli, "send", str(pkgs[0].root), "--snapshot", str(snaps[0]),
@@ -149,9 +148,10 @@ def run_fetch(
             agents[host] = lab.popen(host, argv)
         if sender is not None and kill_sender_at is not None:
             _kill_when_received(sender, agents, kill_sender_at * pkgs[0].total, timeout)
-        finals = _wait_all(agents, lambda o: o.get("event") in ("done", "error"),
+        finals = wait_all(agents, lambda o: o.get("event") in ("done", "error"),
                            time.monotonic() + timeout, keep_going)  # fmt: skip
         t_end = max((f[0] for f in finals.values() if f), default=None)
+        after = lab.link_stats("h0")  # h0 serves HTTP (and the killed session): what it sent
         time.sleep(SESSION_TTL)  # let the observer hear the last sessions end
     finally:
         for proc in (observer, server, sender):
@@ -163,10 +163,10 @@ def run_fetch(
         final = finals.get(host)
         obj = final[1] if final else {}
         ok = bool(final) and obj.get("event") == "done"
-        files_ok = check_tree(work / host, pkgs[i % packages]) if ok else False
+        files_ok = ok and check_tree(work / host, pkgs[i % packages])
         entry = {
-            "host": host, "package": i % packages, "completed": ok,
-            "verified": bool(ok and obj.get("verified") and files_ok),
+            "host": host, "package": i % packages, "completed": ok, "files_ok": files_ok,
+            "verified": receiver_verified(obj if final else None, files_ok),
             "done_after_s": round(final[0] - t0, 3) if final else None,
             **{k: obj.get(k) for k in ("route", "bytes_multicast", "bytes_http",
                                        "sessions_tried", "notes", "peak_rss_mb", "wall_s")},
@@ -189,6 +189,6 @@ def run_fetch(
         "http_fraction_max": round(max(http, default=0) / total, 4) if total else None,
         "multicast_bytes_total": sum(e["bytes_multicast"] or 0 for e in per),
         "kill_sender_at": kill_sender_at,
-        "sender_tx_bytes": 0,
-        "sender_tx_packets": 0,
+        "sender_tx_bytes": after["tx_bytes"] - before["tx_bytes"],
+        "sender_tx_packets": after["tx_packets"] - before["tx_packets"],
     }

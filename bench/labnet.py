@@ -1,10 +1,12 @@
 """Network-namespace plumbing for the lab LAN: build it, run processes in it, tear it down.
 
-This module owns the lab topology and nothing else: a switch namespace with a bridge
-(``br0``, multicast snooping off, so multicast floods like on a dumb switch), one host
-namespace per lab host (``h0`` is the sender, ``h1..hN`` the receivers), one veth per host
-with the switch end enslaved to ``br0`` and the host end named ``eth0``; rate limits with
-``tc tbf``; loss with an nftables ``numgen random`` drop on each receiver's ingress.
+This module owns the lab topology and the processes run in it (:class:`Proc`, their
+environment in :func:`child_env`, :func:`wait_all` for their last lines). The topology: a
+switch namespace with a bridge (``br0``, multicast snooping off, so multicast floods like on
+a dumb switch), one host namespace per lab host (``h0`` is the sender, ``h1..hN`` the
+receivers), one veth per host with the switch end enslaved to ``br0`` and the host end named
+``eth0``; rate limits with ``tc tbf``; loss with an nftables ``numgen random`` drop on each
+receiver's ingress.
 
 Safety (see DESIGN.md, "Network safety"):
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -33,7 +36,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +46,8 @@ _NAME_RE = re.compile(rf"^{PREFIX}(\d+)_(\d+)-")
 SUBNET = "198.18.0"  # lab hosts are SUBNET.1 .. SUBNET.(N+1), /24
 MAX_RECEIVERS = 200
 MCAST_ROUTE = "224.0.0.0/4"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# Where this process imports the project from (a checkout, or site-packages when installed).
+IMPORT_ROOT = Path(__file__).resolve().parent.parent
 _seq = itertools.count()
 
 
@@ -51,42 +55,7 @@ class LabError(RuntimeError):
     """A lab command failed (the message carries the command and its stderr)."""
 
 
-# ---------------------------------------------------------------- parsing helpers
-
-_SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_RATE_UNITS = {
-    "": 1, "bit": 1, "bps": 1,
-    "k": 10**3, "kbit": 10**3, "kbps": 10**3,
-    "m": 10**6, "mbit": 10**6, "mbps": 10**6,
-    "g": 10**9, "gbit": 10**9, "gbps": 10**9,
-}
-
-
-def parse_size(text: str | int) -> int:
-    """``"64M"`` -> 67108864. Units are binary (K=KiB, M=MiB, G=GiB); ``MiB``/``MB`` too."""
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise ValueError(f"bad size {text!r} (examples: 4096, 512K, 64M, 1G)")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).upper()])
-
-
-def parse_rate(text: str | int | None) -> int | None:
-    """``"100mbit"`` -> 100_000_000 bit/s (decimal, as tc); ``0``/``none`` -> None (no limit)."""
-    if text is None:
-        return None
-    if isinstance(text, int):
-        return text or None
-    t = text.strip().lower()
-    if t in ("", "0", "none", "off", "inf"):
-        return None
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]*)", t)
-    if not m or m.group(2) not in _RATE_UNITS:
-        raise ValueError(f"bad rate {text!r} (examples: 100mbit, 1gbit, 500kbit, 0/none)")
-    bps = int(float(m.group(1)) * _RATE_UNITS[m.group(2)])
-    return bps or None
-
+# ---------------------------------------------------------------- nftables
 
 def nft_loss_ruleset(loss_pct: float, proto: str = "udp", device: str = "eth0") -> str:
     """The nftables ruleset that drops ``loss_pct`` % of incoming ``proto`` packets on ``device``.
@@ -115,7 +84,7 @@ def run(argv: Sequence[str], *, check: bool = True, input: str | None = None,
         timeout: float = 30) -> subprocess.CompletedProcess[str]:
     """Run a command, capture its output; raise :class:`LabError` with stderr when it fails."""
     proc = subprocess.run(list(argv), input=input, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+                          timeout=timeout, check=False, env=child_env())
     if check and proc.returncode != 0:
         raise LabError(f"{' '.join(argv)} -> rc={proc.returncode}: {proc.stderr.strip()}")
     return proc
@@ -315,12 +284,61 @@ class Proc:
         return f"{self.host}: {' '.join(self.argv)} rc={self.popen.poll()} stderr: {tail}"
 
 
+def wait_all(procs: dict[str, Proc], is_final: Callable[[dict[str, Any]], bool],
+              deadline: float, keep_going: bool) -> dict[str, tuple[float, dict[str, Any]] | None]:
+    """Wait until each process printed a final JSON line or exited; None for a failure.
+
+    Without ``keep_going`` the wait stops at the first failure (the rest count as failed).
+    """
+    results: dict[str, tuple[float, dict[str, Any]] | None] = {}
+    seen = dict.fromkeys(procs, 0)
+    while len(results) < len(procs):
+        for host, proc in procs.items():
+            if host in results:
+                continue
+            finished = proc.finished  # read before the lines: no line can be missed
+            new = proc.json_lines(seen[host])
+            seen[host] += len(new)
+            final = next(((t, o) for t, o in new if is_final(o)), None)
+            if final is not None or finished:
+                results[host] = final
+                if final is None and not keep_going:
+                    return results
+        if len(results) < len(procs) and time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    return results
+
+
+def _proxy_free() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+
+
+@functools.cache
+def _extra_path() -> str | None:
+    """The directory to put first on a child's PYTHONPATH, or None when none is needed.
+
+    Children run ``sys.executable -m MODULE`` from this process's working directory and find
+    the project as any Python would: installed, on the inherited PYTHONPATH, or in the
+    working directory. Only when that finds other code than this process runs (a test run
+    whose ``pythonpath`` setting added a checkout, a checkout beside another installed copy)
+    is this process's import root put first, so that a child never runs other code than its
+    parent. Asked once, of a Python started the way the children are.
+    """
+    probe = subprocess.run(
+        [sys.executable, "-c", "import bench, mcast; print(bench.__file__); print(mcast.__file__)"],
+        capture_output=True, text=True, env=_proxy_free(), timeout=60, check=False)
+    found = [Path(line).resolve().parent.parent for line in probe.stdout.split()]
+    return None if found == [IMPORT_ROOT, IMPORT_ROOT] else str(IMPORT_ROOT)
+
+
 def child_env() -> dict[str, str]:
-    """Environment for lab children: repo importable, unbuffered output, no proxies."""
-    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
+    """Environment for lab and demo children: the same code as this process (see
+    :func:`_extra_path`), unbuffered output, no proxies."""
+    env = dict(_proxy_free(), PYTHONUNBUFFERED="1")
+    extra = _extra_path()
+    if extra is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (extra, env.get("PYTHONPATH", "")) if p)
     return env
 
 
@@ -339,7 +357,7 @@ class Lab:
             lab.exec("h1", ["ping", "-c1", lab.addr("h0")])
     """
 
-    def __init__(self, receivers: int, rate_bps: int | None = None, loss: float = 0.0,
+    def __init__(self, receivers: int, rate_bps: int = 0, loss: float = 0.0,
                  loss_proto: str = "udp", burst: str = "256k", latency: str = "20ms") -> None:
         if not 1 <= receivers <= MAX_RECEIVERS:
             raise ValueError(f"receivers must be 1..{MAX_RECEIVERS}")
@@ -518,7 +536,7 @@ class Lab:
         popen = subprocess.Popen(
             self._wrap(host, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, text=True, bufsize=1,
-            env=child_env(), cwd=cwd or REPO_ROOT, start_new_session=True)
+            env=child_env(), cwd=cwd, start_new_session=True)
         proc = Proc(host, argv, popen)
         self.procs.append(proc)
         return proc

@@ -1,40 +1,85 @@
-"""The ``mcast`` command line: snapshot, send, recv, fetch, sessions, and demo.
+"""The ``mcast`` command line: snapshot, send, recv, fetch, sessions, and plug-in commands.
 
 Owns argument parsing, turning every expected failure into one clear line and an exit code,
 and the two output styles: a rich progress bar on a terminal, or JSON lines (``--json``)
 whose last line is a summary with ``"event": "done"`` (or ``"error"``).
 
-Exit codes: 0 done, 1 the session ended before the package was complete, 2 bad arguments,
-3 snapshot not trusted or malformed, 4 file or disk error, 5 network or safety refusal,
-130 interrupted.
+Every argument is checked when it is given, by its argparse type: a bad value (a negative
+``--tries``, ``--interface notanip``, a group outside 239.255.0.0/16, a malformed key file)
+is one line on stderr and exit 2; a file that cannot be read is exit 4. Errors raised later
+are ``McastError``s whose ``exit_code`` is the status (see :mod:`mcast.errors`): 0 done,
+1 the session ended before the package was complete, 2 bad arguments, 3 snapshot not trusted
+or malformed, 4 file or disk error, 5 network or safety refusal, 130 interrupted.
+
+Plug-in commands: the engine imports nothing above it. Other packages add subcommands
+through the entry-point group ``mcast.commands``: an entry point ``NAME = "module:func"``
+makes ``mcast NAME ARGS...`` call ``func(ARGS)`` (a list of strings; it returns the exit
+status). The project's ``bench`` package registers ``demo = "bench.demo:main"`` in
+pyproject.toml, so ``mcast demo`` exists once the project is installed
+(``pip install -e .``).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import json
 import math
 import resource
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any, NoReturn
 
 import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from mcast.discovery import SessionTable
+from mcast.errors import (
+    ExitCode,
+    McastError,
+    NetworkError,
+    StorageError,
+    TrustError,
+    UsageError,
+)
+from mcast.receiver import ReceiverConfig
+from mcast.recv_driver import Channel, ReceiveProgress, receive
+from mcast.send_driver import SendProgress, send
+from mcast.sender import SenderConfig
+from mcast.snapshot import (
+    Snapshot,
+    SnapshotError,
+    TrustStore,
+    build_snapshot,
+    generate_key,
+    load_private_key,
+    load_public_key,
+    parse_snapshot_xml,
+    public_key_pem,
+    save_private_key,
+)
+from mcast.udp import (
+    DEFAULT_GROUP,
+    DEFAULT_INTERFACE,
+    DEFAULT_PORT,
+    DISCOVERY_GROUP,
+    DISCOVERY_PORT,
+    SAFE_GROUPS,
+    Endpoint,
+    UnsafeAddress,
+    check_endpoint,
+)
 from mcast.units import parse_rate, parse_size
+from mcast.wire import Announce, BadPacket, End, decode_untrusted
 
-EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_TRUST, EXIT_IO, EXIT_NET, EXIT_INTERRUPTED = (
-    0, 1, 2, 3, 4, 5, 130,
-)  # fmt: skip
-
-
-class CliError(Exception):
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
+PLUGIN_GROUP = "mcast.commands"
+# Plug-in commands the documentation promises, and where they come from when not installed.
+DOCUMENTED_PLUGINS = {"demo": "the project's bench package (pip install -e . in the repository)"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -70,6 +115,8 @@ class Output:
     def bar(self, description: str, total: float) -> None:
         if self.as_json or not sys.stderr.isatty():
             return
+        # rich is imported only when there is a terminal to draw on (about 30 ms saved for
+        # JSON output and for the benchmarks that run this CLI many times)
         from rich.progress import (
             BarColumn,
             DownloadColumn,
@@ -101,26 +148,19 @@ class Output:
             self._progress = None
 
     def _console(self) -> Any:
-        from rich.console import Console
+        from rich.console import Console  # for human output only, as in bar()
 
         return Console(stderr=True)
 
 
 @contextlib.contextmanager
 def engine_errors(out: Output) -> Iterator[None]:
-    """Turn the engine's expected failures into one clear line and an exit code."""
-    from mcast.fetch import FetchError
-    from mcast.partial import DownloadError
-    from mcast.source import SourceMismatch
-
+    """Close the progress display however the engine ends; a socket error is exit 5 (the
+    engine's own failures are McastErrors already and pass through)."""
     try:
         yield
-    except FetchError as exc:
-        raise CliError(str(exc), EXIT_INCOMPLETE) from None
-    except (DownloadError, SourceMismatch) as exc:
-        raise CliError(str(exc), EXIT_IO) from None
     except OSError as exc:
-        raise CliError(f"network error: {exc}", EXIT_NET) from None
+        raise NetworkError(f"network error: {exc}") from None
     finally:
         out.close()
 
@@ -130,100 +170,194 @@ def peak_rss_mb() -> float:
 
 
 # ---------------------------------------------------------------------------------------
-# shared argument helpers
+# argument types: each checks its value when it is given. A bad value raises
+# ArgumentTypeError (argparse prints one line, exit 2); a file that cannot be read raises a
+# StorageError, which argparse lets through to main (exit 4).
 
 
-def _channel_args(p: argparse.ArgumentParser) -> None:
-    from mcast.udp import DEFAULT_GROUP, DEFAULT_INTERFACE, DEFAULT_PORT
+class ArgParser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block) and exit 2."""
 
-    p.add_argument("--interface", default=DEFAULT_INTERFACE, help="local IPv4 address to use")
-    p.add_argument("--group", default=DEFAULT_GROUP, help="multicast group (239.255.0.0/16)")
-    p.add_argument("--port", type=_port, default=DEFAULT_PORT)
-    p.add_argument("--session-key-file", type=Path, help="file with the session's HMAC key")
-    p.add_argument("--json", action="store_true", help="JSON lines on stdout")
+    def error(self, message: str) -> NoReturn:
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _discovery_args(p: argparse.ArgumentParser) -> None:
-    from mcast.udp import DEFAULT_INTERFACE, DISCOVERY_GROUP, DISCOVERY_PORT
+def _bad(message: str) -> argparse.ArgumentTypeError:
+    return argparse.ArgumentTypeError(message)
 
-    p.add_argument("--interface", default=DEFAULT_INTERFACE, help="local IPv4 address to use")
-    p.add_argument("--group", default=DISCOVERY_GROUP, help="the subnet's discovery group")
-    p.add_argument("--port", type=_port, default=DISCOVERY_PORT)
-    p.add_argument("--session-key-file", type=Path, help="file with the session's HMAC key")
-    p.add_argument("--json", action="store_true", help="JSON lines on stdout")
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise StorageError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
 
 
 def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port: {text!r}") from None
+    port = _integer(text, "a port")
     if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range: {port}")
+        raise _bad(f"port out of range 1..65535: {port}")
     return port
+
+
+def _integer(text: str, what: str = "an integer") -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise _bad(f"not {what}: {text!r}") from None
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    def check(text: str) -> int:
+        value = _integer(text)
+        if value < low:
+            raise _bad(f"must be at least {low}: {value}")
+        return value
+
+    check.__name__ = f"integer >= {low}"
+    return check
 
 
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be positive")
+        raise _bad(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise _bad(f"must be a positive number: {text!r}")
     return value
 
 
-def _channel(args: argparse.Namespace) -> Any:
-    from mcast.recv_driver import Channel
-    from mcast.udp import UnsafeAddress, check_endpoint
-
+def _ipv4(text: str) -> str:
+    """A local IPv4 address (the interface multicast is pinned to)."""
     try:
-        check_endpoint(args.group, args.interface)
-    except UnsafeAddress as exc:
-        raise CliError(str(exc), EXIT_NET) from None
-    return Channel(args.group, args.port, args.interface)
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise _bad(f"not an IPv4 address: {text!r}") from None
 
 
-def read_session_key(path: Path | None) -> bytes | None:
-    """A session key file holds the key as hex (64 digits) or as 32 raw bytes."""
-    if path is None:
-        return None
+def _group(text: str) -> str:
+    group = _ipv4(text)
+    if ipaddress.IPv4Address(group) not in SAFE_GROUPS:
+        raise _bad(f"group {group} is outside {SAFE_GROUPS} (administratively scoped)")
+    return group
+
+
+def _block_size(text: str) -> int:
+    size = parse_size(text)
+    if size <= 0 or size % 2:
+        raise _bad(f"block size must be a positive even number of bytes: {text!r}")
+    return size
+
+
+def _url(text: str) -> str:
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or not rest.split("/")[0]:
+        raise _bad(f"not an http(s) URL: {text!r}")
+    return text
+
+
+def _existing(text: str) -> Path:
+    """A file or directory that must exist (the package to hash or send)."""
+    path = Path(text)
+    if not path.exists():
+        raise StorageError(f"cannot read {path}: No such file or directory")
+    return path
+
+
+def _new_file(text: str) -> Path:
+    """A file to write (the snapshot): its directory must exist."""
+    path = Path(text)
+    if not path.parent.is_dir():
+        raise StorageError(f"cannot write {path}: no directory {path.parent}")
+    if path.is_dir():
+        raise StorageError(f"cannot write {path}: it is a directory")
+    return path
+
+
+def _out_dir(text: str) -> Path:
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise StorageError(f"destination {path} exists and is not a directory")
+    return path
+
+
+def session_key(text: str) -> bytes:
+    """A session key file holds the key as hex digits (at least 32) or as 32 raw bytes."""
+    path = Path(text)
+    raw = _read(path, "session key")
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise CliError(f"cannot read session key {path}: {exc.strerror}", EXIT_IO) from None
-    text = raw.strip()
-    try:
-        key = bytes.fromhex(text.decode("ascii"))
+        key = bytes.fromhex(raw.strip().decode("ascii"))
     except (UnicodeDecodeError, ValueError):
+        if len(raw) != 32:
+            raise _bad(f"session key {path} is neither hex digits nor 32 raw bytes") from None
         key = raw
     if len(key) < 16:
-        raise CliError(f"session key in {path} is shorter than 16 bytes", EXIT_USAGE)
+        raise _bad(f"session key in {path} is shorter than 16 bytes")
     return key
 
 
-def load_snapshot(path: Path, trust_key: Path | None) -> Any:
-    from mcast.snapshot import (
-        SnapshotError,
-        TrustStore,
-        load_public_key,
-        parse_snapshot_xml,
-    )
+def trust_key(text: str) -> Ed25519PublicKey:
+    """An Ed25519 public key (PEM), or the public half of a PEM private key."""
+    path = Path(text)
+    try:
+        return load_public_key(_read(path, "trust key"))
+    except SnapshotError:
+        raise _bad(f"{path} is not an Ed25519 PEM key") from None
 
+
+@dataclass(frozen=True)
+class SigningKey:
+    path: Path
+    key: Ed25519PrivateKey | None  # None: the file does not exist yet and will be made
+
+
+def signing_key(text: str) -> SigningKey:
+    path = Path(text)
+    if not path.exists():
+        if not path.parent.is_dir():
+            raise StorageError(f"cannot create signing key {path}: no directory {path.parent}")
+        return SigningKey(path, None)
+    _read(path, "signing key")  # unreadable: exit 4; malformed: exit 2
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise CliError(f"cannot read snapshot {path}: {exc.strerror}", EXIT_IO) from None
+        return SigningKey(path, load_private_key(path))
+    except SnapshotError:
+        raise _bad(f"{path} is not an Ed25519 PEM private key") from None
+
+
+def snapshot_file(text: str) -> Snapshot:
+    """A snapshot document, parsed (not yet checked against the trust key): exit 3 if it is
+    not well formed."""
+    path = Path(text)
+    data = _read(path, "snapshot")
     try:
-        snap = parse_snapshot_xml(data)
-        if trust_key is not None:
-            try:
-                public = load_public_key(trust_key.read_bytes())
-            except OSError as exc:
-                raise CliError(f"cannot read key {trust_key}: {exc.strerror}", EXIT_IO) from None
-            TrustStore.of(public).verify(snap, time.time())
+        return parse_snapshot_xml(data)
     except SnapshotError as exc:
-        raise CliError(f"snapshot {path}: {exc}", EXIT_TRUST) from None
+        raise TrustError(f"snapshot {path}: {exc}") from None
+
+
+def _channel_args(p: argparse.ArgumentParser, group: str, port: int) -> None:
+    p.add_argument("--interface", type=_ipv4, default=DEFAULT_INTERFACE,
+                   help="local IPv4 address multicast is pinned to")  # fmt: skip
+    p.add_argument("--group", type=_group, default=group, help="multicast group (239.255.0.0/16)")
+    p.add_argument("--port", type=_port, default=port)
+    p.add_argument("--session-key-file", dest="session_key", type=session_key,
+                   help="file with the session's HMAC key (hex, or 32 raw bytes)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="JSON lines on stdout")
+
+
+def _channel(args: argparse.Namespace) -> Channel:
+    try:
+        check_endpoint(args.group, args.interface)
+    except UnsafeAddress as exc:
+        raise NetworkError(str(exc)) from None
+    return Channel(args.group, args.port, args.interface)
+
+
+def verified_snapshot(snap: Snapshot, public: Ed25519PublicKey | None) -> Snapshot:
+    """The snapshot, checked against the trust key when one is given (exit 3 if not)."""
+    if public is not None:
+        TrustStore.of(public).verify(snap, time.time())
     return snap
 
 
@@ -232,38 +366,29 @@ def load_snapshot(path: Path, trust_key: Path | None) -> Any:
 
 
 def cmd_snapshot(args: argparse.Namespace, out: Output) -> int:
-    from mcast.snapshot import (
-        SnapshotError,
-        build_snapshot,
-        generate_key,
-        load_private_key,
-        public_key_pem,
-        save_private_key,
-    )
-
-    key_path: Path = args.key
-    if key_path.exists():
-        key = load_private_key(key_path)
-    else:
-        key = generate_key()
-        save_private_key(key, key_path)
-        out.say(f"created signing key {key_path}")
-    pub_path = key_path.with_name(key_path.name + ".pub")
-    if not pub_path.exists():
-        pub_path.write_bytes(public_key_pem(key.public_key()))
+    signer: SigningKey = args.key
+    key = signer.key
     try:
-        snap = build_snapshot(
-            args.path,
-            args.name,
-            version=args.version,
-            block_size=args.block_size,
-            valid_for=args.valid_days * 86400,
-        ).signed(key)
-    except SnapshotError as exc:
-        raise CliError(str(exc), EXIT_IO) from None
+        if key is None:
+            key = generate_key()
+            save_private_key(key, signer.path)
+            out.say(f"created signing key {signer.path}")
+        pub_path = signer.path.with_name(signer.path.name + ".pub")
+        if not pub_path.exists():
+            pub_path.write_bytes(public_key_pem(key.public_key()))
+        try:
+            snap = build_snapshot(
+                args.path,
+                args.name,
+                version=args.version,
+                block_size=args.block_size,
+                valid_for=args.valid_days * 86400,
+            ).signed(key)
+        except SnapshotError as exc:  # an unsafe file name or a special file in the tree
+            raise StorageError(str(exc)) from None
+        args.output.write_bytes(snap.to_xml())
     except OSError as exc:
-        raise CliError(f"cannot read {args.path}: {exc.strerror}", EXIT_IO) from None
-    args.output.write_bytes(snap.to_xml())
+        raise StorageError(f"{exc.filename or args.path}: {exc.strerror or exc}") from None
     out.event(
         "done", snapshot=str(args.output), hash=snap.package_hash_hex, size=snap.total_size,
         files=len(snap.files), units=snap.block_count, public_key=str(pub_path),
@@ -272,16 +397,12 @@ def cmd_snapshot(args: argparse.Namespace, out: Output) -> int:
         f"{args.output}: {len(snap.files)} files, {snap.total_size:,} bytes,"
         f" hash {snap.package_hash_hex[:16]}…, signed by {snap.key_id}"
     )
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_send(args: argparse.Namespace, out: Output) -> int:
-    from mcast.send_driver import SendProgress, send
-    from mcast.sender import SenderConfig
-
-    snap = load_snapshot(args.snapshot, args.trust_key)
+    snap = verified_snapshot(args.snapshot, args.trust_key)
     ch = _channel(args)
-    key = read_session_key(args.session_key_file)
     cfg = SenderConfig(
         group=ch.group, port=ch.port, rate_bps=args.rate, linger=args.linger,
         receiver_timeout=args.receiver_timeout,
@@ -300,13 +421,10 @@ def cmd_send(args: argparse.Namespace, out: Output) -> int:
             out.event("progress", progress=round(p.progress, 4), receivers=p.receivers_active,
                       bytes_sent=p.bytes_sent, repairs=p.repairs_sent)  # fmt: skip
 
-    from mcast.recv_driver import Channel
-    from mcast.udp import DISCOVERY_GROUP, DISCOVERY_PORT
-
     disc = None if args.no_discovery else Channel(DISCOVERY_GROUP, DISCOVERY_PORT, ch.interface)
     with engine_errors(out):
-        result = trio.run(lambda: send(snap, args.path, channel=ch, key=key, config=cfg,
-                                       progress=progress, discovery=disc))  # fmt: skip
+        result = trio.run(lambda: send(snap, args.path, channel=ch, key=args.session_key,
+                                       config=cfg, progress=progress, discovery=disc))  # fmt: skip
     s = result.stats
     out.event(
         "done", reason=result.reason, receivers_done=result.receivers_done,
@@ -319,16 +437,12 @@ def cmd_send(args: argparse.Namespace, out: Output) -> int:
         f"session ended ({result.reason}): {result.receivers_done} receivers done,"
         f" {result.receivers_lost} lost; {s.data_sent:,} data + {s.parity_sent:,} repair packets"
     )
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_recv(args: argparse.Namespace, out: Output) -> int:
-    from mcast.receiver import ReceiverConfig
-    from mcast.recv_driver import ReceiveProgress, receive
-
-    snap = load_snapshot(args.snapshot, args.trust_key)
+    snap = verified_snapshot(args.snapshot, args.trust_key)
     ch = _channel(args)
-    key = read_session_key(args.session_key_file)
     cfg = ReceiverConfig(silence_timeout=args.timeout)
     out.event("start", hash=snap.package_hash_hex, size=snap.total_size, out=str(args.out))
     out.bar(f"waiting for {snap.name}", snap.total_size)
@@ -344,8 +458,8 @@ def cmd_recv(args: argparse.Namespace, out: Output) -> int:
                       bytes=p.bytes_verified)  # fmt: skip
 
     with engine_errors(out):
-        result = trio.run(lambda: receive(snap, args.out, channel=ch, key=key, config=cfg,
-                                          progress=progress))  # fmt: skip
+        result = trio.run(lambda: receive(snap, args.out, channel=ch, key=args.session_key,
+                                          config=cfg, progress=progress))  # fmt: skip
     s = result.stats
     assert s is not None
     out.event(
@@ -359,24 +473,26 @@ def cmd_recv(args: argparse.Namespace, out: Output) -> int:
     )  # fmt: skip
     if result.complete:
         out.say(f"{snap.name}: {len(result.files)} files verified in {args.out}")
-        return EXIT_OK
+        return ExitCode.OK
     out.say(
         f"{snap.name}: incomplete ({result.reason}); {result.units_verified}/{result.units_total}"
         " units kept for resume"
     )
-    return EXIT_INCOMPLETE
+    return ExitCode.INCOMPLETE
 
 
 def cmd_fetch(args: argparse.Namespace, out: Output) -> int:
+    # Imported here, not at the top: mcast.fetch pulls in httpx (about 0.2 s), which no
+    # other command needs.
     from mcast.fetch import FetchProgress, FetchSettings, fetch
 
-    snap = load_snapshot(args.snapshot, args.trust_key)
+    snap = verified_snapshot(args.snapshot, args.trust_key)
     ch = _channel(args)
     settings = FetchSettings(
         multicast_enabled=not args.no_multicast, min_multicast_size=args.min_multicast_size,
         max_sessions_per_subnet=args.max_sessions, multicast_tries=args.tries,
         time_budget_s=args.budget, speed_test=not args.no_speed_test,
-        session_key=read_session_key(args.session_key_file), interface=ch.interface,
+        session_key=args.session_key, interface=ch.interface,
         discovery_group=ch.group, discovery_port=ch.port, rate_bps=args.rate,
         serve_after_s=args.linger,
     )  # fmt: skip
@@ -407,20 +523,16 @@ def cmd_fetch(args: argparse.Namespace, out: Output) -> int:
         f" {result.bytes_http:,} by HTTP"
         + (f" ({'; '.join(result.notes)})" if result.notes else "")
     )
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_sessions(args: argparse.Namespace, out: Output) -> int:
-    from mcast.discovery import SessionTable
-    from mcast.udp import Endpoint
-    from mcast.wire import Announce, BadPacket, End, decode_untrusted
-
     ch = _channel(args)
-    key = read_session_key(args.session_key_file)
+    key = args.session_key
     table = SessionTable()
 
     def render() -> Any:
-        from rich.table import Table
+        from rich.table import Table  # on a terminal only: JSON output never loads rich
 
         t = Table(title=f"sessions on {ch.group}:{ch.port} via {ch.interface}")
         for col in ("session", "package", "data group", "rate", "progress", "receivers", "state"):
@@ -435,9 +547,11 @@ def cmd_sessions(args: argparse.Namespace, out: Output) -> int:
 
     async def listen() -> None:
         ep = Endpoint.open(ch.group, ch.port, ch.interface)
+        # joined: an observer (the demo, the lab) may start what it watches from now on
+        out.event("listening", group=ch.group, port=ch.port, interface=ch.interface)
         live = None
         if not out.as_json:
-            from rich.live import Live
+            from rich.live import Live  # on a terminal only, as above
 
             live = Live(render(), console=out._console(), auto_refresh=False)
             live.start()
@@ -471,39 +585,42 @@ def cmd_sessions(args: argparse.Namespace, out: Output) -> int:
             out.event("end", t=round(time.monotonic(), 4), session=f"{msg.session:016x}",
                       reason=msg.reason)  # fmt: skip
 
-    try:
+    with engine_errors(out):
         trio.run(listen)
-    except OSError as exc:
-        raise CliError(f"network error: {exc}", EXIT_NET) from None
-    return EXIT_OK
+    return ExitCode.OK
 
 
 # ---------------------------------------------------------------------------------------
-# parser and entry point
+# parser, plug-ins and entry point
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="mcast", description="Multicast-first package delivery (see README.md)."
-    )
+def plugin_commands() -> dict[str, EntryPoint]:
+    """The subcommands other installed packages add (entry-point group ``mcast.commands``)."""
+    return {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
+
+
+def build_parser(plugins: dict[str, EntryPoint] | None = None) -> argparse.ArgumentParser:
+    ap = ArgParser(prog="mcast", description="Multicast-first package delivery (see README.md).")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("snapshot", help="hash and sign a file or directory")
-    p.add_argument("path", type=Path)
-    p.add_argument("-o", "--output", type=Path, required=True, help="snapshot XML to write")
-    p.add_argument("--key", type=Path, required=True, help="Ed25519 key (PEM); made if missing")
+    p.add_argument("path", type=_existing)
+    p.add_argument("-o", "--output", type=_new_file, required=True, help="snapshot XML to write")
+    p.add_argument("--key", type=signing_key, required=True,
+                   help="Ed25519 signing key (PEM); made if missing")  # fmt: skip
     p.add_argument("--name", help="package name (default: the path's name)")
-    p.add_argument("--version", type=int, default=1)
-    p.add_argument("--block-size", type=parse_size, default=64 * 1024)
+    p.add_argument("--version", type=_at_least(0), default=1)
+    p.add_argument("--block-size", type=_block_size, default=64 * 1024)
     p.add_argument("--valid-days", type=_positive_float, default=30.0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_snapshot)
 
     p = sub.add_parser("send", help="serve a package on a multicast group")
-    p.add_argument("path", type=Path, help="the package file or directory")
-    p.add_argument("--snapshot", type=Path, required=True)
-    p.add_argument("--trust-key", type=Path, help="public key to check the snapshot with")
-    p.add_argument("--rate", type=parse_rate, default=100_000_000, help="e.g. 100mbit, 1gbit")
+    p.add_argument("path", type=_existing, help="the package file or directory")
+    p.add_argument("--snapshot", type=snapshot_file, required=True)
+    p.add_argument("--trust-key", type=trust_key, help="public key to check the snapshot with")
+    p.add_argument("--rate", type=parse_rate, default=100_000_000,
+                   help="e.g. 100mbit, 1gbit; 0 = no cap (find the receivers' pace)")  # fmt: skip
     p.add_argument("--linger", type=_positive_float, default=2.0,
                    help="seconds to stay after the last receiver is done")  # fmt: skip
     p.add_argument("--receiver-timeout", type=_positive_float, default=5.0)
@@ -511,63 +628,84 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not announce the session on the subnet's discovery group")  # fmt: skip
     p.add_argument("--wait-go", action="store_true",
                    help="load everything, print ready, start on a line on stdin")  # fmt: skip
-    _channel_args(p)
+    _channel_args(p, DEFAULT_GROUP, DEFAULT_PORT)
     p.set_defaults(func=cmd_send)
 
     p = sub.add_parser("recv", help="receive a package from a multicast session")
-    p.add_argument("--snapshot", type=Path, required=True)
-    p.add_argument("--trust-key", type=Path, required=True, help="public key of the signer")
-    p.add_argument("--out", type=Path, required=True, help="destination directory")
+    p.add_argument("--snapshot", type=snapshot_file, required=True)
+    p.add_argument("--trust-key", type=trust_key, required=True, help="public key of the signer")
+    p.add_argument("--out", type=_out_dir, required=True, help="destination directory")
     p.add_argument("--timeout", type=_positive_float, default=10.0,
                    help="give up after this many seconds without the session")  # fmt: skip
-    _channel_args(p)
+    _channel_args(p, DEFAULT_GROUP, DEFAULT_PORT)
     p.set_defaults(func=cmd_recv)
 
     p = sub.add_parser("fetch", help="get a package: join or start a session, HTTP for the rest")
-    p.add_argument("--snapshot", type=Path, required=True)
-    p.add_argument("--trust-key", type=Path, required=True, help="public key of the signer")
-    p.add_argument("--out", type=Path, required=True, help="destination directory")
-    p.add_argument("--codebase", action="append", help="package URL (repeatable), for HTTP")
-    p.add_argument("--max-sessions", type=int, default=1, help="sessions allowed per subnet")
-    p.add_argument("--tries", type=int, default=3, help="multicast sessions before HTTP")
+    p.add_argument("--snapshot", type=snapshot_file, required=True)
+    p.add_argument("--trust-key", type=trust_key, required=True, help="public key of the signer")
+    p.add_argument("--out", type=_out_dir, required=True, help="destination directory")
+    p.add_argument("--codebase", type=_url, action="append",
+                   help="package URL (repeatable), for HTTP")  # fmt: skip
+    p.add_argument("--max-sessions", type=_at_least(1), default=1,
+                   help="sessions allowed per subnet")  # fmt: skip
+    p.add_argument("--tries", type=_at_least(0), default=3,
+                   help="multicast sessions before HTTP (0: HTTP only)")  # fmt: skip
     p.add_argument("--budget", type=_positive_float, default=600.0,
                    help="seconds for multicast before HTTP")  # fmt: skip
     p.add_argument("--no-multicast", action="store_true")
     p.add_argument("--no-speed-test", action="store_true")
     p.add_argument("--min-multicast-size", type=parse_size, default=0)
     p.add_argument("--rate", type=parse_rate, default=100_000_000,
-                   help="rate of a session this agent starts")  # fmt: skip
+                   help="rate of a session this agent starts; 0 = no cap")  # fmt: skip
     p.add_argument("--linger", type=_positive_float, default=2.0,
                    help="a master serves this long after its last receiver")  # fmt: skip
-    _discovery_args(p)
+    _channel_args(p, DISCOVERY_GROUP, DISCOVERY_PORT)
     p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("sessions", help="list the multicast sessions live on the subnet")
     p.add_argument("--duration", type=_positive_float, help="stop after this many seconds")
-    _discovery_args(p)
+    _channel_args(p, DISCOVERY_GROUP, DISCOVERY_PORT)
     p.set_defaults(func=cmd_sessions)
 
-    sub.add_parser("demo", help="the whole flow on this machine: server, agents, multicast"
-                   " (mcast demo --help)")  # fmt: skip
+    for name, ep in sorted((plugins or {}).items()):
+        # listed in ``mcast --help``; main() runs them before argparse sees their options
+        sub.add_parser(name, help=f"plug-in command ({ep.value}; mcast {name} --help)")
     return ap
+
+
+def run_plugin(name: str, plugins: dict[str, EntryPoint], words: list[str]) -> int:
+    """``mcast NAME ARGS``: the plug-in parses its own options (argparse's REMAINDER would
+    refuse them)."""
+    ep = plugins.get(name)
+    if ep is None:
+        raise UsageError(
+            f"'{name}' is a plug-in command that is not installed; it comes with"
+            f" {DOCUMENTED_PLUGINS[name]}"
+        )
+    try:
+        func = ep.load()
+    except ImportError as exc:
+        raise UsageError(f"plug-in command '{name}' ({ep.value}) cannot be loaded: {exc}") from None
+    return int(func(words))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
-    if words[:1] == ["demo"]:  # the demo parses its own options (argparse's REMAINDER refuses them)
-        from bench.demo import main as demo_main
-
-        return int(demo_main(words[1:]))
-    parser = build_parser()
-    args = parser.parse_args(words)
-    out = Output(getattr(args, "json", False))
-    func: Callable[[argparse.Namespace, Output], int] = args.func
+    out = Output("--json" in words)  # for errors before the arguments are parsed
     try:
+        plugins = plugin_commands()
+        command = words[0] if words else ""
+        builtin = command in ("snapshot", "send", "recv", "fetch", "sessions")
+        if not builtin and (command in plugins or command in DOCUMENTED_PLUGINS):
+            return run_plugin(command, plugins, words[1:])
+        args = build_parser(plugins).parse_args(words)
+        out = Output(args.json)
+        func: Callable[[argparse.Namespace, Output], int] = args.func
         return func(args, out)
-    except CliError as exc:
-        _error(out, str(exc), exc.code)
+    except McastError as exc:
+        _error(out, str(exc), exc.exit_code)
     except KeyboardInterrupt:
-        _error(out, "interrupted", EXIT_INTERRUPTED)
+        _error(out, "interrupted", ExitCode.INTERRUPTED)
 
 
 def _error(out: Output, message: str, code: int) -> NoReturn:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import reed_solomon_leopard as _rs
 
+from mcast.errors import McastError
 
-class FecError(Exception):
+
+class FecError(McastError):
     """Not enough shards, or shards of the wrong size, to decode a block."""
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import trio
 
 from mcast.discovery import Action, Claim, Heard, SessionTable, claim_outcome, data_channel, decide
+from mcast.errors import McastError
 from mcast.http_fetch import HttpFetchError, fetch_missing
 from mcast.partial import PartialDownload
 from mcast.receiver import ReceiverConfig
@@ -83,7 +84,7 @@ class FetchResult:
     notes: list[str] = field(default_factory=list)  # why multicast was skipped or failed
 
 
-class FetchError(Exception):
+class FetchError(McastError):
     """Neither multicast nor any codebase could deliver the package."""
 
 

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 import httpx
 import trio
 
+from mcast.errors import McastError
 from mcast.partial import DownloadError, PartialDownload
 from mcast.snapshot import Snapshot
 
@@ -54,7 +55,7 @@ _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _REQUEST_HEADERS = {"Accept-Encoding": "identity"}
 
 
-class HttpFetchError(Exception):
+class HttpFetchError(McastError):
     """Units are still missing after every codebase was tried; says why each one failed."""
 
     def __init__(self, missing_units: int, missing_bytes: int, failed: dict[str, str]) -> None:

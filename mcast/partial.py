@@ -21,13 +21,14 @@ import shutil
 from pathlib import Path
 from typing import NoReturn
 
+from mcast.errors import StorageError
 from mcast.snapshot import FileEntry, Snapshot, UnsafePath, safe_join
 
 WORK_DIR = ".mcast"
 _MAP = "verified.map"
 
 
-class DownloadError(Exception):
+class DownloadError(StorageError):
     """The download cannot go on: no space, a write error, an unsafe destination."""
 
 

@@ -30,13 +30,15 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from mcast.errors import TrustError
+
 DEFAULT_BLOCK_SIZE = 64 * 1024
 SNAPSHOT_FORMAT = 1
 _MAX_XML_BYTES = 64 * 1024 * 1024
 _READ_CHUNK = 1024 * 1024
 
 
-class SnapshotError(Exception):
+class SnapshotError(TrustError):
     """A snapshot is malformed, unsigned, untrusted, expired or rolled back."""
 
 

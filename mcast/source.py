@@ -13,10 +13,11 @@ import hashlib
 import os
 from pathlib import Path
 
+from mcast.errors import StorageError
 from mcast.snapshot import Snapshot, safe_join
 
 
-class SourceMismatch(Exception):
+class SourceMismatch(StorageError):
     """The files on disk are not the ones the snapshot describes."""
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import trio
 
+from mcast.errors import NetworkError
+
 SOL_UDP = 17
 UDP_SEGMENT = 103
 UDP_GRO = 104
@@ -41,7 +43,7 @@ def is_loopback(interface: str) -> bool:
     return ipaddress.ip_address(interface).is_loopback
 
 
-class UnsafeAddress(ValueError):
+class UnsafeAddress(NetworkError, ValueError):
     """A group, interface or TTL outside what the safety rules allow."""
 
 

@@ -30,6 +30,8 @@ from typing import Any
 
 import msgpack
 
+from mcast.errors import McastError
+
 MAGIC = b"MC"
 VERSION = 1
 TAG_LEN = 16
@@ -44,7 +46,7 @@ _HASH_LEN = 32
 _MAX_NAK_ENTRIES = 256
 
 
-class BadPacket(Exception):
+class BadPacket(McastError):
     """A datagram that is not a valid, authentic version-1 message."""
 
 

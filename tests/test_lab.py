@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,39 +19,41 @@ import pytest
 
 from bench import labnet
 from bench.http_serve import parse_range
-from bench.lab import cleanup_stale_workdirs, mcast_cli_has_send, rate_text, run_lab
+from bench.lab import cleanup_stale_workdirs, mcast_cli_has_send, run_lab
 from bench.labnet import (
     Lab,
     cleanup_stale,
     netns_list,
     nft_loss_ruleset,
-    parse_rate,
-    parse_size,
     udp_probe,
 )
+from bench.labpkg import check_tree, make_package, receiver_verified
+from mcast.units import format_rate, parse_rate, parse_size
 
 LAB_OK, LAB_WHY = labnet.lab_available()
 needs_lab = pytest.mark.skipif(not LAB_OK, reason=f"lab unavailable: {LAB_WHY}")
 lab = pytest.mark.lab
 
 MiB = 1 << 20
+ROOT = Path(__file__).resolve().parent.parent
 
 
 # ---------------------------------------------------------------- pure helpers
 
 @pytest.mark.parametrize(("text", "want"), [
     ("4096", 4096), ("512K", 512 << 10), ("64M", 64 * MiB), ("1G", 1 << 30),
-    ("64MiB", 64 * MiB), ("2m", 2 * MiB), (123, 123), ("1.5M", 3 * MiB // 2),
+    ("64MiB", 64 * MiB), ("2m", 2 * MiB), ("123", 123), ("1.5M", 3 * MiB // 2),
 ])
-def test_parse_size(text: str | int, want: int) -> None:
+def test_parse_size(text: str, want: int) -> None:
     assert parse_size(text) == want
 
 
 @pytest.mark.parametrize(("text", "want"), [
-    ("100mbit", 100_000_000), ("1gbit", 10**9), ("500kbit", 500_000), ("0", None),
-    ("none", None), (None, None), (0, None), ("2500000", 2_500_000),
+    ("100mbit", 100_000_000), ("1gbit", 10**9), ("500kbit", 500_000), ("0", 0),
+    ("none", 0), ("unlimited", 0), ("2500000", 2_500_000), ("100Mbps", 100_000_000),
 ])
-def test_parse_rate(text: str | int | None, want: int | None) -> None:
+def test_parse_rate(text: str, want: int) -> None:
+    """One meaning of "no limit" everywhere: 0."""
     assert parse_rate(text) == want
 
 
@@ -62,9 +65,26 @@ def test_parse_bad(bad: str) -> None:
         parse_rate(bad + "zz")
 
 
-def test_rate_text_roundtrip() -> None:
-    for bps in (100_000_000, 10**9, 1_500_000, 1234):
-        assert parse_rate(rate_text(bps)) == bps
+def test_format_rate_roundtrip() -> None:
+    for bps in (100_000_000, 10**9, 1_500_000, 1234, 0):
+        assert parse_rate(format_rate(bps)) == bps
+
+
+def test_a_receiver_is_verified_only_by_what_was_observed(tmp_path: Path) -> None:
+    pkg = make_package(tmp_path / "pkg", 10_000)
+    copy = tmp_path / "copy"
+    shutil.copytree(pkg.root, copy)
+    assert check_tree(copy, pkg) is True
+    assert check_tree(tmp_path / "nothing-here", pkg) is False  # no files is not "unknown"
+    (copy / "README.txt").write_bytes(b"x" * 1024)  # same size, other bytes
+    assert check_tree(copy, pkg) is False
+    done = {"event": "done", "complete": True, "verified": True}
+    assert receiver_verified(done, True)
+    assert not receiver_verified(done, False)  # files on disk do not re-hash equal
+    assert not receiver_verified({"event": "done", "verified": True}, True)  # never said complete
+    assert not receiver_verified({"event": "done", "complete": False}, True)
+    assert not receiver_verified({"event": "error", "complete": True}, True)
+    assert not receiver_verified(None, True)
 
 
 def test_nft_ruleset_shape() -> None:
@@ -145,9 +165,9 @@ _SIGNAL_CHILD = textwrap.dedent("""
 @lab
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_lab_tears_down_on_signal(sig: int) -> None:
-    env = dict(os.environ, PYTHONPATH=str(labnet.REPO_ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
     child = subprocess.Popen([sys.executable, "-c", _SIGNAL_CHILD], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=env, cwd=labnet.REPO_ROOT)
+                             stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     try:
         assert child.stdout is not None
         prefix = child.stdout.readline().strip()
@@ -266,8 +286,8 @@ def test_cli_prints_one_json_object() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "bench.lab", "--receivers", "2", "--size", "1M", "--rate", "0",
          "--mode", "http", "--json"],
-        capture_output=True, text=True, timeout=60, cwd=labnet.REPO_ROOT,
-        env=dict(os.environ, PYTHONPATH=str(labnet.REPO_ROOT)))
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 1
@@ -277,7 +297,7 @@ def test_cli_prints_one_json_object() -> None:
                 "per_receiver"):
         assert key in rep
     assert rep["verified"] is True
-    assert rep["rate_bps"] is None and rep["line_rate_s"] is None
+    assert rep["rate_bps"] == 0 and rep["line_rate_s"] is None
 
 
 MCAST_OK, MCAST_WHY = mcast_cli_has_send()
@@ -290,7 +310,7 @@ def test_multicast_mode_end_to_end() -> None:
     t0 = time.monotonic()
     rep = run_lab(3, 4 * MiB, 50_000_000, 2.0, "multicast", timeout=60)
     assert rep["completed"] and rep["verified"], rep
-    assert all(p["files_ok"] is not False for p in rep["per_receiver"])
+    assert all(p["files_ok"] is True for p in rep["per_receiver"])
     # one stream for everyone: far less than one copy per receiver
     assert rep["sender_tx_copies"] < 2.0, rep
     assert time.monotonic() - t0 < 90
@@ -399,7 +419,7 @@ FAKE_ENGINE = textwrap.dedent('''
         ok = manifest(a.out) == dict(files)
         for _ in range(3):
             s.sendto(b"done", sender)
-        print(json.dumps({"event": "done", "verified": ok,
+        print(json.dumps({"event": "done", "verified": ok, "complete": ok,
                           "bytes": sum(size for _, (size, _) in files),
                           "wall_s": round(time.monotonic() - t0, 3),
                           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -473,7 +493,7 @@ def test_failed_receiver_and_keep_going(tmp_path: Path, monkeypatch: pytest.Monk
     fake.write_text(FAKE_ENGINE)
     monkeypatch.setenv("FAKE_FAIL_IFACE", "198.18.0.3")  # h2's receiver exits at once
     t0 = time.monotonic()
-    rep = run_lab(3, 1 * MiB, None, 0.0, "multicast", timeout=30, keep_going=keep_going,
+    rep = run_lab(3, 1 * MiB, 0, 0.0, "multicast", timeout=30, keep_going=keep_going,
                   mcast_cmd=[sys.executable, str(fake)])
     assert not rep["completed"] and not rep["verified"]
     per = {p["host"]: p for p in rep["per_receiver"]}

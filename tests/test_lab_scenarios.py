@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from bench import labnet
-from bench.lab import check_tree, make_package, run_lab
+from bench.lab import run_lab
 from bench.labnet import Lab
+from bench.labpkg import check_tree, make_package
 
 LAB_OK, LAB_WHY = labnet.lab_available()
 pytestmark = [

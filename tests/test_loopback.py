@@ -296,8 +296,10 @@ def test_cli_exit_codes_say_what_went_wrong(tmp_path: Path) -> None:
     assert _cli("recv", "--snapshot", str(snapshot)).returncode == 2  # missing arguments
     untrusted = _cli(*base, "--trust-key", f"{other}.pub")
     assert untrusted.returncode == 3 and "unknown key" in untrusted.stderr
-    unsafe = _cli(*base, "--trust-key", f"{key}.pub", "--group", "224.0.0.1")
-    assert unsafe.returncode == 5 and "239.255.0.0/16" in unsafe.stderr
+    outside = _cli(*base, "--trust-key", f"{key}.pub", "--group", "224.0.0.1")
+    assert outside.returncode == 2 and "239.255.0.0/16" in outside.stderr  # refused when given
+    unsafe = _cli(*base, "--trust-key", f"{key}.pub", "--interface", "192.0.2.1")
+    assert unsafe.returncode == 5 and "198.18.0.0/15" in unsafe.stderr  # the safety rules
     lonely = _cli(*base, "--trust-key", f"{key}.pub", "--port", "59999")
     assert lonely.returncode == 1
     missing = _cli("send", str(tmp_path / "nope"), "--snapshot", str(snapshot))
