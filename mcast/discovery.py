@@ -18,6 +18,7 @@ import hashlib
 from dataclasses import dataclass
 from enum import Enum
 
+from mcast.scope import group_in_scope
 from mcast.wire import Announce
 
 SESSION_TTL = 1.6  # a session not heard for this long is gone (announces come every 0.5 s)
@@ -37,13 +38,20 @@ class SessionTable:
     def __init__(self, ttl: float = SESSION_TTL) -> None:
         self.ttl = ttl
         self._sessions: dict[int, Heard] = {}
+        self.rejected = 0  # announces not followed (see announce_problem)
 
-    def heard(self, announce: Announce, now: float) -> None:
+    def heard(self, announce: Announce, now: float) -> bool:
+        """Record an announce; False (and counted in ``rejected``) when it must not be
+        followed: a session whose data group is outside the safe scope is no session."""
+        if announce_problem(announce) is not None:
+            self.rejected += 1
+            return False
         entry = self._sessions.get(announce.session)
         if entry is None:
             self._sessions[announce.session] = Heard(announce, now, now)
         else:
             entry.announce, entry.last_heard = announce, now
+        return True
 
     def ended(self, session: int) -> None:
         self._sessions.pop(session, None)
@@ -56,6 +64,17 @@ class SessionTable:
     def for_package(self, package_hash: bytes, now: float) -> Heard | None:
         matching = [h for h in self.live(now) if h.announce.package_hash == package_hash]
         return matching[0] if matching else None  # lowest id: the one a race settles on
+
+
+def announce_problem(a: Announce) -> str | None:
+    """Why an agent must not follow this announce, or None. The decoder already refused
+    a bad geometry; what is left is where it points: a forged or broken announce is a
+    session nobody joins, never a socket error or a crash further on."""
+    if not group_in_scope(a.group):
+        return f"data group {a.group!r} is outside the safe multicast scope"
+    if not 1 <= a.port <= 65535:
+        return f"data port {a.port} out of range"
+    return None
 
 
 class Action(Enum):

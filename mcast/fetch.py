@@ -11,6 +11,7 @@ download, never a corrupt file at the destination.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -23,7 +24,7 @@ import trio
 
 from mcast.discovery import Action, Claim, Heard, SessionTable, claim_outcome, data_channel, decide
 from mcast.http_fetch import HttpFetchError, fetch_missing
-from mcast.partial import PartialDownload
+from mcast.partial import DownloadError, PartialDownload
 from mcast.receiver import ReceiverConfig
 from mcast.recv_driver import Channel, receive
 from mcast.send_driver import send
@@ -87,6 +88,8 @@ class FetchError(Exception):
     """Neither multicast nor any codebase could deliver the package."""
 
 
+log = logging.getLogger(__name__)
+
 _CLAIM_PERIOD = 0.3  # a would-be master announces its claim this long before it sends
 _CLAIM_BEAT = 0.05
 _LISTEN = 0.6  # discovery window: longer than the announce interval
@@ -144,7 +147,7 @@ async def fetch(
         else:
             skip = multicast_allowed(snapshot, s)
             if skip is None:
-                with trio.move_on_after(s.time_budget_s) as budget, _plain_errors():
+                with trio.move_on_after(s.time_budget_s) as budget, _failed_try(result):
                     await _multicast(snapshot, part, codebases, s, result, report)
                 if budget.cancelled_caught:
                     result.notes.append(f"multicast time budget of {s.time_budget_s:g}s ran out")
@@ -170,6 +173,25 @@ async def fetch(
     report.phase = "done"
     report()
     return result
+
+
+_FINAL = (DownloadError, FetchError)  # HTTP cannot make these good: the disk, the codebases
+
+
+@contextmanager
+def _failed_try(result: FetchResult) -> Iterator[None]:
+    """Whatever else goes wrong with multicast (a socket that cannot be opened, an address
+    the safety rules refuse, a bug) is a failed try: noted, logged, and HTTP takes over."""
+    try:
+        with _plain_errors():
+            yield
+    except Exception as exc:
+        leaves = list(_leaves(exc)) if isinstance(exc, BaseExceptionGroup) else [exc]
+        if any(isinstance(e, _FINAL) for e in leaves):
+            raise
+        log.warning("multicast failed, falling back to HTTP", exc_info=exc)
+        why = "; ".join(f"{type(e).__name__}: {e}" for e in leaves)
+        result.notes.append(f"multicast failed: {why}")
 
 
 @contextmanager
