@@ -22,7 +22,16 @@ from pathlib import Path
 
 import trio
 
-from mcast.discovery import Action, Claim, Heard, SessionTable, claim_outcome, data_channel, decide
+from mcast.discovery import (
+    Action,
+    Claim,
+    Heard,
+    Rank,
+    SessionTable,
+    claim_outcome,
+    data_channel,
+    decide,
+)
 from mcast.http_fetch import HttpFetchError, fetch_missing
 from mcast.partial import DownloadError, PartialDownload
 from mcast.receiver import ReceiverConfig
@@ -53,6 +62,7 @@ class FetchSettings:
     rate_bps: int = 100_000_000  # for a session this agent starts
     serve_after_s: float = 2.0  # a master keeps serving this long after its last receiver
     session_silence_s: float = 3.0  # a joined session this quiet has failed: retry
+    rank: Rank = Rank.WIRED  # what this machine weighs in a master election
 
 
 class Route(Enum):
@@ -259,7 +269,8 @@ async def _multicast(
                 await trio.sleep(random.uniform(0, _BACKOFF))  # someone may beat us to it
                 if disc.table.for_package(snapshot.package_hash, trio.current_time()):
                     continue
-                outcome, sid = await disc.claim(snapshot.package_hash, s.max_sessions_per_subnet)
+                outcome, sid = await disc.claim(snapshot.package_hash, s.max_sessions_per_subnet,
+                                                verified_units=sum(part.verified))  # fmt: skip
                 if outcome is not Claim.WON:
                     continue
                 result.sessions_tried += 1
@@ -375,20 +386,29 @@ class Discovery:
             await trio.sleep(0.02)
         return decide(self.table, package_hash, max_sessions, trio.current_time())
 
-    async def claim(self, package_hash: bytes, max_sessions: int) -> tuple[Claim, int]:
-        """Announce a would-be session for the claim period, then settle the race."""
+    async def claim(
+        self,
+        package_hash: bytes,
+        max_sessions: int,
+        *,
+        complete: bool = False,
+        verified_units: int = 0,
+    ) -> tuple[Claim, int]:
+        """Announce a would-be session for the claim period, with what the election weighs
+        (a complete copy, our rank, our verified units), then settle the race."""
         sid = random.getrandbits(63) | 1
         s = self.settings
         group, port = data_channel(package_hash)
         started = trio.current_time()
         beat = Announce(sid, package_hash, self.agent_id, SenderConfig.packet_size,
                         SenderConfig.units_per_block, SenderConfig.parity_ratio_pct, s.rate_bps,
-                        group, port, 0, False, 0, 0, claiming=True)  # fmt: skip
+                        group, port, 0, False, 0, 0, claiming=True, complete=complete,
+                        rank=s.rank, verified_units=verified_units)  # fmt: skip
         self.table.heard(beat, started)
         while trio.current_time() - started < _CLAIM_PERIOD:
             await self.endpoint.send_many([encode(beat, s.session_key)])
             await trio.sleep(_CLAIM_BEAT)
-        outcome, _ = claim_outcome(self.table, sid, package_hash, started, max_sessions,
+        outcome, _ = claim_outcome(self.table, sid, package_hash, max_sessions,
                                    trio.current_time())  # fmt: skip
         if outcome is not Claim.WON:
             await self.endpoint.send_many([encode(End(sid, "claim lost"), s.session_key)])
