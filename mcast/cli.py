@@ -49,6 +49,7 @@ from mcast.errors import (
 )
 from mcast.receiver import ReceiverConfig
 from mcast.recv_driver import Channel, ReceiveProgress, receive
+from mcast.scope import SAFE_GROUPS
 from mcast.send_driver import SendProgress, send
 from mcast.sender import SenderConfig
 from mcast.snapshot import (
@@ -69,7 +70,6 @@ from mcast.udp import (
     DEFAULT_PORT,
     DISCOVERY_GROUP,
     DISCOVERY_PORT,
-    SAFE_GROUPS,
     Endpoint,
     UnsafeAddress,
     check_endpoint,

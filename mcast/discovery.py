@@ -7,7 +7,8 @@ join the session that sends H, start one if fewer than ``max_sessions`` are live
 Starting is a claim, not a fact: the would-be master announces its session id for a short
 claim period while listening, and :func:`claim_outcome` settles races the same way on every
 agent, so that agents asking at the same moment end in one session and the subnet limit
-holds: a session heard before the claim began wins; among claims, the lower id wins.
+holds: a running session wins over any claim; among claims, the election decides
+(:func:`election_key`: a complete copy, then rank, then verified units, then the lower id).
 
 Pure functions of what was heard and ``now``; the sockets are the caller's.
 """
@@ -16,8 +17,9 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, IntEnum
 
+from mcast.scope import group_in_scope
 from mcast.wire import Announce
 
 SESSION_TTL = 1.6  # a session not heard for this long is gone (announces come every 0.5 s)
@@ -37,13 +39,20 @@ class SessionTable:
     def __init__(self, ttl: float = SESSION_TTL) -> None:
         self.ttl = ttl
         self._sessions: dict[int, Heard] = {}
+        self.rejected = 0  # announces not followed (see announce_problem)
 
-    def heard(self, announce: Announce, now: float) -> None:
+    def heard(self, announce: Announce, now: float) -> bool:
+        """Record an announce; False (and counted in ``rejected``) when it must not be
+        followed: a session whose data group is outside the safe scope is no session."""
+        if announce_problem(announce) is not None:
+            self.rejected += 1
+            return False
         entry = self._sessions.get(announce.session)
         if entry is None:
             self._sessions[announce.session] = Heard(announce, now, now)
         else:
             entry.announce, entry.last_heard = announce, now
+        return True
 
     def ended(self, session: int) -> None:
         self._sessions.pop(session, None)
@@ -54,8 +63,39 @@ class SessionTable:
         return sorted(self._sessions.values(), key=lambda h: h.announce.session)
 
     def for_package(self, package_hash: bytes, now: float) -> Heard | None:
+        """The session to join for ``package_hash``: a running one (the lowest id, should a
+        race have left two), else the claim the election will pick."""
         matching = [h for h in self.live(now) if h.announce.package_hash == package_hash]
-        return matching[0] if matching else None  # lowest id: the one a race settles on
+        running = [h for h in matching if not h.announce.claiming]
+        if running:
+            return running[0]
+        return max(matching, key=lambda h: election_key(h.announce), default=None)
+
+
+class Rank(IntEnum):
+    """What kind of machine would master a session; the election prefers the higher."""
+
+    WIRELESS = 0
+    LAPTOP = 1
+    WIRED = 2
+    PACKAGE_SERVER = 3
+
+
+def election_key(a: Announce) -> tuple[bool, int, int, int]:
+    """The order of would-be masters, the same on every agent: a complete copy (a cache)
+    first, then rank, then most verified units, then the lower session id."""
+    return (a.complete, a.rank, a.verified_units, -a.session)
+
+
+def announce_problem(a: Announce) -> str | None:
+    """Why an agent must not follow this announce, or None. The decoder already refused
+    a bad geometry; what is left is where it points: a forged or broken announce is a
+    session nobody joins, never a socket error or a crash further on."""
+    if not group_in_scope(a.group):
+        return f"data group {a.group!r} is outside the safe multicast scope"
+    if not 1 <= a.port <= 65535:
+        return f"data port {a.port} out of range"
+    return None
 
 
 class Action(Enum):
@@ -82,22 +122,25 @@ class Claim(Enum):
 
 
 def claim_outcome(
-    table: SessionTable,
-    mine: int,
-    package_hash: bytes,
-    claim_started: float,
-    max_sessions: int,
-    now: float,
+    table: SessionTable, mine: int, package_hash: bytes, max_sessions: int, now: float
 ) -> tuple[Claim, Heard | None]:
-    """Settle a claim the same way on every agent that heard the same announces."""
+    """Settle a claim the same way on every agent that heard the same announces.
+
+    A running session always beats a claim: its receivers are mid-stream. Among claims the
+    election decides (:func:`election_key`), for the package and for the subnet's limit
+    alike, so of two claimants that hear each other exactly one defers."""
+    live = table.live(now)
+    own = next((h for h in live if h.announce.session == mine), None)
+    my_key = election_key(own.announce) if own else (False, 0, 0, -mine)
 
     def beats_us(h: Heard) -> bool:
-        return h.first_heard < claim_started or h.announce.session < mine
+        return not h.announce.claiming or election_key(h.announce) > my_key
 
-    others = [h for h in table.live(now) if h.announce.session != mine]
+    others = [h for h in live if h.announce.session != mine]
     rivals = [h for h in others if h.announce.package_hash == package_hash and beats_us(h)]
     if rivals:
-        return Claim.JOIN, rivals[0]
+        return Claim.JOIN, max(rivals, key=lambda h: (not h.announce.claiming,
+                                                      election_key(h.announce)))  # fmt: skip
     if sum(1 for h in others if beats_us(h)) >= max_sessions:
         return Claim.WAIT, None
     return Claim.WON, None

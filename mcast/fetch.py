@@ -11,6 +11,7 @@ download, never a corrupt file at the destination.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -21,10 +22,19 @@ from pathlib import Path
 
 import trio
 
-from mcast.discovery import Action, Claim, Heard, SessionTable, claim_outcome, data_channel, decide
+from mcast.discovery import (
+    Action,
+    Claim,
+    Heard,
+    Rank,
+    SessionTable,
+    claim_outcome,
+    data_channel,
+    decide,
+)
 from mcast.errors import McastError
 from mcast.http_fetch import HttpFetchError, fetch_missing
-from mcast.partial import PartialDownload
+from mcast.partial import DownloadError, PartialDownload
 from mcast.receiver import ReceiverConfig
 from mcast.recv_driver import Channel, receive
 from mcast.send_driver import send
@@ -53,6 +63,7 @@ class FetchSettings:
     rate_bps: int = 100_000_000  # for a session this agent starts
     serve_after_s: float = 2.0  # a master keeps serving this long after its last receiver
     session_silence_s: float = 3.0  # a joined session this quiet has failed: retry
+    rank: Rank = Rank.WIRED  # what this machine weighs in a master election
 
 
 class Route(Enum):
@@ -87,6 +98,8 @@ class FetchResult:
 class FetchError(McastError):
     """Neither multicast nor any codebase could deliver the package."""
 
+
+log = logging.getLogger(__name__)
 
 _CLAIM_PERIOD = 0.3  # a would-be master announces its claim this long before it sends
 _CLAIM_BEAT = 0.05
@@ -145,7 +158,7 @@ async def fetch(
         else:
             skip = multicast_allowed(snapshot, s)
             if skip is None:
-                with trio.move_on_after(s.time_budget_s) as budget, _plain_errors():
+                with trio.move_on_after(s.time_budget_s) as budget, _failed_try(result):
                     await _multicast(snapshot, part, codebases, s, result, report)
                 if budget.cancelled_caught:
                     result.notes.append(f"multicast time budget of {s.time_budget_s:g}s ran out")
@@ -171,6 +184,25 @@ async def fetch(
     report.phase = "done"
     report()
     return result
+
+
+_FINAL = (DownloadError, FetchError)  # HTTP cannot make these good: the disk, the codebases
+
+
+@contextmanager
+def _failed_try(result: FetchResult) -> Iterator[None]:
+    """Whatever else goes wrong with multicast (a socket that cannot be opened, an address
+    the safety rules refuse, a bug) is a failed try: noted, logged, and HTTP takes over."""
+    try:
+        with _plain_errors():
+            yield
+    except Exception as exc:
+        leaves = list(_leaves(exc)) if isinstance(exc, BaseExceptionGroup) else [exc]
+        if any(isinstance(e, _FINAL) for e in leaves):
+            raise
+        log.warning("multicast failed, falling back to HTTP", exc_info=exc)
+        why = "; ".join(f"{type(e).__name__}: {e}" for e in leaves)
+        result.notes.append(f"multicast failed: {why}")
 
 
 @contextmanager
@@ -238,7 +270,8 @@ async def _multicast(
                 await trio.sleep(random.uniform(0, _BACKOFF))  # someone may beat us to it
                 if disc.table.for_package(snapshot.package_hash, trio.current_time()):
                     continue
-                outcome, sid = await disc.claim(snapshot.package_hash, s.max_sessions_per_subnet)
+                outcome, sid = await disc.claim(snapshot.package_hash, s.max_sessions_per_subnet,
+                                                verified_units=sum(part.verified))  # fmt: skip
                 if outcome is not Claim.WON:
                     continue
                 result.sessions_tried += 1
@@ -354,20 +387,29 @@ class Discovery:
             await trio.sleep(0.02)
         return decide(self.table, package_hash, max_sessions, trio.current_time())
 
-    async def claim(self, package_hash: bytes, max_sessions: int) -> tuple[Claim, int]:
-        """Announce a would-be session for the claim period, then settle the race."""
+    async def claim(
+        self,
+        package_hash: bytes,
+        max_sessions: int,
+        *,
+        complete: bool = False,
+        verified_units: int = 0,
+    ) -> tuple[Claim, int]:
+        """Announce a would-be session for the claim period, with what the election weighs
+        (a complete copy, our rank, our verified units), then settle the race."""
         sid = random.getrandbits(63) | 1
         s = self.settings
         group, port = data_channel(package_hash)
         started = trio.current_time()
         beat = Announce(sid, package_hash, self.agent_id, SenderConfig.packet_size,
                         SenderConfig.units_per_block, SenderConfig.parity_ratio_pct, s.rate_bps,
-                        group, port, 0, False, 0, 0, claiming=True)  # fmt: skip
+                        group, port, 0, False, 0, 0, claiming=True, complete=complete,
+                        rank=s.rank, verified_units=verified_units)  # fmt: skip
         self.table.heard(beat, started)
         while trio.current_time() - started < _CLAIM_PERIOD:
             await self.endpoint.send_many([encode(beat, s.session_key)])
             await trio.sleep(_CLAIM_BEAT)
-        outcome, _ = claim_outcome(self.table, sid, package_hash, started, max_sessions,
+        outcome, _ = claim_outcome(self.table, sid, package_hash, max_sessions,
                                    trio.current_time())  # fmt: skip
         if outcome is not Claim.WON:
             await self.endpoint.send_many([encode(End(sid, "claim lost"), s.session_key)])

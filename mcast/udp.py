@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import trio
 
 from mcast.errors import NetworkError
+from mcast.scope import MAX_TTL, SAFE_GROUPS, SAFE_INTERFACES
 
 SOL_UDP = 17
 UDP_SEGMENT = 103
@@ -30,8 +31,6 @@ SO_RXQ_OVFL = 40  # ancillary data: datagrams this socket has dropped, cumulativ
 SO_MEMINFO = 55  # receive memory in use and the receive buffer size
 MAX_GSO_SEGMENTS = 64
 MAX_GSO_BYTES = 65000
-SAFE_GROUPS = ipaddress.ip_network("239.255.0.0/16")
-SAFE_INTERFACES = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("198.18.0.0/15"))
 DEFAULT_INTERFACE = "127.0.0.1"
 DEFAULT_GROUP = "239.255.77.1"
 DEFAULT_PORT = 47000
@@ -55,7 +54,7 @@ def check_endpoint(group: str, interface: str, ttl: int = 1) -> None:
         raise UnsafeAddress(str(exc)) from None
     if g not in SAFE_GROUPS:
         raise UnsafeAddress(f"group {group} is outside {SAFE_GROUPS} (administratively scoped)")
-    if not 0 <= ttl <= 1:
+    if not 0 <= ttl <= MAX_TTL:
         raise UnsafeAddress("multicast TTL must be 0 or 1: sessions never leave the subnet")
     if os.environ.get("MCAST_ALLOW_ANY_INTERFACE") == "1":
         return

@@ -44,6 +44,8 @@ _MAX_U32 = 2**32 - 1
 _MAX_U64 = 2**64 - 1
 _HASH_LEN = 32
 _MAX_NAK_ENTRIES = 256
+MAX_RANK = 3
+MAX_HOLD_MS = 60_000
 
 
 class BadPacket(McastError):
@@ -98,6 +100,11 @@ class Announce:
     receivers: int  # receivers the sender currently hears
     progress_pct: int
     claiming: bool = False  # not sending yet: an agent's bid to start this session
+    # what the election weighs (mcast.discovery.election_key) and liveness reads:
+    complete: bool = False  # the master holds the whole package, verified (a cache)
+    rank: int = 0  # the master's Rank: package server > wired > laptop > wireless
+    verified_units: int = 0  # units the master itself holds verified: grows while it is live
+    hold_ms: int = 0  # a new session holds its first data this long, so arrivals start together
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +131,7 @@ class Status:
     loss_permille: int = 0  # first-pass data lost over the last report interval
     socket_drops: int = 0  # datagrams the receiver's own socket dropped (too fast for it)
     backlog_pct: int = 0  # how full the receiver's socket queue got over the last interval
+    rank: int = 0  # the receiver's Rank: weighed, after its verified units, in a takeover
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +205,7 @@ def _enc_announce(m: Announce, key: bytes | None) -> bytes:
     fields = [
         m.package_hash, m.sender_id, m.packet_size, m.units_per_block, m.parity_ratio_pct,
         m.rate_bps, m.group, m.port, m.next_block, m.pass_done, m.receivers, m.progress_pct,
-        m.claiming,
+        m.claiming, m.complete, m.rank, m.verified_units, m.hold_ms,
     ]  # fmt: skip
     return _control(MsgType.ANNOUNCE, m.session, fields, key)
 
@@ -210,7 +218,7 @@ def _enc_nak(m: Nak, key: bytes | None) -> bytes:
 def _enc_status(m: Status, key: bytes | None) -> bytes:
     fields = [
         m.receiver_id, m.verified_units, m.done, m.failed, m.loss_permille, m.socket_drops,
-        m.backlog_pct,
+        m.backlog_pct, m.rank,
     ]  # fmt: skip
     return _control(MsgType.STATUS, m.session, fields, key)
 
@@ -280,7 +288,7 @@ def _fields(body: bytes | memoryview, count: int) -> list[Any]:
 
 
 def _dec_announce(session: int, body: memoryview) -> Announce:
-    f = _fields(body, 13)
+    f = _fields(body, 17)
     _hash(f[0])
     packet_size = _u(f[2], 65_000)
     if packet_size < 2 or packet_size % 2:
@@ -292,7 +300,7 @@ def _dec_announce(session: int, body: memoryview) -> Announce:
     return Announce(
         session, f[0], _u(f[1], _MAX_U64), packet_size, units, ratio, _u(f[5], _MAX_U64),
         _text(f[6]), _u(f[7], 65535), _u(f[8]), _flag(f[9]), _u(f[10]), _u(f[11], 100),
-        _flag(f[12]),
+        _flag(f[12]), _flag(f[13]), _u(f[14], MAX_RANK), _u(f[15]), _u(f[16], MAX_HOLD_MS),
     )  # fmt: skip
 
 
@@ -309,10 +317,10 @@ def _dec_nak(session: int, body: memoryview) -> Nak:
 
 
 def _dec_status(session: int, body: memoryview) -> Status:
-    f = _fields(body, 7)
+    f = _fields(body, 8)
     return Status(
         session, _u(f[0], _MAX_U64), _u(f[1]), _flag(f[2]), _flag(f[3]), _u(f[4], 1000),
-        _u(f[5]), _u(f[6], 100),
+        _u(f[5]), _u(f[6], 100), _u(f[7], MAX_RANK),
     )  # fmt: skip
 
 

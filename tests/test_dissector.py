@@ -48,9 +48,9 @@ EXAMPLES: list[wire.Message] = [
 ]
 CONTROL_FIELDS: dict[type, list[object]] = {
     wire.Announce: [bytes(range(32)), 9, 1400, 16, 25, 10**8, "239.255.1.2", 47000, 3, False,
-                    4, 50, False],
+                    4, 50, False, False, 0, 0, 0],
     wire.Nak: [11, [[1, 2, 3], [7, 0, 9]]],
-    wire.Status: [12, 99, True, False, 0, 0, 0],
+    wire.Status: [12, 99, True, False, 0, 0, 0, 0],
     wire.End: ["done"],
 }
 

@@ -400,7 +400,8 @@ def test_type_confusion_is_refused_by_keyed_receiver():
 # control-body limits and types
 
 H32 = bytes(32)
-GOOD_ANNOUNCE = [H32, 9, 1400, 16, 25, 10**8, "239.255.1.2", 47000, 3, False, 4, 50, False]
+GOOD_ANNOUNCE = [H32, 9, 1400, 16, 25, 10**8, "239.255.1.2", 47000, 3, False, 4, 50, False,
+                 True, 3, 77, 3000]
 
 
 def _announce_with(i: int, value: Any) -> list[Any]:
@@ -411,7 +412,8 @@ def _announce_with(i: int, value: Any) -> list[Any]:
 
 BAD_BODIES: dict[str, tuple[MsgType, Any]] = {
     # shape
-    "announce-as-map": (MsgType.ANNOUNCE, dict(zip("abcdefghijklm", GOOD_ANNOUNCE, strict=True))),
+    "announce-as-map": (MsgType.ANNOUNCE, dict(zip("abcdefghijklmnopq", GOOD_ANNOUNCE,
+                                                   strict=True))),
     "announce-too-few": (MsgType.ANNOUNCE, GOOD_ANNOUNCE[:-1]),
     "announce-too-many": (MsgType.ANNOUNCE, [*GOOD_ANNOUNCE, 0]),
     "announce-257-array": (MsgType.ANNOUNCE, [0] * 257),
@@ -468,6 +470,14 @@ BAD_BODIES: dict[str, tuple[MsgType, Any]] = {
     "announce-units-4097": (MsgType.ANNOUNCE, _announce_with(3, 4097)),
     "announce-ratio-0": (MsgType.ANNOUNCE, _announce_with(4, 0)),
     "announce-ratio-401": (MsgType.ANNOUNCE, _announce_with(4, 401)),
+    # election and rendezvous fields
+    "announce-complete-int": (MsgType.ANNOUNCE, _announce_with(13, 1)),
+    "announce-rank-4": (MsgType.ANNOUNCE, _announce_with(14, 4)),
+    "announce-rank-negative": (MsgType.ANNOUNCE, _announce_with(14, -1)),
+    "announce-verified-over-u32": (MsgType.ANNOUNCE, _announce_with(15, 2**32)),
+    "announce-hold-over-a-minute": (MsgType.ANNOUNCE, _announce_with(16, 60_001)),
+    "announce-old-13-fields": (MsgType.ANNOUNCE, GOOD_ANNOUNCE[:13]),
+    "status-rank-4": (MsgType.STATUS, [1, 2, True, False, 0, 0, 0, 4]),
 }
 
 

@@ -1,0 +1,110 @@
+"""Every multicast failure is a failed try that ends in HTTP: never an exception out of fetch().
+
+A socket that cannot be opened, an address the safety rules refuse, or an announce (forged or
+broken) that names a data group outside the allowed scope must leave the agent with the
+package from its codebases, and a note saying why multicast was not used.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import trio
+
+from mcast.discovery import SessionTable, announce_problem, data_channel
+from mcast.fetch import Route, fetch
+from mcast.udp import Endpoint
+from mcast.wire import Announce, BadPacket, Solicit, decode_untrusted, encode
+from tests.test_fetch import codebase_root, content_of, make_package, publish, settings
+
+__all__ = ["codebase_root"]  # the fixture, imported for pytest to find
+
+
+def good_announce(session: int = 7, **kw: object) -> Announce:
+    fields: dict[str, object] = {
+        "session": session, "package_hash": b"\x01" * 32, "sender_id": 1, "packet_size": 1432,
+        "units_per_block": 16, "parity_ratio_pct": 100, "rate_bps": 10**8,
+        "group": "239.255.1.1", "port": 47000, "next_block": 0, "pass_done": False,
+        "receivers": 0, "progress_pct": 0,
+    }  # fmt: skip
+    fields.update(kw)
+    return Announce(**fields)  # type: ignore[arg-type]
+
+
+def test_an_announce_for_a_group_outside_the_scope_is_not_followed() -> None:
+    for bad in ({"group": "224.0.0.1"}, {"group": "127.0.0.1"}, {"group": "10.1.2.3"},
+                {"group": "not an address"}, {"group": "239.254.1.1"}, {"port": 0},
+                {"port": 70000}):  # fmt: skip
+        a = good_announce(**bad)
+        assert announce_problem(a) is not None, bad
+        t = SessionTable()
+        assert t.heard(a, 0.0) is False
+        assert t.live(0.1) == [] and t.rejected == 1
+    assert announce_problem(good_announce()) is None
+    t = SessionTable()
+    assert t.heard(good_announce(), 0.0) is True and len(t.live(0.1)) == 1
+
+
+async def test_a_socket_that_cannot_be_opened_ends_in_http(tmp_path: Path, codebase_root) -> None:
+    """198.18.255.254 passes the safety rules but is no address of this host: the kernel
+    refuses to join a group on it."""
+    src = tmp_path / "src"
+    snap = make_package(src, 300_000, 21)
+    url = publish(codebase_root, src, snap)
+    with trio.fail_after(30):
+        r = await fetch(snap, tmp_path / "out", [url], settings(interface="198.18.255.254"))
+    assert r.complete and r.route is Route.HTTP and r.bytes_http == snap.total_size
+    assert any("multicast failed" in n for n in r.notes), r.notes
+    assert content_of(tmp_path / "out", snap) == content_of(src, snap)
+
+
+async def test_an_unsafe_discovery_group_ends_in_http(tmp_path: Path, codebase_root) -> None:
+    src = tmp_path / "src"
+    snap = make_package(src, 300_000, 22)
+    url = publish(codebase_root, src, snap)
+    with trio.fail_after(30):
+        r = await fetch(snap, tmp_path / "out", [url], settings(discovery_group="224.0.0.251"))
+    assert r.complete and r.route is Route.HTTP
+    assert any("multicast failed" in n and "224.0.0.251" in n for n in r.notes), r.notes
+
+
+async def test_forged_announces_with_a_bad_group_cost_nothing(
+    tmp_path: Path, codebase_root
+) -> None:
+    """A host answers every SOLICIT for the package with an announce (keyed: it holds the
+    package key) naming a group outside the scope. The agent ignores it and starts its own
+    session: the package arrives, and not through the forger's group."""
+    src = tmp_path / "src"
+    snap = make_package(src, 300_000, 23)
+    url = publish(codebase_root, src, snap)
+    s = settings(multicast_tries=2, time_budget_s=20)
+    forged = 0
+    ep = Endpoint.open(s.discovery_group, s.discovery_port, s.interface)
+
+    async def forger() -> None:
+        nonlocal forged
+        while True:
+            for data, _ in await ep.receive_batch():
+                try:
+                    msg = decode_untrusted(data, s.session_key)
+                except BadPacket:
+                    continue
+                if isinstance(msg, Solicit) and msg.package_hash == snap.package_hash:
+                    _, port = data_channel(snap.package_hash)
+                    lie = good_announce(random.getrandbits(62), package_hash=snap.package_hash,
+                                        group="224.0.0.1", port=port)  # fmt: skip
+                    await ep.send_many([encode(lie, s.session_key)] * 3)
+                    forged += 1
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(forger)
+            with trio.fail_after(40):
+                r = await fetch(snap, tmp_path / "out", [url], s)
+            nursery.cancel_scope.cancel()
+    finally:
+        ep.close()
+    assert forged >= 1  # the forger was heard from and answered
+    assert r.complete and r.route is Route.MASTER, r.notes
+    assert content_of(tmp_path / "out", snap) == content_of(src, snap)
