@@ -1,22 +1,26 @@
 """The sans-I/O receiver core: from datagrams to verified hash units.
 
 It owns the session: its phase (waiting for an announce, receiving, complete, failed; every
-change goes through ``_set_phase`` and its table), joining on an announce for our snapshot,
-the datagrams kept from before the join, liveness (a session that shows no progress for
-``silence_timeout``, or ends, fails), soliciting an announce while no session is heard,
-checking every datagram against the session's geometry, and status reports. It hands its
-other jobs to parts that each own one and report their own deadline:
+change goes through ``_set_phase`` and its table), joining on an announce for our snapshot
+(and following only announces of that session and geometry), routing each datagram to the
+part it concerns, and deciding what counts as progress. It hands each other job to a part
+that owns it and reports its own deadline, as aioquic's connection does with its streams and
+loss recovery:
 
-- ``Assembler`` (``mcast/assembler.py``): per-block reception state, Reed-Solomon decoding,
-  verification of every unit against the signed snapshot, the map of verified units on which
-  completion alone rests;
-- ``NakSchedule`` (``mcast/nak_schedule.py``): random back-off, suppression on hearing an
-  equivalent NAK, re-NAK when a block makes no progress;
-- ``OverrunMonitor`` (``mcast/overrun.py``): the overrun signals the sender's rate control
-  reads (first-pass loss, socket backlog and drops, judged over short windows).
+- ``Assembler`` (``mcast/assembler.py``): shards checked against the geometry, per-block
+  reception state, Reed-Solomon decoding, verification of every unit against the signed
+  snapshot, and the map of verified units on which completion alone rests;
+- ``NakSchedule`` (``mcast/nak_schedule.py``): the sender's frontier, random back-off,
+  suppression on hearing an equivalent NAK, re-NAK when a block makes no progress;
+- ``OverrunMonitor`` (``mcast/overrun.py``): first-pass loss, socket backlog and drops over
+  short windows, the signals the sender's rate control reads;
+- ``Reports`` (``mcast/reports.py``): NAK datagrams, SOLICITs while no session is heard,
+  periodic and final STATUS;
+- ``Liveness`` (``mcast/liveness.py``): the silence timeout and the grace after an END;
+- ``EarlyBuffer`` (``mcast/early.py``): datagrams from before the join, replayed on it.
 
-``get_timer()`` is the earliest of their deadlines and its own. No clock, no socket, no trio:
-the driver passes ``now`` into ``receive_datagram`` and ``handle_timer``, sends what
+``get_timer()`` is the earliest deadline of the parts the phase runs. No clock, no socket, no
+trio: the driver passes ``now`` into ``receive_datagram`` and ``handle_timer``, sends what
 ``datagrams_to_send`` returns, re-arms ``get_timer()`` and handles ``next_event()``
 (``UnitVerified`` carries the bytes to write).
 """
@@ -48,14 +52,12 @@ from mcast.wire import (
     Message,
     MsgType,
     Nak,
-    NakEntry,
     Parity,
     Solicit,
     Status,
     check_key,
     decode_shard_untrusted,
     decode_untrusted,
-    encode,
 )
 
 _log = logging.getLogger(__name__)
@@ -70,12 +72,6 @@ def _same_shape(g: Geometry, a: Announce) -> bool:
     """Whether an announce describes the geometry we joined (cheaply: no Geometry built)."""
     shape = (a.packet_size, a.units_per_block, a.parity_ratio_pct)
     return shape == (g.packet_size, g.units_per_block, g.parity_ratio_pct)
-
-
-def _naks_of(session: int, rid: int, entries: list[NakEntry], cfg: ReceiverConfig) -> list[Nak]:
-    """The NAK entries due, packed ``max_nak_entries`` to a datagram."""
-    n = cfg.max_nak_entries
-    return [Nak(session, rid, tuple(entries[i : i + n])) for i in range(0, len(entries), n)]
 
 
 def _geometry_of(snapshot: Snapshot, a: Announce) -> Geometry | None:
@@ -187,7 +183,7 @@ class Receiver:
             now, session_id=session_id, receiver_id=receiver_id,
             package_hash=snapshot.package_hash, key=self._key, rng=self._rng,
             overrun=self._overrun, verified=lambda: self._assembler.verified_count,
-            send=self._send, stats=self.stats, config=cfg,
+            send=self._out.append, stats=self.stats, config=cfg,
         )  # fmt: skip
         self._early = EarlyBuffer(cfg.early_buffer)  # datagrams from before the join
         if self._assembler.complete:
@@ -244,7 +240,7 @@ class Receiver:
         if reason is not None:
             self._fail(reason, now)
             return
-        self._send_naks(self._naks.fire(now))
+        self._reports.naks(self._naks.fire(now))
         if self.phase is Phase.WAITING:
             self._reports.solicit(now)
         else:  # a window that says "too fast" is reported at once
@@ -274,7 +270,8 @@ class Receiver:
         self._overrun.note_socket_drops(total)
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
-        out, self._out = self._out, []
+        out = self._out.copy()  # the list itself stays: the parts append to it
+        self._out.clear()
         return out
 
     def next_event(self) -> Event | None:
@@ -390,24 +387,14 @@ class Receiver:
             return
         self.stats.naks_suppressed += self._naks.heard(msg.entries, now)
 
-    def _handle_status(self, msg: Status | Solicit, now: float) -> None:
-        return  # other receivers' reports and requests are for the sender
-
     def _handle_end(self, msg: End, now: float) -> None:
         # Not final on its own: without a session key anyone can send END, so the session
         # only ends if no genuine traffic follows within end_grace.
         self._liveness.end(now)
 
-    # -- output ------------------------------------------------------------------------------
-    def _send(self, datagram: bytes) -> None:
-        self._out.append(datagram)
 
-    def _send_naks(self, entries: list[NakEntry]) -> None:
-        if entries and self.session_id is not None:
-            for msg in _naks_of(self.session_id, self.receiver_id, entries, self.config):
-                self._out.append(encode(msg, self._key))
-                self.stats.naks_sent += 1
-                self.stats.nak_entries_sent += len(msg.entries)
+def _ignore(receiver: Receiver, msg: Status | Solicit, now: float) -> None:
+    return
 
 
 _HANDLERS: dict[type[Message], Callable[[Receiver, Any, float], None]] = {
@@ -416,6 +403,6 @@ _HANDLERS: dict[type[Message], Callable[[Receiver, Any, float], None]] = {
     Parity: Receiver._handle_parity,
     Nak: Receiver._handle_nak,
     End: Receiver._handle_end,
-    Status: Receiver._handle_status,
-    Solicit: Receiver._handle_status,
+    Status: _ignore,  # other receivers' reports and requests are for the sender
+    Solicit: _ignore,
 }

@@ -1,12 +1,14 @@
-"""What the receiver tells the sender besides NAKs, and when.
+"""What the receiver tells the sender, and when.
 
-It owns three schedules: a SOLICIT every ``solicit_interval`` (jittered by half either way)
-while no session is heard; a STATUS every ``status_interval`` while receiving, or at once when
-the overrun monitor closes a window that says the sender is too fast; and the final STATUS,
-which goes out ``done_status_repeats`` times ``done_status_spacing`` apart when complete
-(the sender may lose one) and once when failed. A STATUS carries the verified-unit count and
-the overrun signals. Datagrams go to ``send`` in the order they are made; the receiver core
-reads ``next_solicit``, ``next_status`` or ``final_deadline()`` as its phase selects.
+It packs the NAK entries the NAK schedule says are due, ``max_nak_entries`` to a datagram,
+and owns three schedules of its own: a SOLICIT every ``solicit_interval`` (jittered by half
+either way) while no session is heard; a STATUS every ``status_interval`` while receiving, or
+at once when the overrun monitor closes a window that says the sender is too fast; and the
+final STATUS, which goes out ``done_status_repeats`` times ``done_status_spacing`` apart when
+complete (the sender may lose one) and once when failed. A STATUS carries the verified-unit
+count and the overrun signals. Datagrams go to ``send`` in the order they are made; the
+receiver core reads ``next_solicit``, ``next_status`` or ``final_deadline()`` as its phase
+selects.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from collections.abc import Callable
 from typing import Protocol
 
 from mcast.overrun import OverrunMonitor
-from mcast.wire import Solicit, Status, encode
+from mcast.wire import Nak, NakEntry, Solicit, Status, encode
 
 
 class ReportStats(Protocol):
     status_sent: int
+    naks_sent: int
+    nak_entries_sent: int
 
 
 class ReportConfig(Protocol):
@@ -32,6 +36,8 @@ class ReportConfig(Protocol):
     def done_status_repeats(self) -> int: ...
     @property
     def done_status_spacing(self) -> float: ...
+    @property
+    def max_nak_entries(self) -> int: ...
 
 
 class Reports:
@@ -63,6 +69,7 @@ class Reports:
         self._solicit_interval = config.solicit_interval
         self._final_repeats = config.done_status_repeats
         self._final_spacing = config.done_status_spacing
+        self._nak_entries = config.max_nak_entries
         self.next_status = now
         self.next_solicit = now
         self._repeats_left = 0
@@ -84,6 +91,17 @@ class Reports:
         if urgent or now >= self.next_status:
             self.status(done=False)
             self.next_status = now + self._status_interval
+
+    def naks(self, entries: list[NakEntry]) -> None:
+        """The NAK entries the schedule says are due, ``max_nak_entries`` to a datagram."""
+        if not entries or self.session_id is None:
+            return
+        n = self._nak_entries
+        for i in range(0, len(entries), n):
+            chunk = tuple(entries[i : i + n])
+            self._send(encode(Nak(self.session_id, self._receiver_id, chunk), self._key))
+            self._stats.naks_sent += 1
+            self._stats.nak_entries_sent += len(chunk)
 
     # -- after the end ---------------------------------------------------------------------------
     def final(self, now: float, *, done: bool) -> None:

@@ -95,3 +95,18 @@ def test_a_failed_status_goes_out_once():
     reports.repeat_final(10.0, done=False)
     (msg,) = decoded(sent)
     assert isinstance(msg, wire.Status) and msg.failed and not msg.done
+
+
+def test_nak_entries_are_packed_max_nak_entries_to_a_datagram():
+    reports, sent, stats, *_ = make()
+    entries = [wire.NakEntry(b, 3, 0) for b in range(CFG.max_nak_entries * 2 + 1)]
+    reports.naks(entries)
+    assert sent == []  # no session yet: nobody to NAK
+    reports.session_id = 9
+    reports.naks(entries)
+    msgs = decoded(sent)
+    assert [len(m.entries) for m in msgs] == [CFG.max_nak_entries, CFG.max_nak_entries, 1]
+    assert [e for m in msgs for e in m.entries] == entries
+    assert stats.naks_sent == 3 and stats.nak_entries_sent == len(entries)
+    reports.naks([])
+    assert len(sent) == 3
