@@ -55,10 +55,12 @@ class EndSchedule:
         self.spacing = spacing
         self.deadline = 0.0
         self.left = 0
+        self.reason = ""  # what the END says
 
-    def start(self, now: float) -> None:
+    def start(self, now: float, reason: str) -> None:
         self.left = self.copies
         self.deadline = now
+        self.reason = reason
 
     def due(self, now: float) -> bool:
         """Whether a copy is due now; if so it counts as sent."""

@@ -120,15 +120,21 @@ class RateController:
             self._last_change = now
 
 
+NO_CAP_BPS = 100_000_000_000  # what "no cap" means: far above any link
+
+
 class Pacer:
     """The sender's pace: a token bucket in bytes whose rate a ``RateController`` sets.
 
-    The rate grows only while it is what holds the sender back (``limited``: a send waited
-    for tokens since the last tick), as TCP validates its window before growing it.
+    A cap of 0 means no cap: the rate starts at ``start_bps`` and finds the receivers' pace;
+    a capped session starts at its cap. The rate grows only while it is what holds the sender
+    back (``limited``: a send waited for tokens since the last tick), as TCP validates its
+    window before growing it.
     """
 
     def __init__(self, cap_bps: float, start_bps: float, burst_bytes: float, now: float) -> None:
-        self.control = RateController(cap_bps, now, start_rate=start_bps)
+        start = cap_bps or start_bps
+        self.control = RateController(cap_bps or NO_CAP_BPS, now, start_rate=start)
         self.bucket = TokenBucket(self.control.rate / 8, burst_bytes, now)
         self.limited = False
 

@@ -151,10 +151,7 @@ class Sender:
         self._key = check_key(key)
         self._encoder = BlockEncoder(source, g, cache_blocks=cfg.parity_cache_blocks)
         self._repairs = RepairQueue(g, holdoff=cfg.repair_holdoff)
-        self._pacer = Pacer(
-            cfg.rate_bps or 100_000_000_000, cfg.rate_bps or cfg.start_rate_bps,
-            cfg.burst_bytes, now,
-        )  # fmt: skip
+        self._pacer = Pacer(cfg.rate_bps, cfg.start_rate_bps, cfg.burst_bytes, now)
         self._sync_rate()
         self._limiter = SourceLimiter(cfg.feedback_rate, cfg.feedback_burst)
         self._pass = FirstPass(g)
@@ -162,7 +159,6 @@ class Sender:
         self._pending: bytes | None = None  # built, waiting for pacing tokens
         self._announces = AnnounceSchedule(now, interval=cfg.announce_interval)
         self._ends = EndSchedule()
-        self._end_reason = ""
         self._last_activity = now
         self._events: deque[Event] = deque()
 
@@ -196,7 +192,7 @@ class Sender:
         elif self.phase is SenderPhase.ENDING and self._ends.over(now):
             self._set_phase(SenderPhase.CLOSED)
             done, lost = self.peers.tally()
-            self._events.append(SenderFinished(self._end_reason, done, lost))
+            self._events.append(SenderFinished(self._ends.reason, done, lost))
 
     def get_timer(self) -> float | None:
         """The earliest of the next announce and the pacer's or the peer table's deadline."""
@@ -220,7 +216,7 @@ class Sender:
             return out
         if self.phase is SenderPhase.ENDING:
             if self._ends.due(now):
-                out.append(encode(End(self.session_id, self._end_reason), self._key))
+                out.append(encode(End(self.session_id, self._ends.reason), self._key))
             return out
         if self._announces.due(now):
             out.append(self._announce_datagram())
@@ -259,8 +255,7 @@ class Sender:
         if self.phase is not SenderPhase.SENDING:
             return
         self._set_phase(SenderPhase.ENDING)
-        self._end_reason = reason
-        self._ends.start(now)
+        self._ends.start(now, reason)
 
     @property
     def progress(self) -> float:

@@ -44,8 +44,8 @@ def test_a_solicit_brings_the_next_announce_forward_but_not_into_a_flood():
 
 def test_end_copies_go_out_spaced_then_the_schedule_is_over():
     e = EndSchedule(copies=3, spacing=0.05)
-    e.start(2.0)
+    e.start(2.0, "done")
     assert not e.over(2.0)
     sent = [t for t in (2.0, 2.01, 2.05, 2.06, 2.1, 2.2, 2.3) if e.due(t)]
     assert sent == [2.0, 2.05, 2.1]
-    assert not e.over(2.1) and e.over(2.15)
+    assert not e.over(2.1) and e.over(2.15) and e.reason == "done"

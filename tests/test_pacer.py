@@ -10,8 +10,14 @@ from mcast.pacing import Pacer
 MBIT = 1_000_000
 
 
-def test_the_bucket_runs_at_the_start_rate_after_its_burst():
-    p = Pacer(100 * MBIT, 8 * MBIT, 1000, 0.0)  # 1 MB/s
+def test_a_capped_pacer_starts_at_its_cap_an_uncapped_one_at_its_start_rate():
+    assert Pacer(50 * MBIT, 8 * MBIT, 1000, 0.0).rate_bps == 50 * MBIT
+    uncapped = Pacer(0, 8 * MBIT, 1000, 0.0)
+    assert uncapped.rate_bps == 8 * MBIT and uncapped.control.max_rate > 10_000 * MBIT
+
+
+def test_the_bucket_runs_at_its_rate_after_its_burst():
+    p = Pacer(8 * MBIT, 0, 1000, 0.0)  # 1 MB/s
     assert p.try_send(1000, 0.0)
     assert not p.try_send(500, 0.0) and p.limited
     assert p.ready_at(500) == pytest.approx(0.0005)
@@ -19,7 +25,7 @@ def test_the_bucket_runs_at_the_start_rate_after_its_burst():
 
 
 def test_the_rate_grows_only_when_sends_waited_for_it():
-    p = Pacer(100 * MBIT, 8 * MBIT, 10_000, 0.0)
+    p = Pacer(0, 8 * MBIT, 10_000, 0.0)
     p.tick(0, 1.0)
     assert p.rate_bps == 8 * MBIT  # never held back: no growth
     p.try_send(20_000, 1.0)  # more than the burst: waits
