@@ -1,5 +1,7 @@
 """Rates, driven by the caller's clock: the token bucket that paces sends, per-source limits
-on feedback, and the AIMD controller that sets the send rate from receivers' overrun reports."""
+on feedback, the AIMD controller that sets the send rate from receivers' overrun reports, and
+the sender's pacer that joins the last two (its deadline is when the bucket next allows a
+send)."""
 
 from __future__ import annotations
 
@@ -116,3 +118,54 @@ class RateController:
             factor = self.increase if self.rate < 0.9 * self.ceiling else self.probe
             self.rate = min(self.max_rate, self.rate * factor)
             self._last_change = now
+
+
+NO_CAP_BPS = 100_000_000_000  # what "no cap" means: far above any link
+
+
+class Pacer:
+    """The sender's pace: a token bucket in bytes whose rate a ``RateController`` sets.
+
+    A cap of 0 means no cap: the rate starts at ``start_bps`` and finds the receivers' pace;
+    a capped session starts at its cap. The rate grows only while it is what holds the sender
+    back (``limited``: a send waited for tokens since the last tick), as TCP validates its
+    window before growing it.
+    """
+
+    def __init__(self, cap_bps: float, start_bps: float, burst_bytes: float, now: float) -> None:
+        start = cap_bps or start_bps
+        self.control = RateController(cap_bps or NO_CAP_BPS, now, start_rate=start)
+        self.bucket = TokenBucket(self.control.rate / 8, burst_bytes, now)
+        self.limited = False
+
+    @property
+    def rate_bps(self) -> float:
+        return self.control.rate
+
+    @property
+    def cuts(self) -> int:
+        return self.control.cuts
+
+    def tick(self, bytes_sent: int, now: float) -> None:
+        """The sender's running total of bytes sent, at each timer."""
+        self.control.observe(bytes_sent * 8, now)
+        if self.limited:  # grow only a rate that is in use (cwnd validation)
+            self.control.tick(now)
+            self._apply()
+            self.limited = False
+
+    def congested(self, now: float) -> None:
+        self.control.congested(now)
+        self._apply()
+
+    def try_send(self, nbytes: int, now: float) -> bool:
+        if self.bucket.try_take(nbytes, now):
+            return True
+        self.limited = True
+        return False
+
+    def ready_at(self, nbytes: int) -> float:
+        return self.bucket.ready_at(nbytes)
+
+    def _apply(self) -> None:
+        self.bucket.rate = self.control.rate / 8

@@ -1,36 +1,51 @@
 """The sans-I/O sender core: one paced multicast stream of a package, repaired by parity.
 
-It owns the send schedule: announces, one pass over every source shard in block order, and
-parity repairs answering NAKs (lowest block first, ahead of fresh data). A NAK says how many
-shards a receiver still needs for a block and how far it has seen that block's parity; the
-sender issues only the parity that is not already queued or recently sent beyond that point,
-so equivalent NAKs from many receivers cost one repair. Repair sequence numbers grow without
-bound and walk the block's parity, then its source shards (``Geometry.repair_symbol``), so a
-late joiner that missed a whole block is served by the same mechanism: demand-driven
-cycling, no blind second pass. A SOLICIT for its package is answered with an announce.
+It owns the send schedule: what goes out next (an announce when due, repairs ahead of fresh
+data but never all of the sends while the first pass is incomplete, END copies once it
+closes), the decision to end, and its phase (sending, ending, closed), which changes only
+through ``_set_phase`` and its table. It hands the rest to parts that each own one job:
 
-The pace is a token bucket whose rate an AIMD controller sets under the configured cap from
-receivers' overrun reports (socket backlog or drops, heavy first-pass loss); random loss does
-not slow it. ``set_available_units`` holds fresh data back to what the source can read (a
-master streaming its own download). The session ends when the pass is done, no repair is
-queued, and every receiver heard from is done or has gone silent for ``receiver_timeout``,
-after ``linger`` seconds without activity. Feedback is rate-limited per source address.
-No clock, socket or trio: ``now`` is passed in.
+- ``FirstPass`` (``mcast/first_pass.py``): one pass over every source shard in block order,
+  held back by ``set_available_units`` to what the source can read (a master streaming its
+  own download);
+- ``AnnounceSchedule``, ``EndSchedule`` (``mcast/announce_schedule.py``): quick announces at
+  the start and when the pass ends, then one per ``announce_interval``, one soon after a
+  SOLICIT for its package; the END copies;
+- ``RepairQueue`` (``mcast/repair_queue.py``): what each NAK adds (only what is not already
+  queued or in flight beyond the receiver's horizon, so equivalent NAKs cost one repair),
+  lowest block first; repair sequence numbers walk parity then source shards
+  (``Geometry.repair_symbol``), so a late joiner that missed a whole block is served by the
+  same demand-driven cycling, with no blind second pass;
+- ``PeerTable`` (``mcast/peers.py``): the receivers heard, bounded, and when the last one
+  that has not finished times out;
+- ``Pacer`` (``mcast/pacing.py``): a token bucket whose rate an AIMD controller sets under
+  the configured cap from receivers' overrun reports; random loss does not slow it;
+- ``BlockEncoder`` (``mcast/encoder.py``): reading shards from the ``PackageSource`` and
+  encoding parity on demand.
+
+The session ends when the pass is done, no repair is queued, and every receiver heard from is
+done or has gone silent for ``receiver_timeout``, after ``linger`` seconds without activity;
+``get_timer()`` is the earliest of the parts' deadlines that matter in the phase. Feedback is
+rate-limited per source address. No clock, socket or trio: ``now`` is passed in.
 """
 
 from __future__ import annotations
 
-import heapq
-from collections import OrderedDict, deque
+import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import Any
 
-from mcast import fec
+from mcast.announce_schedule import AnnounceSchedule, EndSchedule
+from mcast.encoder import BlockEncoder, BytesSource, PackageSource
 from mcast.events import Event, SenderFinished
+from mcast.first_pass import FirstPass
 from mcast.geometry import Geometry
-from mcast.pacing import RateController, SourceLimiter, TokenBucket
+from mcast.pacing import Pacer, SourceLimiter
+from mcast.peers import PeerTable
+from mcast.repair_queue import RepairQueue
 from mcast.snapshot import Snapshot
 from mcast.wire import (
     Announce,
@@ -47,22 +62,6 @@ from mcast.wire import (
     encode_shard,
     peek_session_untrusted,
 )
-
-
-class PackageSource(Protocol):
-    """Where the sender reads package bytes (offsets into the concatenated content)."""
-
-    def read(self, offset: int, length: int) -> bytes: ...
-
-
-class BytesSource:
-    """A package held in memory (tests and the simulator)."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-
-    def read(self, offset: int, length: int) -> bytes:
-        return self._data[offset : offset + length]
 
 
 @dataclass(frozen=True)
@@ -90,8 +89,15 @@ class SenderConfig:
 
 class SenderPhase(Enum):
     SENDING = "sending"
-    ENDING = "ending"
+    ENDING = "ending"  # the END copies are going out
     CLOSED = "closed"
+
+
+_PHASES: dict[SenderPhase, frozenset[SenderPhase]] = {  # the phases each phase may move to
+    SenderPhase.SENDING: frozenset({SenderPhase.ENDING}),
+    SenderPhase.ENDING: frozenset({SenderPhase.CLOSED}),
+    SenderPhase.CLOSED: frozenset(),
+}
 
 
 @dataclass
@@ -112,24 +118,11 @@ class SenderStats:
     rate_bps: int = 0
 
 
-@dataclass
-class _Peer:
-    last_heard: float
-    verified_units: int = 0
-    done: bool = False
-    failed: bool = False
-    socket_drops: int = 0
-    solicit_only: bool = False  # heard only asking for an announce (see Sender._peer)
-
+__all__ = ["BytesSource", "PackageSource", "Sender", "SenderConfig", "SenderPhase", "SenderStats"]
 
 _FEEDBACK = (MsgType.NAK, MsgType.STATUS, MsgType.SOLICIT)
-_MAX_PEERS = 4096  # receivers tracked at once; inactive ones are pruned to make room
 _REPAIRS_PER_FRESH = 3  # while the pass is incomplete, at least 1 send in 4 is fresh data
-_MIN_ANNOUNCE_GAP = 0.02
-_END_COPIES = 3
-_END_SPACING = 0.05
-_FAST_ANNOUNCES = 3
-_FAST_ANNOUNCE_SPACING = 0.01
+_log = logging.getLogger(__name__)
 
 
 class Sender:
@@ -148,52 +141,26 @@ class Sender:
         self.config = cfg = config or SenderConfig()
         self.session_id = session_id
         self.sender_id = sender_id
-        self.geometry = Geometry(
-            snapshot.total_size,
-            snapshot.block_size,
-            cfg.packet_size,
-            cfg.units_per_block,
-            cfg.parity_ratio_pct,
-        )
+        self.geometry = g = Geometry(
+            snapshot.total_size, snapshot.block_size,
+            cfg.packet_size, cfg.units_per_block, cfg.parity_ratio_pct,
+        )  # fmt: skip
         self.stats = SenderStats()
         self.phase = SenderPhase.SENDING
-        self.peers: dict[int, _Peer] = {}
-        self._source = source
+        self.peers = PeerTable(self.stats, receiver_timeout=cfg.receiver_timeout)
         self._key = check_key(key)
-        nblocks = self.geometry.block_count
-        self._cursor = (0, 0)  # next fresh (block, shard index)
-        self._available_blocks = nblocks  # blocks the source can read (see set_available_units)
-        self._repairs_in_row = 0
-        self._forgotten_done = 0  # pruned receivers, for the totals in SenderFinished
-        self._forgotten_lost = 0
-        self.pass_done = nblocks == 0
-        self._issued = [0] * nblocks  # parity sequence numbers handed out per block
-        self._sent = [0] * nblocks  # of those, how many went out
-        self._recent: dict[int, deque[float]] = {}
-        self._repair_heap: list[int] = []
-        self._in_heap: set[int] = set()
-        self._parity_cache: OrderedDict[int, list[bytes]] = OrderedDict()
-        self._fresh: tuple[int, list[bytes]] | None = None
-        self._pending: bytes | None = None  # built, waiting for pacing tokens
-        cap = cfg.rate_bps or 100_000_000_000
-        self._rate = RateController(cap, now, start_rate=cfg.rate_bps or cfg.start_rate_bps)
-        self._bucket = TokenBucket(self._rate.rate / 8, cfg.burst_bytes, now)
-        self.stats.rate_bps = int(self._rate.rate)
-        self._pacing_limited = False
+        self._encoder = BlockEncoder(source, g, cache_blocks=cfg.parity_cache_blocks)
+        self._repairs = RepairQueue(g, holdoff=cfg.repair_holdoff)
+        self._pacer = Pacer(cfg.rate_bps, cfg.start_rate_bps, cfg.burst_bytes, now)
+        self._sync_rate()
         self._limiter = SourceLimiter(cfg.feedback_rate, cfg.feedback_burst)
-        self._next_announce = now
-        self._last_announce = float("-inf")
-        self._fast_announces = _FAST_ANNOUNCES  # a receiver that misses one joins 10 ms later
+        self._pass = FirstPass(g)
+        self._repairs_in_row = 0
+        self._pending: bytes | None = None  # built, waiting for pacing tokens
+        self._announces = AnnounceSchedule(now, interval=cfg.announce_interval)
+        self._ends = EndSchedule()
         self._last_activity = now
-        self._end_reason = ""
-        self._ends_left = 0
-        self._next_end = now
         self._events: deque[Event] = deque()
-        self._handlers: dict[type, Callable[[Message, object, float], None]] = {
-            Nak: self._handle_nak,  # type: ignore[dict-item]
-            Status: self._handle_status,  # type: ignore[dict-item]
-            Solicit: self._handle_solicit,  # type: ignore[dict-item]
-        }
 
     # -- public API ------------------------------------------------------------------------
     def receive_datagram(self, data: bytes, addr: object, now: float) -> None:
@@ -215,32 +182,29 @@ class Sender:
         except BadPacket:
             self.stats.bad_packets += 1
             return
-        self._handlers[type(msg)](msg, addr, now)
+        _HANDLERS[type(msg)](self, msg, addr, now)
 
     def handle_timer(self, now: float) -> None:
-        self._rate.observe(self.stats.bytes_sent * 8, now)
-        if self._pacing_limited:  # grow only a rate that is in use (cwnd validation)
-            self._rate.tick(now)
-            self._apply_rate()
-            self._pacing_limited = False
+        self._pacer.tick(self.stats.bytes_sent, now)
+        self._sync_rate()
         if self.phase is SenderPhase.SENDING and self._idle(now):
             self.close(now, "all receivers done" if self.peers else "no receivers")
-        elif self.phase is SenderPhase.ENDING and not self._ends_left and now >= self._next_end:
-            self.phase = SenderPhase.CLOSED
-            done = sum(1 for p in self.peers.values() if p.done)
-            lost = len(self.peers) - done + self._forgotten_lost
-            self._events.append(SenderFinished(self._end_reason, done + self._forgotten_done, lost))
+        elif self.phase is SenderPhase.ENDING and self._ends.over(now):
+            self._set_phase(SenderPhase.CLOSED)
+            done, lost = self.peers.tally()
+            self._events.append(SenderFinished(self._ends.reason, done, lost))
 
     def get_timer(self) -> float | None:
+        """The earliest of the next announce and the pacer's or the peer table's deadline."""
         if self.phase is SenderPhase.CLOSED:
             return None
         if self.phase is SenderPhase.ENDING:
-            return self._next_end
-        times = [self._next_announce]
+            return self._ends.deadline
+        times = [self._announces.deadline]
         if self._has_work():
             size = len(self._pending) if self._pending else self.config.packet_size + 64
             size = max(size + self.config.wire_overhead, self.config.wake_bytes)
-            times.append(self._bucket.ready_at(size))
+            times.append(self._pacer.ready_at(size))
         elif self.pass_done:
             times.append(self._idle_check_at())
         # else: waiting for set_available_units (the driver wakes us), and for announces
@@ -251,20 +215,19 @@ class Sender:
         if self.phase is SenderPhase.CLOSED:
             return out
         if self.phase is SenderPhase.ENDING:
-            self._emit_end(now, out)
+            if self._ends.due(now):
+                out.append(encode(End(self.session_id, self._ends.reason), self._key))
             return out
-        if now >= self._next_announce:
+        if self._announces.due(now):
             out.append(self._announce_datagram())
-            self._last_announce = now
-            self._schedule_announce(now)
+            self._announces.sent(now)
         overhead = self.config.wire_overhead
         while len(out) < self.config.max_batch:
             dgram = self._pending or self._next_datagram(now)
             if dgram is None:
                 break
-            if not self._bucket.try_take(len(dgram) + overhead, now):
+            if not self._pacer.try_send(len(dgram) + overhead, now):
                 self._pending = dgram
-                self._pacing_limited = True
                 break
             self._pending = None
             self._last_activity = now
@@ -280,197 +243,105 @@ class Sender:
 
     @property
     def rate_bps(self) -> float:
-        return self._rate.rate
-
-    def _apply_rate(self) -> None:
-        self._bucket.rate = self._rate.rate / 8
-        self.stats.rate_cuts = self._rate.cuts
-        self.stats.rate_bps = int(self._rate.rate)
+        return self._pacer.rate_bps
 
     def set_available_units(self, units: int) -> None:
         """Only the first ``units`` hash units can be read yet: a master that streams the
         package from HTTP as it downloads sends each block once all of its units are in."""
-        g = self.geometry
-        whole = units if units >= g.unit_count else units // g.units_per_block
-        self._available_blocks = min(g.block_count, whole)
+        self._pass.set_available_units(units)
 
     def close(self, now: float, reason: str = "closed") -> None:
         """Stop sending: the END message goes out a few times, then SenderFinished."""
         if self.phase is not SenderPhase.SENDING:
             return
-        self.phase = SenderPhase.ENDING
-        self._end_reason = reason
-        self._ends_left = _END_COPIES
-        self._next_end = now
+        self._set_phase(SenderPhase.ENDING)
+        self._ends.start(now, reason)
 
     @property
     def progress(self) -> float:
-        if self.pass_done:
-            return 1.0
-        total = self.geometry.shard_count or 1
-        b, i = self._cursor
-        return (sum(self.geometry.k(x) for x in range(b)) + i) / total
+        return self._pass.progress
+
+    @property
+    def pass_done(self) -> bool:
+        return self._pass.done
 
     def active_receivers(self, now: float) -> int:
-        return sum(1 for p in self.peers.values() if self._is_active(p, now))
+        return self.peers.active(now)
+
+    # -- phase -------------------------------------------------------------------------------
+    def _set_phase(self, phase: SenderPhase) -> None:
+        """Every phase change goes through here; one the table does not allow is a bug."""
+        if phase not in _PHASES[self.phase]:
+            raise RuntimeError(f"sender {self.sender_id}: {self.phase.value} -> {phase.value}")
+        _log.debug("sender %d: %s -> %s", self.sender_id, self.phase.value, phase.value)
+        self.phase = phase
+
+    def _sync_rate(self) -> None:
+        self.stats.rate_cuts = self._pacer.cuts
+        self.stats.rate_bps = int(self._pacer.rate_bps)
 
     # -- feedback ----------------------------------------------------------------------------
-    def _peer(self, receiver_id: int, now: float, *, solicit: bool = False) -> _Peer | None:
-        """The receiver's entry; None when the table is full of active receivers.
-
-        A receiver known only from SOLICITs gets one grace period from its first: a replayed
-        SOLICIT (authentic for every session of the package) cannot keep a sender alive."""
-        peer = self.peers.get(receiver_id)
-        if peer is None:
-            if len(self.peers) >= _MAX_PEERS:
-                self._prune(now)
-                if len(self.peers) >= _MAX_PEERS:
-                    self.stats.feedback_refused += 1
-                    return None
-            peer = self.peers[receiver_id] = _Peer(now, solicit_only=solicit)
-            self.stats.receivers_heard += 1
-        elif not solicit:
-            peer.solicit_only = False
-            peer.last_heard = now
-        elif not peer.solicit_only:
-            peer.last_heard = now
-        return peer
-
-    def _prune(self, now: float) -> None:
-        for rid in [r for r, p in self.peers.items() if not self._is_active(p, now)]:
-            peer = self.peers.pop(rid)
-            self._forgotten_done += peer.done
-            self._forgotten_lost += not peer.done
-
     def _handle_nak(self, msg: Nak, addr: object, now: float) -> None:
         self.stats.naks_received += 1
-        self._peer(msg.receiver_id, now)
+        self.peers.heard(msg.receiver_id, now)
         self._last_activity = now
-        g = self.geometry
-        first_unsent = g.block_count if self.pass_done else self._cursor[0]
-        holdoff = now - self.config.repair_holdoff
+        first_unsent = self._pass.first_unsent
         for entry in msg.entries:
-            b = entry.block
             self.stats.nak_entries += 1
-            if b >= first_unsent:
+            if entry.block >= first_unsent:
                 continue  # not sent yet, or not a block at all
-            need = min(entry.need, g.k(b))
-            horizon = min(entry.horizon, self._issued[b])
-            recent = self._recent.get(b)
-            if recent:
-                while recent and recent[0] < holdoff:
-                    recent.popleft()
-            in_flight = self._issued[b] - self._sent[b] + (len(recent) if recent else 0)
-            extra = need - min(self._issued[b] - horizon, in_flight)
-            if extra > 0 and self.pass_done:  # after the pass a lost repair costs a retry round
-                extra = min(g.k(b), extra + 1 + extra // 10)
-            if extra > 0:
-                self._issued[b] += extra
-                self.stats.parity_requested += extra
-                if b not in self._in_heap:
-                    self._in_heap.add(b)
-                    heapq.heappush(self._repair_heap, b)
+            self.stats.parity_requested += self._repairs.request(
+                entry.block, entry.need, entry.horizon, now, spares=self.pass_done
+            )
 
     def _handle_solicit(self, msg: Solicit, addr: object, now: float) -> None:
         wanted = msg.package_hash == self.snapshot.package_hash
         if not wanted or msg.session not in (0, self.session_id):
             return
-        self._peer(msg.receiver_id, now, solicit=True)  # waiting for us: do not end without it
-        self._next_announce = min(self._next_announce, self._last_announce + _MIN_ANNOUNCE_GAP)
+        self.peers.heard(msg.receiver_id, now, solicit=True)  # waiting: do not end without it
+        self._announces.solicited()
 
     def _handle_status(self, msg: Status, addr: object, now: float) -> None:
         self.stats.status_received += 1
-        peer = self._peer(msg.receiver_id, now)
+        peer = self.peers.heard(msg.receiver_id, now)
         if peer is None:
             return
-        peer.verified_units = max(peer.verified_units, msg.verified_units)
-        peer.done = peer.done or msg.done
-        peer.failed = msg.failed
-        overrun = msg.socket_drops > peer.socket_drops
-        peer.socket_drops = max(peer.socket_drops, msg.socket_drops)
+        overrun = peer.report(msg)
         too_fast = msg.loss_permille > self.config.congestion_loss_permille or msg.backlog_pct > 50
         if overrun or too_fast:
-            self._rate.congested(now)
-            self._apply_rate()
-        if not (peer.done or peer.failed):
+            self._pacer.congested(now)
+            self._sync_rate()
+        if not peer.finished:
             self._last_activity = now
 
     # -- building datagrams --------------------------------------------------------------------
-    def _fresh_ready(self) -> bool:
-        return not self.pass_done and self._cursor[0] < self._available_blocks
-
     def _has_work(self) -> bool:
-        return self._pending is not None or bool(self._repair_heap) or self._fresh_ready()
+        return self._pending is not None or bool(self._repairs) or self._pass.ready()
 
     def _next_datagram(self, now: float) -> bytes | None:
         # Repairs go first, but the first pass keeps a share: a forged NAK asking for whole
         # blocks must not be able to stop it.
-        fresh = self._fresh_ready()
-        if self._repair_heap and not (fresh and self._repairs_in_row >= _REPAIRS_PER_FRESH):
+        fresh = self._pass.ready()
+        if self._repairs and not (fresh and self._repairs_in_row >= _REPAIRS_PER_FRESH):
             self._repairs_in_row += 1
-            return self._next_repair(now)
+            b, seq = self._repairs.pop(now)
+            self.stats.parity_sent += 1
+            payload = self._encoder.repair(b, seq)
+            return encode_shard(MsgType.PARITY, self.session_id, b, seq, payload, self._key)
         if fresh:
             self._repairs_in_row = 0
             return self._next_fresh(now)
         return None
 
-    def _next_repair(self, now: float) -> bytes:
-        b = self._repair_heap[0]
-        seq = self._sent[b]
-        self._sent[b] += 1
-        if self._sent[b] >= self._issued[b]:
-            heapq.heappop(self._repair_heap)
-            self._in_heap.discard(b)
-        self._recent.setdefault(b, deque()).append(now)
-        self.stats.parity_sent += 1
-        parity = self._parity(b)
-        kind, index = self.geometry.repair_symbol(b, seq)
-        if kind == "parity":
-            payload = parity[index]
-        else:  # the parity ran out for this block: cycle through the source shards
-            payload = fec.pad(self._source_shards(b)[index], self.geometry.packet_size)
-        return encode_shard(MsgType.PARITY, self.session_id, b, seq, payload, self._key)
-
     def _next_fresh(self, now: float) -> bytes:
-        b, i = self._cursor
-        if self._fresh is None or self._fresh[0] != b:
-            self._fresh = (b, self._source_shards(b))
-        dgram = encode_shard(MsgType.DATA, self.session_id, b, i, self._fresh[1][i], self._key)
+        b, i = self._pass.advance()
+        shard = self._encoder.shard(b, i)
+        dgram = encode_shard(MsgType.DATA, self.session_id, b, i, shard, self._key)
         self.stats.data_sent += 1
-        if i + 1 < self.geometry.k(b):
-            self._cursor = (b, i + 1)
-        else:
-            self._cursor = (b + 1, 0)
-            if b + 1 == self.geometry.block_count:
-                self.pass_done = True
-                self._fresh = None
-                self._next_announce = now  # tell receivers at once that the tail is passed
-                self._fast_announces = _FAST_ANNOUNCES
+        if self._pass.done:  # that was the last shard of the pass
+            self._encoder.pass_done()
+            self._announces.pass_done(now)  # tell receivers at once that the tail is passed
         return dgram
-
-    def _source_shards(self, b: int) -> list[bytes]:
-        g = self.geometry
-        units = g.block_units(b)
-        start = units.start * g.unit_size
-        data = self._source.read(start, sum(g.unit_len(u) for u in units))
-        shards = []
-        for i in range(g.k(b)):
-            offset, length = g.shard_span(b, i)
-            shards.append(data[offset - start : offset - start + length])
-        return shards
-
-    def _parity(self, b: int) -> list[bytes]:
-        cached = self._parity_cache.get(b)
-        if cached is not None:
-            self._parity_cache.move_to_end(b)
-            return cached
-        size = self.geometry.packet_size
-        source = [fec.pad(s, size) for s in self._source_shards(b)]
-        parity = fec.encode(source, self.geometry.parity_count(b))
-        self._parity_cache[b] = parity
-        if len(self._parity_cache) > self.config.parity_cache_blocks:
-            self._parity_cache.popitem(last=False)
-        return parity
 
     def _announce_datagram(self) -> bytes:
         cfg = self.config
@@ -481,10 +352,10 @@ class Sender:
             packet_size=cfg.packet_size,
             units_per_block=cfg.units_per_block,
             parity_ratio_pct=cfg.parity_ratio_pct,
-            rate_bps=int(self._rate.rate),
+            rate_bps=int(self._pacer.rate_bps),
             group=cfg.group,
             port=cfg.port,
-            next_block=self._cursor[0],
+            next_block=self._pass.cursor[0],
             pass_done=self.pass_done,
             receivers=len(self.peers),
             progress_pct=int(self.progress * 100),
@@ -492,37 +363,22 @@ class Sender:
         self.stats.announces_sent += 1
         return encode(msg, self._key)
 
-    def _schedule_announce(self, now: float) -> None:
-        if self._fast_announces:
-            self._fast_announces -= 1
-            self._next_announce = now + _FAST_ANNOUNCE_SPACING
-        else:
-            self._next_announce = now + self.config.announce_interval
-
-    def _emit_end(self, now: float, out: list[bytes]) -> None:
-        if self._ends_left and now >= self._next_end:
-            out.append(encode(End(self.session_id, self._end_reason), self._key))
-            self._ends_left -= 1
-            self._next_end = now + _END_SPACING
-
     # -- ending ------------------------------------------------------------------------------
-    def _is_active(self, peer: _Peer, now: float) -> bool:
-        return (
-            not (peer.done or peer.failed) and now - peer.last_heard < self.config.receiver_timeout
-        )
-
     def _idle(self, now: float) -> bool:
         if not self.pass_done or self._has_work():
             return False  # a master still waiting for its own download is not idle
         if now - self._last_activity < self.config.linger:
             return False
-        return not any(self._is_active(p, now) for p in self.peers.values())
+        return not self.peers.any_active(now)
 
     def _idle_check_at(self) -> float:
         t = self._last_activity + self.config.linger
-        waiting = [
-            p.last_heard + self.config.receiver_timeout
-            for p in self.peers.values()
-            if not (p.done or p.failed)
-        ]
-        return max([t, *waiting]) if waiting else t
+        quiet = self.peers.quiet_at()
+        return t if quiet is None else max(t, quiet)
+
+
+_HANDLERS: dict[type[Message], Callable[[Sender, Any, object, float], None]] = {
+    Nak: Sender._handle_nak,
+    Status: Sender._handle_status,
+    Solicit: Sender._handle_solicit,
+}

@@ -1,0 +1,131 @@
+"""What the receiver tells the sender, and when.
+
+It packs the NAK entries the NAK schedule says are due, ``max_nak_entries`` to a datagram,
+and owns three schedules of its own: a SOLICIT every ``solicit_interval`` (jittered by half
+either way) while no session is heard; a STATUS every ``status_interval`` while receiving, or
+at once when the overrun monitor closes a window that says the sender is too fast; and the
+final STATUS, which goes out ``done_status_repeats`` times ``done_status_spacing`` apart when
+complete (the sender may lose one) and once when failed. A STATUS carries the verified-unit
+count and the overrun signals. Datagrams go to ``send`` in the order they are made; the
+receiver core reads ``next_solicit``, ``next_status`` or ``final_deadline()`` as its phase
+selects.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Protocol
+
+from mcast.overrun import OverrunMonitor
+from mcast.wire import Nak, NakEntry, Solicit, Status, encode
+
+
+class ReportStats(Protocol):
+    status_sent: int
+    naks_sent: int
+    nak_entries_sent: int
+
+
+class ReportConfig(Protocol):
+    @property
+    def status_interval(self) -> float: ...
+    @property
+    def solicit_interval(self) -> float: ...
+    @property
+    def done_status_repeats(self) -> int: ...
+    @property
+    def done_status_spacing(self) -> float: ...
+    @property
+    def max_nak_entries(self) -> int: ...
+
+
+class Reports:
+    def __init__(
+        self,
+        now: float,
+        *,
+        session_id: int | None,
+        receiver_id: int,
+        package_hash: bytes,
+        key: bytes | None,
+        rng: random.Random,
+        overrun: OverrunMonitor,
+        verified: Callable[[], int],
+        send: Callable[[bytes], None],
+        stats: ReportStats,
+        config: ReportConfig,
+    ) -> None:
+        self.session_id = session_id  # no STATUS goes out before one is known
+        self._stats = stats
+        self._receiver_id = receiver_id
+        self._package_hash = package_hash
+        self._key = key
+        self._rng = rng
+        self._overrun = overrun
+        self._verified = verified
+        self._send = send
+        self._status_interval = config.status_interval
+        self._solicit_interval = config.solicit_interval
+        self._final_repeats = config.done_status_repeats
+        self._final_spacing = config.done_status_spacing
+        self._nak_entries = config.max_nak_entries
+        self.next_status = now
+        self.next_solicit = now
+        self._repeats_left = 0
+
+    # -- while no session is heard ---------------------------------------------------------------
+    def solicit(self, now: float) -> None:
+        if now >= self.next_solicit:
+            msg = Solicit(self.session_id or 0, self._package_hash, self._receiver_id)
+            self._send(encode(msg, self._key))
+            self.next_solicit = now + self._solicit_interval * self._rng.uniform(0.5, 1.5)
+
+    # -- while receiving -------------------------------------------------------------------------
+    def joined(self, session_id: int, now: float) -> None:
+        self.session_id = session_id
+        self.status(done=False)
+        self.next_status = now + self._status_interval
+
+    def periodic(self, now: float, *, urgent: bool) -> None:
+        if urgent or now >= self.next_status:
+            self.status(done=False)
+            self.next_status = now + self._status_interval
+
+    def naks(self, entries: list[NakEntry]) -> None:
+        """The NAK entries the schedule says are due, ``max_nak_entries`` to a datagram."""
+        if not entries or self.session_id is None:
+            return
+        n = self._nak_entries
+        for i in range(0, len(entries), n):
+            chunk = tuple(entries[i : i + n])
+            self._send(encode(Nak(self.session_id, self._receiver_id, chunk), self._key))
+            self._stats.naks_sent += 1
+            self._stats.nak_entries_sent += len(chunk)
+
+    # -- after the end ---------------------------------------------------------------------------
+    def final(self, now: float, *, done: bool) -> None:
+        """The session is over for us: complete (``done``) or failed."""
+        self.status(done=done, failed=not done)
+        self._repeats_left = self._final_repeats - 1 if done else 0
+        self.next_status = now + self._final_spacing
+
+    def repeat_final(self, now: float, *, done: bool) -> None:
+        if self._repeats_left and now >= self.next_status:
+            self.status(done=done, failed=not done)
+            self._repeats_left -= 1
+            self.next_status = now + self._final_spacing
+
+    def final_deadline(self) -> float | None:
+        return self.next_status if self._repeats_left else None
+
+    def status(self, done: bool, failed: bool = False) -> None:
+        if self.session_id is None:
+            return
+        o = self._overrun
+        msg = Status(
+            self.session_id, self._receiver_id, self._verified(), done, failed,
+            o.loss_permille, o.socket_drops, o.backlog_pct,
+        )  # fmt: skip
+        self._send(encode(msg, self._key))
+        self._stats.status_sent += 1

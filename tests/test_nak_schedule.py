@@ -1,0 +1,164 @@
+"""The NAK schedule alone, over a fake view of the blocks: back-off, suppression, re-NAK."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mcast.nak_schedule import NakSchedule, NakState
+from mcast.wire import NakEntry
+
+BACKOFF, RETRY = 0.02, 0.08
+
+
+class Blocks:
+    def __init__(self, n: int, k: int = 10) -> None:
+        self.needs = dict.fromkeys(range(n), k)
+        self.horizons = dict.fromkeys(range(n), 0)
+        self.finished: set[int] = set()
+
+    def done(self, b: int) -> bool:
+        return b in self.finished
+
+    def need(self, b: int) -> int:
+        return self.needs[b]
+
+    def horizon(self, b: int) -> int:
+        return self.horizons[b]
+
+
+def make(n: int = 4, seed: int = 0) -> tuple[NakSchedule, Blocks]:
+    blocks = Blocks(n)
+    return NakSchedule(blocks, random.Random(seed), backoff=BACKOFF, retry=RETRY), blocks
+
+
+def test_nothing_is_due_before_the_sender_passes_a_block():
+    naks, _ = make()
+    assert naks.deadline() is None
+    assert naks.fire(10.0) == []
+    assert naks.state(0) is NakState.IDLE
+
+
+def test_a_passed_block_is_naked_after_a_random_backoff_then_waits():
+    naks, blocks = make()
+    blocks.horizons[0] = 3
+    naks.advance(1, 1.0)
+    due = naks.deadline()
+    assert due is not None and 1.0 <= due <= 1.0 + BACKOFF
+    assert naks.fire(due - 1e-9) == []
+    assert naks.fire(due) == [NakEntry(0, 10, 3)]
+    assert naks.state(0) is NakState.WAIT
+    assert naks.deadline() == due + RETRY
+
+
+def test_the_frontier_only_moves_forward_and_skips_complete_blocks():
+    naks, blocks = make()
+    blocks.finished.add(1)
+    naks.advance(3, 0.0)
+    naks.advance(1, 0.0)
+    assert naks.frontier == 3
+    assert [naks.state(b) for b in range(4)] == [
+        NakState.BACKOFF, NakState.IDLE, NakState.BACKOFF, NakState.IDLE,
+    ]  # fmt: skip
+
+
+def test_an_equivalent_nak_heard_suppresses_ours():
+    naks, blocks = make()
+    blocks.horizons[0] = 2
+    naks.advance(1, 0.0)
+    assert naks.heard([NakEntry(0, 10, 2)], 0.001) == 1
+    assert naks.state(0) is NakState.WAIT
+    assert naks.fire(0.05) == []  # our own NAK never goes out
+    assert naks.deadline() == 0.001 + RETRY
+
+
+def test_a_nak_that_asks_for_less_or_saw_more_does_not_suppress():
+    naks, blocks = make()
+    blocks.horizons[0] = 2
+    naks.advance(1, 0.0)
+    assert naks.heard([NakEntry(0, 9, 2)], 0.0) == 0  # asks for fewer than we need
+    assert naks.heard([NakEntry(0, 10, 3)], 0.0) == 0  # saw repairs we did not
+    assert naks.heard([NakEntry(3, 10, 0), NakEntry(2**31, 1, 0)], 0.0) == 0  # not pending
+    assert naks.state(0) is NakState.BACKOFF
+
+
+def test_a_waiting_block_that_makes_no_progress_is_naked_again():
+    naks, _ = make()
+    naks.advance(1, 0.0)
+    first = naks.fire(1.0)
+    assert first == [NakEntry(0, 10, 0)]
+    assert naks.fire(1.0 + RETRY) == []  # WAIT ran out: back to BACKOFF
+    assert naks.state(0) is NakState.BACKOFF
+    again = naks.deadline()
+    assert again is not None and again <= 1.0 + RETRY + BACKOFF
+    assert naks.fire(again) == [NakEntry(0, 10, 0)]
+
+
+def test_progress_pushes_the_re_nak_back():
+    naks, _ = make()
+    naks.advance(1, 0.0)
+    naks.fire(1.0)
+    naks.progressed(0, 1.05)
+    assert naks.deadline() == 1.05 + RETRY
+    assert naks.fire(1.0 + RETRY) == [] and naks.state(0) is NakState.WAIT
+
+
+def test_progress_does_not_hurry_or_delay_a_backoff():
+    naks, _ = make()
+    naks.advance(1, 0.0)
+    due = naks.deadline()
+    naks.progressed(0, 0.001)
+    assert naks.deadline() == due and naks.state(0) is NakState.BACKOFF
+
+
+def test_a_block_with_nothing_missing_is_not_naked():
+    naks, blocks = make()
+    naks.advance(1, 0.0)
+    blocks.needs[0] = 0  # e.g. enough parity held, waiting for a decode
+    assert naks.fire(1.0) == []
+    assert naks.state(0) is NakState.WAIT
+
+
+def test_a_completed_block_is_forgotten():
+    naks, _ = make()
+    naks.advance(2, 0.0)
+    naks.forget(0)
+    assert naks.state(0) is NakState.IDLE
+    assert [e.block for e in naks.fire(1.0)] == [1]
+    naks.clear()
+    assert naks.deadline() is None
+
+
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(["advance", "progress", "heard", "forget", "fire"]),
+        st.integers(0, 5),
+        st.floats(0, 0.2),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=ops, seed=st.integers(0, 1000))
+def test_the_deadline_is_the_earliest_live_timer_and_forgotten_blocks_stay_quiet(ops, seed):
+    naks, blocks = make(6, seed)
+    now, forgotten = 0.0, set()
+    for op, b, dt in ops:
+        now += dt
+        if op == "advance":
+            naks.advance(b, now)
+        elif op == "progress":
+            naks.progressed(b, now)
+        elif op == "heard":
+            naks.heard([NakEntry(b, 10, 0)], now)
+        elif op == "forget":
+            naks.forget(b)
+            blocks.finished.add(b)
+            forgotten.add(b)
+        else:
+            assert not {e.block for e in naks.fire(now)} & forgotten
+        armed = [due for _, due in naks._armed.values()]
+        assert naks.deadline() == (min(armed) if armed else None)
