@@ -10,9 +10,9 @@ This module owns the schema and every SQL statement of the agent:
   acknowledged are the outbox, retried with back-off;
 - ``meta``: small key/values (the last Agent Settings).
 
-Durability: WAL with ``synchronous=FULL``; every change is one ``BEGIN IMMEDIATE .. COMMIT``
-and a state change and the status event that reports it are written in the same
-transaction, so a status is never lost nor invented by a crash.
+Durability (``mcast.durable``): WAL with ``synchronous=FULL``; every change is one
+``BEGIN IMMEDIATE .. COMMIT`` and a state change and the status event that reports it are
+written in the same transaction, so a status is never lost nor invented by a crash.
 """
 
 from __future__ import annotations
@@ -20,11 +20,13 @@ from __future__ import annotations
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+
+from mcast.durable import open_store, transaction
+from mcast.errors import StorageError
 
 DB_NAME = "agent.sqlite3"
 
@@ -125,7 +127,7 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 }
 
 
-class StateError(Exception):
+class StateError(StorageError):
     """An illegal transition (a bug), or a state directory we cannot use."""
 
 
@@ -192,29 +194,15 @@ class AgentState:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             (self.dir / "cache").mkdir(exist_ok=True)
-            self._db = sqlite3.connect(self.dir / DB_NAME, isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
+            self._db = open_store(self.dir / DB_NAME, SCHEMA)
+        except (OSError, StorageError) as exc:
             raise StateError(f"cannot use state directory {self.dir}: {exc}") from None
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=10000")
-        with self._write() as db:
-            for stmt in SCHEMA.split(";"):
-                if stmt.strip():
-                    db.execute(stmt)
 
     def close(self) -> None:
         self._db.close()
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._db)
 
     # -- paths ---------------------------------------------------------------------------
     def cache_dir(self, package_hash: str) -> Path:

@@ -4,8 +4,9 @@ This module owns the schema and every SQL statement of the server: agent setting
 their subnets, package servers, packages (one row per signed version), tasks and their target
 computers, the status event queue and the task status it is processed into.
 
-Durability rules: the database runs in WAL mode with ``synchronous=FULL`` and every write is
-an explicit ``BEGIN IMMEDIATE ... COMMIT``, so a write that returned is on disk. One
+Durability rules (``mcast.durable``): the database runs in WAL mode with ``synchronous=FULL``
+and every write is an explicit ``BEGIN IMMEDIATE ... COMMIT``, so a write that returned is on
+disk. One
 :class:`Store` holds one connection guarded by a lock; the HTTP app calls it from worker
 threads, the CLI calls it directly.
 """
@@ -20,6 +21,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from mcast.durable import open_store, transaction
 
 DB_NAME = "ns.sqlite3"
 
@@ -188,15 +191,8 @@ class Store:
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / DB_NAME
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db = open_store(self.path, SCHEMA, threads=True, foreign_keys=True)
         with self._write() as db:
-            for stmt in SCHEMA.split(";"):
-                if stmt.strip():
-                    db.execute(stmt)
             for key, value in DEFAULT_SETTINGS.items():
                 db.execute("INSERT OR IGNORE INTO settings VALUES (?, ?)", (key, value))
 
@@ -207,14 +203,8 @@ class Store:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One durable transaction: committed (fsynced) on exit, rolled back on error."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, transaction(self._db) as db:
+            yield db
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
