@@ -39,7 +39,20 @@ from typing import Any, Protocol
 import httpx
 import trio
 
+from mcast.errors import NetworkError
 from mcast.fetch import FetchError, FetchProgress, FetchResult, FetchSettings
+from mcast.fleet import (
+    AgentSettings,
+    DocumentError,
+    PackageInfo,
+    Policy,
+    StatusEvent,
+    error_text,
+    event_xml,
+    parse_ack,
+    parse_package_info,
+    parse_policy,
+)
 from mcast.snapshot import (
     Snapshot,
     SnapshotError,
@@ -50,18 +63,6 @@ from mcast.snapshot import (
 )
 
 from .config import AgentConfig, ConfigError
-from .docs import (
-    AgentSettings,
-    DocumentError,
-    PackageInfo,
-    Policy,
-    StatusEvent,
-    error_text,
-    event_body,
-    parse_ack,
-    parse_package_info,
-    parse_policy,
-)
 from .runner import run_command
 from .schedule import ScheduleError, decide, parse_schedule
 from .state import AgentState, Job, JobState, Report
@@ -87,11 +88,11 @@ class Fetcher(Protocol):
     ) -> Awaitable[FetchResult]: ...
 
 
-class Retryable(Exception):
+class Retryable(NetworkError):
     """The server could not be reached or answered 5xx: try again later."""
 
 
-class Permanent(Exception):
+class Permanent(NetworkError):
     """The server refused the request (4xx) or sent something unusable."""
 
 
@@ -509,9 +510,7 @@ class Agent:
             )
 
         try:
-            result = await self.fetcher(
-                snap, dest, list(info.codebases), settings, progress=progress
-            )
+            result = await self.fetcher(snap, dest, info.codebase_urls, settings, progress=progress)
         except FetchError as exc:
             log.warning("task %s: download failed: %s (will retry)", job.task_id, exc)
             self._emit("retry", what="download", task=job.task_id, error=str(exc))
@@ -580,7 +579,7 @@ class Agent:
         errors back it off exponentially."""
         url = f"{self.config.server_url}/PostEvent.aspx"
         for ev in self.state.outbox(None if force else time.time()):
-            body = event_body(
+            body = event_xml(
                 StatusEvent(
                     ev.event_id,
                     self.config.guid,
@@ -600,13 +599,13 @@ class Agent:
                 break  # the server is unreachable: do not hammer it with the rest
             if resp.status_code == 200:
                 try:
-                    ack_id, result = parse_ack(resp.content)
+                    ack = parse_ack(resp.content)
                 except DocumentError:
-                    ack_id, result = "", ""
-                if ack_id == ev.event_id and result in ("stored", "duplicate"):
-                    self.state.ack_event(ev.event_id, result)
+                    ack = None
+                if ack is not None and ack.event_id == ev.event_id:
+                    self.state.ack_event(ev.event_id, ack.result)
                     self._emit(
-                        "posted", id=ev.event_id, task=ev.task_id, state=ev.state, result=result
+                        "posted", id=ev.event_id, task=ev.task_id, state=ev.state, result=ack.result
                     )
                     continue
                 self._later(ev.event_id, ev.attempts, "malformed acknowledgement")

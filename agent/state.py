@@ -3,7 +3,8 @@
 This module owns the schema and every SQL statement of the agent:
 
 - ``jobs``: one row per (task, package hash): the task as the policy gave it and where it is
-  in the state machine (:class:`JobState`), the first download attempt (TotalTime), the result;
+  in the state machine (:class:`mcast.fleet.JobState`; its legal transitions are
+  :data:`TRANSITIONS`, here), the first download attempt (TotalTime), the result;
 - ``packages``: the package cache by hash (``STATE/cache/<hash>/``), complete or not;
 - ``trust``: the newest snapshot version accepted per package name (rollback protection);
 - ``events``: every status event the agent created, with its UUID; those not yet
@@ -22,11 +23,13 @@ import time
 import uuid
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 
 from mcast.durable import open_store, transaction
 from mcast.errors import StorageError
+from mcast.fleet import JobState
+
+__all__ = ["TRANSITIONS", "AgentState", "Job", "JobState", "OutboxEvent", "Report", "StateError"]
 
 DB_NAME = "agent.sqlite3"
 
@@ -86,28 +89,6 @@ CREATE TABLE IF NOT EXISTS meta (
     value TEXT NOT NULL
 );
 """
-
-
-class JobState(Enum):
-    """The state machine of one job (a task with one package version).
-
-    ``received -> downloading -> downloaded -> scheduled -> running -> succeeded | failed``;
-    any state before ``running`` may go to ``failed`` (a permanent error) or ``superseded``
-    (the task left the policy, or its package changed, before it ran: no event, not run).
-    """
-
-    RECEIVED = "received"
-    DOWNLOADING = "downloading"
-    DOWNLOADED = "downloaded"
-    SCHEDULED = "scheduled"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    SUPERSEDED = "superseded"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.SUPERSEDED)
 
 
 # the legal transitions, in one place

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mcast.durable import open_store, transaction
+from mcast.errors import UsageError
+from mcast.fleet import PENDING, SETTING_DEFAULTS, DocumentError, StatusEvent, parse_setting
 
 DB_NAME = "ns.sqlite3"
 
@@ -103,18 +105,12 @@ CREATE TABLE IF NOT EXISTS task_status (
 );
 """
 
-DEFAULT_SETTINGS: dict[str, str] = {
-    "multicastEnabled": "true",
-    "minMulticastSize": str(1024 * 1024),
-    "maxSessionsPerSubnet": "2",
-    "SpeedTestCodebases": "1",
-    "MaxAgentDownloadTryingTimeMins": "0",  # 0 = off, as in the seed
-    "checkInIntervalMins": "60",
-    "serverSite": "",  # the site the Notification Server itself belongs to
-}
+SERVER_SITE = "serverSite"  # the site the Notification Server itself belongs to
+# the Agent Settings of every policy, and the one setting that stays on the server
+DEFAULT_SETTINGS: dict[str, str] = {**SETTING_DEFAULTS, SERVER_SITE: ""}
 
 
-class StoreError(Exception):
+class StoreError(UsageError, ValueError):
     """A store operation was refused (unknown name, duplicate, bad value)."""
 
 
@@ -139,35 +135,26 @@ class TaskRow:
     run_from: str
 
 
-@dataclass(frozen=True)
-class EventRecord:
-    """One status event as the agent sent it (validated by the caller)."""
+# one status event as the agent sent it (validated by the caller); the name the store's
+# callers have always used for it
+EventRecord = StatusEvent
 
-    event_id: str
-    computer: str
-    task_id: str
-    state: str
-    exit_code: int | None
-    bytes_multicast: int
-    bytes_http: int
-    message: str
-    agent_time: float
 
-    def digest(self) -> str:
-        """Identity of the content, to tell a retry from a different event reusing an id."""
-        return "|".join(
-            str(v)
-            for v in (
-                self.computer,
-                self.task_id,
-                self.state,
-                self.exit_code,
-                self.bytes_multicast,
-                self.bytes_http,
-                self.message,
-                repr(self.agent_time),
-            )
+def event_digest(ev: StatusEvent) -> str:
+    """Identity of an event's content, to tell a retry from a different event reusing an id."""
+    return "|".join(
+        str(v)
+        for v in (
+            ev.computer,
+            ev.task_id,
+            ev.state,
+            ev.exit_code,
+            ev.bytes_multicast,
+            ev.bytes_http,
+            ev.message,
+            repr(ev.agent_time),
         )
+    )
 
 
 @dataclass(frozen=True)
@@ -216,11 +203,18 @@ class Store:
         with self._read() as db:
             return dict(db.execute("SELECT key, value FROM settings").fetchall())
 
-    def set_setting(self, key: str, value: str) -> None:
+    def set_setting(self, key: str, value: str) -> str:
+        """Set one setting; returns the value as stored (Agent Settings are normalised)."""
         if key not in DEFAULT_SETTINGS:
             raise StoreError(f"unknown setting {key!r}; known: {', '.join(DEFAULT_SETTINGS)}")
+        if key != SERVER_SITE:
+            try:
+                value = parse_setting(key, value)
+            except DocumentError as exc:
+                raise StoreError(str(exc)) from None
         with self._write() as db:
             db.execute("UPDATE settings SET value = ? WHERE key = ?", (value, key))
+        return value
 
     # -- sites, subnets, package servers -----------------------------------------------
     def add_site(self, name: str, subnets: list[str]) -> None:
@@ -381,7 +375,7 @@ class Store:
 
         Raises StoreError if the id was already used for a different event.
         """
-        digest = ev.digest()
+        digest = event_digest(ev)
         with self._write() as db:
             cur = db.execute(
                 "INSERT OR IGNORE INTO events (event_id, digest, computer, task_id, state, "
@@ -458,11 +452,12 @@ class Store:
                 "SELECT g.computer, coalesce(c.name, ''), g.task_id, "
                 "coalesce((SELECT p.name FROM packages p WHERE p.package_id = t.package_id "
                 "  LIMIT 1), ''), "
-                "coalesce(s.state, 'pending'), s.exit_code, coalesce(s.bytes_multicast, 0), "
+                "coalesce(s.state, ?), s.exit_code, coalesce(s.bytes_multicast, 0), "
                 "coalesce(s.bytes_http, 0), coalesce(s.events, 0), coalesce(s.message, '') "
                 "FROM task_targets g JOIN tasks t ON t.task_id = g.task_id "
                 "LEFT JOIN computers c ON c.guid = g.computer "
                 "LEFT JOIN task_status s ON s.computer = g.computer AND s.task_id = g.task_id "
-                "ORDER BY t.created, g.computer"
+                "ORDER BY t.created, g.computer",
+                (PENDING,),
             ).fetchall()
         return [StatusRow(*r) for r in rows]

@@ -13,17 +13,18 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.docs import (
-    DocumentError,
-    StatusEvent,
-    clean_message,
-    event_body,
-    parse_package_info,
-    parse_policy,
-)
 from agent.runner import run_command
 from agent.schedule import Kind, ScheduleError, decide, parse_schedule
 from agent.state import AgentState, Job, JobState, Report, StateError
+from mcast.fleet import (
+    MAX_MESSAGE_CHARS,
+    DocumentError,
+    StatusEvent,
+    clean_message,
+    event_xml,
+    parse_package_info,
+    parse_policy,
+)
 from server_stub.docs import parse_event_untrusted
 
 # -- schedule ------------------------------------------------------------------------------
@@ -113,10 +114,10 @@ def test_parsers_raise_only_document_error(data: bytes) -> None:
 def test_event_body_is_accepted_by_the_server(text: str) -> None:
     ev = StatusEvent(str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4()), "failed", -1,
                      3, 4, text, time.time())  # fmt: skip
-    rec = parse_event_untrusted(event_body(ev))
+    rec = parse_event_untrusted(event_xml(ev))
     assert rec.event_id == ev.event_id and rec.exit_code == -1 and rec.agent_time == ev.agent_time
     assert rec.message == clean_message(text).replace("\r", "\n")
-    assert len(rec.message) <= 4000
+    assert len(rec.message) <= MAX_MESSAGE_CHARS
 
 
 # -- state machine ------------------------------------------------------------------------
