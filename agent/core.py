@@ -49,23 +49,23 @@ from mcast.fleet import (
     StatusEvent,
     error_text,
     event_xml,
+    load_trust_key,
     parse_ack,
     parse_package_info,
     parse_policy,
 )
+from mcast.schedule import ScheduleError, decide, parse_schedule
 from mcast.snapshot import (
     Snapshot,
     SnapshotError,
     TrustStore,
-    load_public_key,
     load_verified,
     parse_snapshot_xml,
 )
 
 from .config import AgentConfig, ConfigError
 from .runner import run_command
-from .schedule import ScheduleError, decide, parse_schedule
-from .state import AgentState, Job, JobState, Report
+from .state import AgentState, Job, JobState, Report, StateError
 
 log = logging.getLogger("agent")
 
@@ -145,14 +145,14 @@ class Agent:
         self.fetcher: Fetcher = fetcher or _default_fetcher()
         self._transport = transport
         self._on_event = on_event
+        self._public = load_trust_key(config.trust_key)
         try:
-            self._public = load_public_key(Path(config.trust_key).read_bytes())
+            Path(config.state_dir).mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(Path(config.state_dir) / "agent.lock", os.O_RDWR | os.O_CREAT)
         except OSError as exc:
-            raise ConfigError(f"cannot read trust key {config.trust_key}: {exc.strerror}") from None
-        except SnapshotError as exc:
-            raise ConfigError(f"trust key {config.trust_key}: {exc}") from None
-        Path(config.state_dir).mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(Path(config.state_dir) / "agent.lock", os.O_RDWR | os.O_CREAT)
+            raise StateError(
+                f"cannot use state directory {config.state_dir}: {exc.strerror or exc}"
+            ) from None
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

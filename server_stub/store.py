@@ -114,6 +114,18 @@ class StoreError(UsageError, ValueError):
     """A store operation was refused (unknown name, duplicate, bad value)."""
 
 
+def check_setting(key: str, value: str) -> str:
+    """``value`` as setting ``key`` stores it (Agent Settings normalised), or StoreError."""
+    if key not in DEFAULT_SETTINGS:
+        raise StoreError(f"unknown setting {key!r}; known: {', '.join(DEFAULT_SETTINGS)}")
+    if key == SERVER_SITE:
+        return value
+    try:
+        return parse_setting(key, value)
+    except DocumentError as exc:
+        raise StoreError(str(exc)) from None
+
+
 @dataclass(frozen=True)
 class PackageRow:
     hash: str
@@ -205,13 +217,7 @@ class Store:
 
     def set_setting(self, key: str, value: str) -> str:
         """Set one setting; returns the value as stored (Agent Settings are normalised)."""
-        if key not in DEFAULT_SETTINGS:
-            raise StoreError(f"unknown setting {key!r}; known: {', '.join(DEFAULT_SETTINGS)}")
-        if key != SERVER_SITE:
-            try:
-                value = parse_setting(key, value)
-            except DocumentError as exc:
-                raise StoreError(str(exc)) from None
+        value = check_setting(key, value)
         with self._write() as db:
             db.execute("UPDATE settings SET value = ? WHERE key = ?", (value, key))
         return value

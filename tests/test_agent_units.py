@@ -14,7 +14,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.runner import run_command
-from agent.schedule import Kind, ScheduleError, decide, parse_schedule
 from agent.state import AgentState, Job, JobState, Report, StateError
 from mcast.fleet import (
     MAX_MESSAGE_CHARS,
@@ -25,6 +24,7 @@ from mcast.fleet import (
     parse_package_info,
     parse_policy,
 )
+from mcast.schedule import Kind, ScheduleError, decide, parse_schedule
 from server_stub.docs import parse_event_untrusted
 
 # -- schedule ------------------------------------------------------------------------------
@@ -177,3 +177,24 @@ async def test_runner_timeout_kills_the_process_group(tmp_path: Path) -> None:
 async def test_runner_cwd_and_env(tmp_path: Path) -> None:
     res = await run_command('pwd; echo "$FOO"', tmp_path, timeout_s=10, env={"FOO": "bar"})
     assert res.ok and res.output_tail.split() == [str(await trio.Path(tmp_path).resolve()), "bar"]
+
+
+# -- error classes ------------------------------------------------------------------------
+
+
+def test_agent_errors_belong_to_the_one_family() -> None:
+    from agent.config import ConfigError
+    from agent.core import Permanent, Retryable
+    from mcast.errors import ExitCode, McastError
+
+    table = [
+        (ConfigError, ExitCode.USAGE, True),
+        (ScheduleError, ExitCode.USAGE, True),
+        (DocumentError, ExitCode.TRUST, True),
+        (StateError, ExitCode.IO, False),
+        (Retryable, ExitCode.NET, False),
+        (Permanent, ExitCode.NET, False),
+    ]
+    for cls, code, value_error in table:
+        assert issubclass(cls, McastError) and cls("x").exit_code == code, cls
+        assert issubclass(cls, ValueError) == value_error, cls

@@ -110,3 +110,22 @@ def test_no_query_string_makes_a_500(http: TestClient, path: str, params: dict[s
 def test_no_package_path_makes_a_500(http: TestClient, tail: str):
     r = http.get("/pkg/" + quote(tail, safe="/%.\\"))
     assert r.status_code < 500, (r.status_code, r.text)
+
+
+def test_server_errors_belong_to_the_one_family():
+    from mcast.errors import ExitCode, McastError
+    from server_stub.replica import ReplicaError
+    from server_stub.repo import RepoError
+    from server_stub.store import StoreError
+
+    table = [
+        (BadRequest("x"), ExitCode.USAGE, True),
+        (RangeError("x", 416), ExitCode.USAGE, True),
+        (StoreError("x"), ExitCode.USAGE, True),
+        (RepoError("x"), ExitCode.IO, False),
+        (ReplicaError("x"), ExitCode.NET, False),
+    ]
+    for exc, code, value_error in table:
+        assert isinstance(exc, McastError) and exc.exit_code == code, exc
+        assert isinstance(exc, ValueError) == value_error, exc
+    assert BadRequest("x", 413).status == 413 and RangeError("x", 416).status == 416
