@@ -155,6 +155,7 @@ class Report:
     message: str = ""
 
 
+_TERMINAL = tuple(s.value for s in JobState if s.terminal)
 _JOB_COLS = (
     "task_id, package_hash, package_id, package_name, command, schedule, credentials, "
     "run_from, state, first_try, exit_code, message, bytes_multicast, bytes_http, route, runs"
@@ -252,8 +253,14 @@ class AgentState:
         return None if row is None else _job(row)
 
     def jobs(self, *, active_only: bool = False) -> list[Job]:
-        where = "WHERE state NOT IN ('succeeded', 'failed', 'superseded')" if active_only else ""
-        rows = self._db.execute(f"SELECT {_JOB_COLS} FROM jobs {where} ORDER BY created, rowid")
+        where = ""
+        args: tuple[str, ...] = ()
+        if active_only:  # the terminal state names come from mcast.fleet.JobState
+            where = f"WHERE state NOT IN ({', '.join('?' * len(_TERMINAL))})"
+            args = _TERMINAL
+        rows = self._db.execute(
+            f"SELECT {_JOB_COLS} FROM jobs {where} ORDER BY created, rowid", args
+        )
         return [_job(r) for r in rows]
 
     def add_job(self, job: Job, computer: str, report: Report) -> bool:
