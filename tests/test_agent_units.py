@@ -13,8 +13,11 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
+from agent.config import ConfigError
+from agent.core import Permanent, Retryable
 from agent.runner import run_command
 from agent.state import AgentState, Job, JobState, Report, StateError
+from mcast.errors import ExitCode, McastError
 from mcast.fleet import (
     MAX_MESSAGE_CHARS,
     DocumentError,
@@ -183,10 +186,6 @@ async def test_runner_cwd_and_env(tmp_path: Path) -> None:
 
 
 def test_agent_errors_belong_to_the_one_family() -> None:
-    from agent.config import ConfigError
-    from agent.core import Permanent, Retryable
-    from mcast.errors import ExitCode, McastError
-
     table = [
         (ConfigError, ExitCode.USAGE, True),
         (ScheduleError, ExitCode.USAGE, True),

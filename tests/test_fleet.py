@@ -12,6 +12,7 @@ import sqlite3
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import quoteattr
 
 import pytest
 from hypothesis import example, given
@@ -245,8 +246,6 @@ def test_parsers_raise_only_document_error(data: bytes) -> None:
 def test_attribute_soup_raises_only_document_error(parse: Any, name: str, value: str) -> None:
     tag = {fleet.parse_policy: "ClientPolicies", fleet.parse_package_info: "PackageInfo",
            fleet.parse_event: "Event", fleet.parse_ack: "EventAck"}[parse]  # fmt: skip
-    from xml.sax.saxutils import quoteattr
-
     safe = "".join(c for c in name if c.isalpha()) or "x"
     doc = f"<{tag} {safe}={quoteattr(value)} hash={quoteattr(value)} state={quoteattr(value)}/>"
     with contextlib.suppress(DocumentError):

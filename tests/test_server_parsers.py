@@ -15,6 +15,7 @@ with warnings.catch_warnings():  # starlette prefers httpx2 for its TestClient; 
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
+from mcast.errors import ExitCode, McastError
 from mcast.fleet import clean_message
 from server_stub.app import create_app
 from server_stub.docs import (
@@ -26,7 +27,9 @@ from server_stub.docs import (
     parse_nonneg_int,
 )
 from server_stub.ranges import RangeError, parse_range
-from server_stub.store import EventRecord
+from server_stub.replica import ReplicaError
+from server_stub.repo import RepoError
+from server_stub.store import EventRecord, StoreError
 from server_stub.testing import populate
 
 
@@ -113,11 +116,6 @@ def test_no_package_path_makes_a_500(http: TestClient, tail: str):
 
 
 def test_server_errors_belong_to_the_one_family():
-    from mcast.errors import ExitCode, McastError
-    from server_stub.replica import ReplicaError
-    from server_stub.repo import RepoError
-    from server_stub.store import StoreError
-
     table = [
         (BadRequest("x"), ExitCode.USAGE, True),
         (RangeError("x", 416), ExitCode.USAGE, True),
