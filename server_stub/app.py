@@ -25,7 +25,6 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from mcast.fleet import AgentSettings
 from mcast.snapshot import Snapshot, SnapshotError, TrustStore, UnsafePath, safe_relpath
 
 from . import docs, repo
@@ -120,7 +119,7 @@ def _codebases(
 ) -> list[docs.Codebase]:
     store = srv.ns()
     settings = store.settings()
-    limit = AgentSettings.from_attrs(settings).max_trying_time_mins
+    limit = docs.agent_settings(settings).max_trying_time_mins
     if limit > 0 and totaltime > limit:
         ns_site = settings.get(SERVER_SITE) or ""
         servers = store.pkgservers(ns_site) if ns_site else []

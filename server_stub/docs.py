@@ -10,12 +10,15 @@ and turning store rows into fleet documents. PROTOCOL.md is the prose form of bo
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
+from collections.abc import Mapping
 
 from mcast import fleet
 from mcast.errors import UsageError
 from mcast.fleet import (
     MAX_EVENT_BYTES,
+    SETTING_DEFAULTS,
     AgentSettings,
     Codebase,
     DocumentError,
@@ -27,6 +30,7 @@ from mcast.fleet import (
     StatusEvent,
     error_xml,
     event_xml,
+    parse_setting,
 )
 
 from .store import PackageRow, TaskRow
@@ -48,6 +52,7 @@ __all__ = [
 ]
 
 _HASH_RE = re.compile(r"[0-9a-f]{64}")
+log = logging.getLogger("server_stub.docs")
 
 
 class BadRequest(UsageError, ValueError):
@@ -125,9 +130,23 @@ def policy_task(task: TaskRow, package: PackageRow | None) -> PolicyTask:
     )
 
 
-def policy_xml(guid: str, settings: dict[str, str], tasks: list[PolicyTask]) -> bytes:
-    """The policy of computer ``guid``; ``settings`` as stored (server-only keys ignored)."""
-    return fleet.policy_xml(Policy(guid, AgentSettings.from_attrs(settings), tuple(tasks)))
+def agent_settings(stored: Mapping[str, str]) -> AgentSettings:
+    """The Agent Settings of the stored settings (server-only keys ignored). A value stored
+    before ``settings set`` checked values, and refused now, takes its default (logged)
+    rather than making every policy unreadable."""
+    good: dict[str, str] = {}
+    for key, value in stored.items():
+        if key in SETTING_DEFAULTS:
+            try:
+                good[key] = parse_setting(key, value)
+            except DocumentError as exc:
+                log.warning("stored setting ignored, its default is used: %s", exc)
+    return AgentSettings.from_attrs(good)
+
+
+def policy_xml(guid: str, settings: Mapping[str, str], tasks: list[PolicyTask]) -> bytes:
+    """The policy of computer ``guid``; ``settings`` as stored."""
+    return fleet.policy_xml(Policy(guid, agent_settings(settings), tuple(tasks)))
 
 
 def package_info_xml(

@@ -20,6 +20,7 @@ from mcast.fleet import clean_message
 from server_stub.app import create_app
 from server_stub.docs import (
     BadRequest,
+    agent_settings,
     event_xml,
     parse_event_untrusted,
     parse_guid,
@@ -127,3 +128,9 @@ def test_server_errors_belong_to_the_one_family():
         assert isinstance(exc, McastError) and exc.exit_code == code, exc
         assert isinstance(exc, ValueError) == value_error, exc
     assert BadRequest("x", 413).status == 413 and RangeError("x", 416).status == 416
+
+
+def test_a_setting_stored_before_values_were_checked_takes_its_default():
+    stored = {"maxSessionsPerSubnet": "0", "minMulticastSize": "5", "serverSite": "hq"}
+    settings = agent_settings(stored)
+    assert settings.max_sessions_per_subnet == 2 and settings.min_multicast_size == 5
