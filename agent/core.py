@@ -131,6 +131,9 @@ class Agent:
     optional httpx transport for talking to the server (tests inject faults with it).
     ``on_event`` receives a dict for every notable thing the agent does (the CLI prints them).
     Only one Agent may use a state directory at a time (an exclusive lock on STATE/agent.lock).
+    Construction fails with an :class:`mcast.errors.McastError`: ``StorageError`` for a trust
+    key that cannot be read, ``TrustError`` for one that is not a key, ``StateError`` for a
+    state directory that cannot be used, ``ConfigError`` for one in use by another agent.
     """
 
     def __init__(
