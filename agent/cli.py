@@ -9,8 +9,11 @@
 
 Without ``--once`` it checks in on the policy's interval (or ``--interval``) until SIGINT or
 SIGTERM. ``--once``: one check-in, run what is due, flush the outbox, then exit 0 if the
-check-in worked, no task failed and every status event was acknowledged, else 1. Bad
-arguments exit 2 with a message. ``--json`` prints one JSON object per line on stdout for
+check-in worked, no task failed and every status event was acknowledged, else 1. Every
+argument is checked when given, and every expected failure is one line on stderr with the
+exit code of :mod:`mcast.errors`: 2 a bad argument, 3 a trust key that is not a key, 4 a
+file or state directory that cannot be used (a missing trust key), 5 an interface the
+network safety rules refuse. ``--json`` prints one JSON object per line on stdout for
 everything the agent does; otherwise a short human line each. ``--fetcher`` picks the
 download function (default ``mcast.fetch:fetch``; ``agent.httpfetch:fetch`` is HTTP only).
 """
@@ -28,43 +31,65 @@ from typing import Any, cast
 
 import trio
 
-from mcast.udp import DISCOVERY_GROUP, DISCOVERY_PORT
+from mcast import argtypes
+from mcast.argtypes import Parser, one_line
+from mcast.errors import McastError, NetworkError
+from mcast.udp import DISCOVERY_GROUP, DISCOVERY_PORT, UnsafeAddress, check_endpoint
 
 from .config import AgentConfig, ConfigError
 from .core import Agent, Fetcher
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="mcast-agent", description="Software Delivery agent (multicast-first downloads)"
     )
-    p.add_argument("--server", required=True, help="Notification Server URL, http://HOST:PORT")
-    p.add_argument("--guid", required=True, help="this computer's GUID")
+    p.add_argument(
+        "--server", required=True, type=argtypes.http_url, help="Notification Server URL"
+    )
+    p.add_argument("--guid", required=True, type=argtypes.guid, help="this computer's GUID")
     p.add_argument("--state", required=True, type=Path, help="state directory (db + cache)")
     p.add_argument(
         "--trust-key",
         required=True,
-        type=Path,
+        type=argtypes.trust_key,
         help="PEM public key of the snapshot signer (NS DATA/signing.pub)",
     )
-    p.add_argument("--ip", help="address sent to getPackageInfo (default: the route to the NS)")
-    p.add_argument("--interface", default="127.0.0.1", help="multicast interface address")
+    p.add_argument(
+        "--ip",
+        type=argtypes.ip_address,
+        help="address sent to getPackageInfo (default: the route to the NS)",
+    )
+    p.add_argument(
+        "--interface",
+        default="127.0.0.1",
+        type=argtypes.ipv4,
+        help="multicast interface address (default 127.0.0.1)",
+    )
     p.add_argument(
         "--discovery",
         default=f"{DISCOVERY_GROUP}:{DISCOVERY_PORT}",
+        type=argtypes.group_port,
         help="multicast discovery group:port shared by the agents of a subnet "
         f"(default {DISCOVERY_GROUP}:{DISCOVERY_PORT})",
     )
     p.add_argument("--once", action="store_true", help="one check-in, then exit")
     p.add_argument("--json", action="store_true", help="JSON lines on stdout")
-    p.add_argument("--interval", type=float, help="check-in interval in seconds (override)")
+    p.add_argument(
+        "--interval", type=argtypes.positive_seconds, help="check-in interval in seconds (override)"
+    )
     p.add_argument(
         "--command-timeout",
-        type=float,
+        type=argtypes.positive_seconds,
         default=3600.0,
         help="seconds a command may run before it is killed (default 3600)",
     )
-    p.add_argument("--fetcher", default="mcast.fetch:fetch", help="MODULE:FUNCTION to download")
+    p.add_argument(
+        "--fetcher",
+        default="mcast.fetch:fetch",
+        type=_fetcher_arg,
+        help="MODULE:FUNCTION to download",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -72,14 +97,21 @@ def build_parser() -> argparse.ArgumentParser:
 def load_fetcher(spec: str) -> Fetcher:
     module, _, name = spec.partition(":")
     if not module or not name:
-        raise ConfigError(f"--fetcher {spec!r} is not MODULE:FUNCTION")
+        raise ConfigError(f"{spec!r} is not MODULE:FUNCTION")
     try:
         fn = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"--fetcher {spec!r}: {exc}") from None
+        raise ConfigError(f"{spec!r}: {exc}") from None
     if not callable(fn):
-        raise ConfigError(f"--fetcher {spec!r} is not callable")
+        raise ConfigError(f"{spec!r} is not callable")
     return cast(Fetcher, fn)
+
+
+def _fetcher_arg(spec: str) -> Fetcher:
+    try:
+        return load_fetcher(spec)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _printer(as_json: bool) -> Any:
@@ -111,17 +143,20 @@ async def _main(agent: Agent, once: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
-    group, _, port = args.discovery.rpartition(":")
-    if not group or not port.isdigit():
-        print(f"mcast-agent: --discovery {args.discovery!r} is not GROUP:PORT", file=sys.stderr)
-        return 2
+    """Run the agent; every expected failure is one line on stderr and its exit code."""
+    agent: Agent | None = None
     try:
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(
+            level=logging.INFO if args.verbose else logging.WARNING,
+            format="%(asctime)s %(name)s %(levelname)s %(message)s",
+            stream=sys.stderr,
+        )
+        group, port = args.discovery
+        try:
+            check_endpoint(group, args.interface)
+        except UnsafeAddress as exc:
+            raise NetworkError(str(exc)) from None
         config = AgentConfig(
             server_url=args.server,
             guid=args.guid,
@@ -130,18 +165,18 @@ def main(argv: list[str] | None = None) -> int:
             ip=args.ip,
             interface=args.interface,
             discovery_group=group,
-            discovery_port=int(port),
+            discovery_port=port,
             command_timeout_s=args.command_timeout,
             check_in_interval_s=args.interval,
         )
-        agent = Agent(config, fetcher=load_fetcher(args.fetcher), on_event=_printer(args.json))
-    except ConfigError as exc:
-        print(f"mcast-agent: {exc}", file=sys.stderr)
-        return 2
-    try:
+        agent = Agent(config, fetcher=args.fetcher, on_event=_printer(args.json))
         return trio.run(_main, agent, args.once)
+    except McastError as exc:
+        print(f"mcast-agent: {one_line(exc)}", file=sys.stderr)
+        return int(exc.exit_code)
     finally:
-        agent.close()
+        if agent is not None:
+            agent.close()
 
 
 if __name__ == "__main__":

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from mcast.errors import UsageError
 from mcast.udp import DISCOVERY_GROUP, DISCOVERY_PORT, SAFE_GROUPS
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A configuration value is unusable; the message says which and why."""
 
 
@@ -41,10 +43,20 @@ class AgentConfig:
             object.__setattr__(self, "guid", str(uuid.UUID(self.guid.strip().strip("{}"))))
         except ValueError:
             raise ConfigError(f"GUID {self.guid!r} is not a GUID") from None
-        if self.command_timeout_s <= 0:
+        if not (math.isfinite(self.command_timeout_s) and self.command_timeout_s > 0):
             raise ConfigError("the command timeout must be positive")
-        if self.check_in_interval_s is not None and self.check_in_interval_s <= 0:
+        interval = self.check_in_interval_s
+        if interval is not None and not (math.isfinite(interval) and interval > 0):
             raise ConfigError("the check-in interval must be positive")
+        try:
+            ipaddress.IPv4Address(self.interface)
+        except ValueError:
+            raise ConfigError(f"interface {self.interface!r} is not an IPv4 address") from None
+        if self.ip is not None:
+            try:
+                ipaddress.ip_address(self.ip)
+            except ValueError:
+                raise ConfigError(f"agent address {self.ip!r} is not an IP address") from None
         if not 0 < self.discovery_port < 65536:
             raise ConfigError(f"discovery port {self.discovery_port} is not a UDP port")
         try:

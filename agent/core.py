@@ -39,32 +39,33 @@ from typing import Any, Protocol
 import httpx
 import trio
 
+from mcast.errors import NetworkError
 from mcast.fetch import FetchError, FetchProgress, FetchResult, FetchSettings
-from mcast.snapshot import (
-    Snapshot,
-    SnapshotError,
-    TrustStore,
-    load_public_key,
-    load_verified,
-    parse_snapshot_xml,
-)
-
-from .config import AgentConfig, ConfigError
-from .docs import (
+from mcast.fleet import (
     AgentSettings,
     DocumentError,
     PackageInfo,
     Policy,
     StatusEvent,
     error_text,
-    event_body,
+    event_xml,
+    load_trust_key,
     parse_ack,
     parse_package_info,
     parse_policy,
 )
+from mcast.schedule import ScheduleError, decide, parse_schedule
+from mcast.snapshot import (
+    Snapshot,
+    SnapshotError,
+    TrustStore,
+    load_verified,
+    parse_snapshot_xml,
+)
+
+from .config import AgentConfig, ConfigError
 from .runner import run_command
-from .schedule import ScheduleError, decide, parse_schedule
-from .state import AgentState, Job, JobState, Report
+from .state import AgentState, Job, JobState, Report, StateError
 
 log = logging.getLogger("agent")
 
@@ -87,11 +88,11 @@ class Fetcher(Protocol):
     ) -> Awaitable[FetchResult]: ...
 
 
-class Retryable(Exception):
+class Retryable(NetworkError):
     """The server could not be reached or answered 5xx: try again later."""
 
 
-class Permanent(Exception):
+class Permanent(NetworkError):
     """The server refused the request (4xx) or sent something unusable."""
 
 
@@ -130,6 +131,9 @@ class Agent:
     optional httpx transport for talking to the server (tests inject faults with it).
     ``on_event`` receives a dict for every notable thing the agent does (the CLI prints them).
     Only one Agent may use a state directory at a time (an exclusive lock on STATE/agent.lock).
+    Construction fails with an :class:`mcast.errors.McastError`: ``StorageError`` for a trust
+    key that cannot be read, ``TrustError`` for one that is not a key, ``StateError`` for a
+    state directory that cannot be used, ``ConfigError`` for one in use by another agent.
     """
 
     def __init__(
@@ -144,14 +148,14 @@ class Agent:
         self.fetcher: Fetcher = fetcher or _default_fetcher()
         self._transport = transport
         self._on_event = on_event
+        self._public = load_trust_key(config.trust_key)
         try:
-            self._public = load_public_key(Path(config.trust_key).read_bytes())
+            Path(config.state_dir).mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(Path(config.state_dir) / "agent.lock", os.O_RDWR | os.O_CREAT)
         except OSError as exc:
-            raise ConfigError(f"cannot read trust key {config.trust_key}: {exc.strerror}") from None
-        except SnapshotError as exc:
-            raise ConfigError(f"trust key {config.trust_key}: {exc}") from None
-        Path(config.state_dir).mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(Path(config.state_dir) / "agent.lock", os.O_RDWR | os.O_CREAT)
+            raise StateError(
+                f"cannot use state directory {config.state_dir}: {exc.strerror or exc}"
+            ) from None
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -509,9 +513,7 @@ class Agent:
             )
 
         try:
-            result = await self.fetcher(
-                snap, dest, list(info.codebases), settings, progress=progress
-            )
+            result = await self.fetcher(snap, dest, info.codebase_urls, settings, progress=progress)
         except FetchError as exc:
             log.warning("task %s: download failed: %s (will retry)", job.task_id, exc)
             self._emit("retry", what="download", task=job.task_id, error=str(exc))
@@ -580,7 +582,7 @@ class Agent:
         errors back it off exponentially."""
         url = f"{self.config.server_url}/PostEvent.aspx"
         for ev in self.state.outbox(None if force else time.time()):
-            body = event_body(
+            body = event_xml(
                 StatusEvent(
                     ev.event_id,
                     self.config.guid,
@@ -600,13 +602,13 @@ class Agent:
                 break  # the server is unreachable: do not hammer it with the rest
             if resp.status_code == 200:
                 try:
-                    ack_id, result = parse_ack(resp.content)
+                    ack = parse_ack(resp.content)
                 except DocumentError:
-                    ack_id, result = "", ""
-                if ack_id == ev.event_id and result in ("stored", "duplicate"):
-                    self.state.ack_event(ev.event_id, result)
+                    ack = None
+                if ack is not None and ack.event_id == ev.event_id:
+                    self.state.ack_event(ev.event_id, ack.result)
                     self._emit(
-                        "posted", id=ev.event_id, task=ev.task_id, state=ev.state, result=result
+                        "posted", id=ev.event_id, task=ev.task_id, state=ev.state, result=ack.result
                     )
                     continue
                 self._later(ev.event_id, ev.attempts, "malformed acknowledgement")

@@ -3,16 +3,17 @@
 This module owns the schema and every SQL statement of the agent:
 
 - ``jobs``: one row per (task, package hash): the task as the policy gave it and where it is
-  in the state machine (:class:`JobState`), the first download attempt (TotalTime), the result;
+  in the state machine (:class:`mcast.fleet.JobState`; its legal transitions are
+  :data:`TRANSITIONS`, here), the first download attempt (TotalTime), the result;
 - ``packages``: the package cache by hash (``STATE/cache/<hash>/``), complete or not;
 - ``trust``: the newest snapshot version accepted per package name (rollback protection);
 - ``events``: every status event the agent created, with its UUID; those not yet
   acknowledged are the outbox, retried with back-off;
 - ``meta``: small key/values (the last Agent Settings).
 
-Durability: WAL with ``synchronous=FULL``; every change is one ``BEGIN IMMEDIATE .. COMMIT``
-and a state change and the status event that reports it are written in the same
-transaction, so a status is never lost nor invented by a crash.
+Durability (``mcast.durable``): WAL with ``synchronous=FULL``; every change is one
+``BEGIN IMMEDIATE .. COMMIT`` and a state change and the status event that reports it are
+written in the same transaction, so a status is never lost nor invented by a crash.
 """
 
 from __future__ import annotations
@@ -20,11 +21,15 @@ from __future__ import annotations
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
+
+from mcast.durable import open_store, transaction
+from mcast.errors import StorageError
+from mcast.fleet import JobState
+
+__all__ = ["TRANSITIONS", "AgentState", "Job", "JobState", "OutboxEvent", "Report", "StateError"]
 
 DB_NAME = "agent.sqlite3"
 
@@ -86,28 +91,6 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 
-class JobState(Enum):
-    """The state machine of one job (a task with one package version).
-
-    ``received -> downloading -> downloaded -> scheduled -> running -> succeeded | failed``;
-    any state before ``running`` may go to ``failed`` (a permanent error) or ``superseded``
-    (the task left the policy, or its package changed, before it ran: no event, not run).
-    """
-
-    RECEIVED = "received"
-    DOWNLOADING = "downloading"
-    DOWNLOADED = "downloaded"
-    SCHEDULED = "scheduled"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    SUPERSEDED = "superseded"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.SUPERSEDED)
-
-
 # the legal transitions, in one place
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.RECEIVED: frozenset({JobState.DOWNLOADING, JobState.FAILED, JobState.SUPERSEDED}),
@@ -125,7 +108,7 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 }
 
 
-class StateError(Exception):
+class StateError(StorageError):
     """An illegal transition (a bug), or a state directory we cannot use."""
 
 
@@ -172,6 +155,7 @@ class Report:
     message: str = ""
 
 
+_TERMINAL = tuple(s.value for s in JobState if s.terminal)
 _JOB_COLS = (
     "task_id, package_hash, package_id, package_name, command, schedule, credentials, "
     "run_from, state, first_try, exit_code, message, bytes_multicast, bytes_http, route, runs"
@@ -192,29 +176,15 @@ class AgentState:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             (self.dir / "cache").mkdir(exist_ok=True)
-            self._db = sqlite3.connect(self.dir / DB_NAME, isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
+            self._db = open_store(self.dir / DB_NAME, SCHEMA)
+        except (OSError, StorageError) as exc:
             raise StateError(f"cannot use state directory {self.dir}: {exc}") from None
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=10000")
-        with self._write() as db:
-            for stmt in SCHEMA.split(";"):
-                if stmt.strip():
-                    db.execute(stmt)
 
     def close(self) -> None:
         self._db.close()
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._db)
 
     # -- paths ---------------------------------------------------------------------------
     def cache_dir(self, package_hash: str) -> Path:
@@ -283,8 +253,14 @@ class AgentState:
         return None if row is None else _job(row)
 
     def jobs(self, *, active_only: bool = False) -> list[Job]:
-        where = "WHERE state NOT IN ('succeeded', 'failed', 'superseded')" if active_only else ""
-        rows = self._db.execute(f"SELECT {_JOB_COLS} FROM jobs {where} ORDER BY created, rowid")
+        where = ""
+        args: tuple[str, ...] = ()
+        if active_only:  # the terminal state names come from mcast.fleet.JobState
+            where = f"WHERE state NOT IN ({', '.join('?' * len(_TERMINAL))})"
+            args = _TERMINAL
+        rows = self._db.execute(
+            f"SELECT {_JOB_COLS} FROM jobs {where} ORDER BY created, rowid", args
+        )
         return [_job(r) for r in rows]
 
     def add_job(self, job: Job, computer: str, report: Report) -> bool:

@@ -31,7 +31,7 @@ from . import docs, repo
 from .events import EventProcessor
 from .ranges import RangeError, parse_range
 from .replica import ReplicaError, replicate
-from .store import Store, StoreError
+from .store import SERVER_SITE, Store, StoreError
 
 log = logging.getLogger("server_stub")
 XML = "application/xml"
@@ -108,7 +108,7 @@ async def get_client_policies(request: Request) -> Response:
     settings = await srv.db(store.settings)
     tasks = await srv.db(store.tasks_for, guid)
     items = [
-        docs.PolicyTask(t, await srv.db(partial(store.latest_package, package_id=t.package_id)))
+        docs.policy_task(t, await srv.db(partial(store.latest_package, package_id=t.package_id)))
         for t in tasks
     ]
     return Response(docs.policy_xml(guid, settings, items), media_type=XML)
@@ -119,14 +119,14 @@ def _codebases(
 ) -> list[docs.Codebase]:
     store = srv.ns()
     settings = store.settings()
-    limit = int(settings.get("MaxAgentDownloadTryingTimeMins") or 0)
+    limit = docs.agent_settings(settings).max_trying_time_mins
     if limit > 0 and totaltime > limit:
-        ns_site = settings.get("serverSite") or ""
+        ns_site = settings.get(SERVER_SITE) or ""
         servers = store.pkgservers(ns_site) if ns_site else []
     else:
         servers = store.pkgservers(site) if site else []
     if not servers:
-        servers = [(srv.base_url(request), settings.get("serverSite") or "")]
+        servers = [(srv.base_url(request), settings.get(SERVER_SITE) or "")]
     return [docs.Codebase(url.rstrip("/") + "/pkg/{hash}/", s) for url, s in servers]
 
 

@@ -17,6 +17,12 @@ into the store or the repository. Commands::
 
 Every command takes ``--data DIR`` (default: $MCAST_NS_DATA, else ./ns-data). ``serve``
 prints the bound URL (``http://HOST:PORT``) as its first line on stdout.
+
+Every argument is checked when given (a task's schedule with the agent's own parser, a
+setting with the rules the agent reads it by), before the data directory is touched. Every
+expected failure is one line on stderr with the exit code of :mod:`mcast.errors`: 2 a bad
+argument or a refused change, 3 a trust key that is not a key, 4 a file error (a data
+directory not initialised, a package directory that does not exist), 5 a network failure.
 """
 
 from __future__ import annotations
@@ -33,11 +39,14 @@ from pathlib import Path
 
 import trio
 
-from mcast.snapshot import SnapshotError, TrustStore, load_public_key
+from mcast import argtypes
+from mcast.argtypes import Parser, one_line
+from mcast.errors import McastError, NetworkError, StorageError, UsageError
+from mcast.fleet import load_trust_key
+from mcast.snapshot import TrustStore
 
 from . import repo
-from .docs import BadRequest, parse_guid
-from .store import Store, StoreError, TaskRow
+from .store import Store, TaskRow, check_setting
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
@@ -47,7 +56,7 @@ def _data_dir(args: argparse.Namespace) -> Path:
 def _open(args: argparse.Namespace) -> Store:
     data = _data_dir(args)
     if not (data / repo.KEY_NAME).exists():
-        raise SystemExit(f"mcast-ns: {data} is not initialised; run `mcast-ns init --data {data}`")
+        raise StorageError(f"{data} is not initialised; run `mcast-ns init --data {data}`")
     return Store(data)
 
 
@@ -83,18 +92,15 @@ def cmd_site_add(args: argparse.Namespace) -> int:
 
 
 def cmd_pkgserver_add(args: argparse.Namespace) -> int:
-    url = args.url.rstrip("/") + "/"
-    if not url.startswith(("http://", "https://")):
-        raise StoreError(f"{args.url!r} is not an http(s) URL")
+    url = args.url + "/"
     _open(args).add_pkgserver(args.site, url)
     print(f"package server {url} serves site {args.site!r}")
     return 0
 
 
 def cmd_computer_add(args: argparse.Namespace) -> int:
-    guid = parse_guid(args.guid, "computer")
-    _open(args).add_computer(guid, args.name or "")
-    print(f"computer {guid}")
+    _open(args).add_computer(args.guid, args.name or "")
+    print(f"computer {args.guid}")
     return 0
 
 
@@ -102,10 +108,8 @@ def cmd_task_add(args: argparse.Namespace) -> int:
     store = _open(args)
     package = store.latest_package(name=args.package)
     if package is None:
-        raise StoreError(f"unknown package {args.package!r} (add it with `package add`)")
-    targets = [parse_guid(t, "target") for t in args.targets.split(",") if t.strip()]
-    if not targets:
-        raise StoreError("--targets needs at least one computer GUID")
+        raise UsageError(f"unknown package {args.package!r} (add it with `package add`)")
+    targets = args.targets
     task = TaskRow(
         task_id=str(uuid.uuid4()),
         package_id=package.package_id,
@@ -126,8 +130,9 @@ def cmd_settings_show(args: argparse.Namespace) -> int:
 
 
 def cmd_settings_set(args: argparse.Namespace) -> int:
-    _open(args).set_setting(args.key, args.value)
-    print(f"{args.key} = {args.value}")
+    check_setting(args.key, args.value)  # a bad value is refused before the store is opened
+    value = _open(args).set_setting(args.key, args.value)
+    print(f"{args.key} = {value}")
     return 0
 
 
@@ -165,8 +170,7 @@ async def _serve_main(args: argparse.Namespace) -> None:
 
     trust = None
     if args.upstream:
-        pem = Path(args.trust) if args.trust else _data_dir(args) / repo.PUB_NAME
-        trust = TrustStore.of(load_public_key(pem.read_bytes()))
+        trust = TrustStore.of(load_trust_key(_trust_path(args)))
     app = create_app(
         _data_dir(args),
         mode=args.mode,
@@ -184,84 +188,133 @@ async def _serve_main(args: argparse.Namespace) -> None:
                 break
 
 
-def _check_bind(bind: str) -> None:
-    host, sep, port = bind.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise StoreError(f"--bind {bind!r}: expected HOST:PORT, e.g. 127.0.0.1:0")
+def _trust_path(args: argparse.Namespace) -> Path:
+    return Path(args.trust) if args.trust else _data_dir(args) / repo.PUB_NAME
+
+
+def _oserror(exc: BaseException) -> OSError | None:
+    """The first OSError in ``exc`` or in the exception groups around it."""
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _oserror(inner)) is not None:
+                return found
+    return None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    _check_bind(args.bind)
     if args.mode == "package-server" and not args.site:
-        raise StoreError("--mode package-server needs --site")
+        raise UsageError("--mode package-server needs --site")
     if args.upstream and args.mode != "package-server":
-        raise StoreError("--upstream is for --mode package-server")
+        raise UsageError("--upstream is for --mode package-server")
     if args.upstream:
-        pem = Path(args.trust) if args.trust else _data_dir(args) / repo.PUB_NAME
-        if not pem.is_file():
-            raise StoreError(f"--upstream needs the upstream's public key: --trust PEM ({pem})")
+        load_trust_key(_trust_path(args))  # missing: exit 4; not a key: exit 3
     data = _data_dir(args)
     if args.mode == "package-server":
-        (data / "packages").mkdir(parents=True, exist_ok=True)
+        try:
+            (data / "packages").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create {data / 'packages'}: {exc.strerror}") from None
     else:
         _open(args).close()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
-    trio.run(_serve_main, args)
+    try:
+        trio.run(_serve_main, args)
+    except (OSError, BaseExceptionGroup) as exc:  # trio may wrap it in a group
+        found = _oserror(exc)
+        if found is None:
+            raise
+        raise NetworkError(f"cannot serve on {args.bind}: {found.strerror or found}") from None
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("--data", help="data directory (default $MCAST_NS_DATA or ./ns-data)")
-    p = argparse.ArgumentParser(prog="mcast-ns", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = Parser(prog="mcast-ns", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     sub.add_parser("init", parents=[common], help="create the data directory").set_defaults(
         fn=cmd_init
     )
 
-    pkg = sub.add_parser("package", help="packages").add_subparsers(dest="sub", required=True)
+    pkg = sub.add_parser("package", help="packages").add_subparsers(
+        dest="sub", required=True, metavar="SUBCOMMAND"
+    )
     a = pkg.add_parser("add", parents=[common], help="add or update a package")
-    a.add_argument("dir", help="directory (or single file) with the package's files")
-    a.add_argument("--name", required=True)
+    a.add_argument(
+        "dir",
+        type=argtypes.existing_path,
+        help="directory (or single file) with the package's files",
+    )
+    a.add_argument("--name", required=True, type=argtypes.name)
     a.set_defaults(fn=cmd_package_add)
     pkg.add_parser("list", parents=[common]).set_defaults(fn=cmd_package_list)
 
-    site = sub.add_parser("site", help="sites").add_subparsers(dest="sub", required=True)
+    site = sub.add_parser("site", help="sites").add_subparsers(
+        dest="sub", required=True, metavar="SUBCOMMAND"
+    )
     a = site.add_parser("add", parents=[common], help="add a site, or subnets to a site")
-    a.add_argument("name")
-    a.add_argument("--subnet", action="append", help="CIDR owned by the site (repeatable)")
+    a.add_argument("name", type=argtypes.name)
+    a.add_argument(
+        "--subnet",
+        action="append",
+        type=argtypes.subnet,
+        help="CIDR owned by the site (repeatable)",
+    )
     a.set_defaults(fn=cmd_site_add)
 
     ps = sub.add_parser("pkgserver", help="package servers").add_subparsers(
-        dest="sub", required=True
+        dest="sub", required=True, metavar="SUBCOMMAND"
     )
     a = ps.add_parser("add", parents=[common], help="register a package server of a site")
-    a.add_argument("--site", required=True)
-    a.add_argument("--url", required=True, help="base URL, e.g. http://127.0.0.1:8081/")
+    a.add_argument("--site", required=True, type=argtypes.name)
+    a.add_argument(
+        "--url",
+        required=True,
+        type=argtypes.http_url,
+        help="base URL, e.g. http://127.0.0.1:8081/",
+    )
     a.set_defaults(fn=cmd_pkgserver_add)
 
-    comp = sub.add_parser("computer", help="computers").add_subparsers(dest="sub", required=True)
+    comp = sub.add_parser("computer", help="computers").add_subparsers(
+        dest="sub", required=True, metavar="SUBCOMMAND"
+    )
     a = comp.add_parser("add", parents=[common], help="register a computer GUID")
-    a.add_argument("guid")
-    a.add_argument("--name")
+    a.add_argument("guid", type=argtypes.guid)
+    a.add_argument("--name", type=argtypes.name)
     a.set_defaults(fn=cmd_computer_add)
 
-    task = sub.add_parser("task", help="tasks").add_subparsers(dest="sub", required=True)
+    task = sub.add_parser("task", help="tasks").add_subparsers(
+        dest="sub", required=True, metavar="SUBCOMMAND"
+    )
     a = task.add_parser("add", parents=[common], help="run a package on computers")
-    a.add_argument("--package", required=True, help="package name")
-    a.add_argument("--command", required=True, help="command line to run")
-    a.add_argument("--targets", required=True, help="comma-separated computer GUIDs")
+    a.add_argument("--package", required=True, type=argtypes.name, help="package name")
+    a.add_argument(
+        "--command", required=True, type=argtypes.command_line, help="command line to run"
+    )
+    a.add_argument(
+        "--targets",
+        required=True,
+        type=argtypes.guid_list,
+        help="comma-separated computer GUIDs",
+    )
     a.add_argument(
         "--schedule",
         default="asap",
+        type=argtypes.schedule,
         help="asap, an ISO 8601 time, a window START/END (ISO 8601) or a daily HH:MM/HH:MM",
     )
-    a.add_argument("--credentials", default="system", help="credentials reference")
+    a.add_argument(
+        "--credentials", default="system", type=argtypes.name, help="credentials reference"
+    )
     a.add_argument("--run-from", default="agent", choices=["agent", "server"])
     a.set_defaults(fn=cmd_task_add)
 
-    st = sub.add_parser("settings", help="Agent Settings").add_subparsers(dest="sub", required=True)
+    st = sub.add_parser("settings", help="Agent Settings").add_subparsers(
+        dest="sub", required=True, metavar="SUBCOMMAND"
+    )
     st.add_parser("show", parents=[common]).set_defaults(fn=cmd_settings_show)
     a = st.add_parser("set", parents=[common])
     a.add_argument("key")
@@ -273,24 +326,38 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(fn=cmd_status)
 
     a = sub.add_parser("serve", parents=[common], help="serve over HTTP")
-    a.add_argument("--bind", default="127.0.0.1:0", help="HOST:PORT (port 0: pick one)")
+    a.add_argument(
+        "--bind",
+        default="127.0.0.1:0",
+        type=argtypes.host_port,
+        help="HOST:PORT (port 0: pick one)",
+    )
     a.add_argument("--mode", default="notification", choices=["notification", "package-server"])
-    a.add_argument("--site", help="the site a package server serves")
-    a.add_argument("--public-url", help="base URL agents reach this server at")
-    a.add_argument("--upstream", help="package server: fetch missing packages from this URL")
-    a.add_argument("--trust", help="PEM public key that signs upstream snapshots")
+    a.add_argument("--site", type=argtypes.name, help="the site a package server serves")
+    a.add_argument(
+        "--public-url", type=argtypes.http_url, help="base URL agents reach this server at"
+    )
+    a.add_argument(
+        "--upstream",
+        type=argtypes.http_url,
+        help="package server: fetch missing packages from this URL",
+    )
+    a.add_argument(
+        "--trust", type=argtypes.trust_key, help="PEM public key that signs upstream snapshots"
+    )
     a.add_argument("-v", "--verbose", action="store_true")
     a.set_defaults(fn=cmd_serve)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; every expected failure is one line on stderr and its exit code."""
     try:
+        args = build_parser().parse_args(argv)
         return int(args.fn(args))
-    except (StoreError, repo.RepoError, SnapshotError, BadRequest) as exc:
-        print(f"mcast-ns: {exc}", file=sys.stderr)
-        return 2
+    except McastError as exc:
+        print(f"mcast-ns: {one_line(exc)}", file=sys.stderr)
+        return int(exc.exit_code)
 
 
 if __name__ == "__main__":

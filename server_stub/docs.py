@@ -1,42 +1,66 @@
-"""The XML documents the server speaks, and validation of everything a client sends.
+"""The server's side of the documents: validation of client input, and rows to documents.
 
-This module owns: the policy document (``GetClientPolicies.aspx``), the package info
-document (``getPackageInfo.aspx``), the status event body (``PostEvent.aspx``) and its
-acknowledgement, the error document, and the parsers of query parameters. Every parser of
-client input raises only :class:`BadRequest`, whose message is safe to show to the client.
-PROTOCOL.md is the prose form of this module.
+The documents themselves (policy, package info, status event, acknowledgement, error) and
+their limits are shared with the agent in :mod:`mcast.fleet`. This module owns what only the
+server does with them: parsing query parameters and the posted event body into values whose
+errors are safe to show the client (:class:`BadRequest`, carrying the 4xx to answer with),
+and turning store rows into fleet documents. PROTOCOL.md is the prose form of both.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import math
+import logging
 import re
-import uuid
-from dataclasses import dataclass
-from xml.etree.ElementTree import Element, SubElement, tostring
+from collections.abc import Mapping
 
-import defusedxml.ElementTree as SafeET
+from mcast import fleet
+from mcast.errors import UsageError
+from mcast.fleet import (
+    MAX_EVENT_BYTES,
+    SETTING_DEFAULTS,
+    AgentSettings,
+    Codebase,
+    DocumentError,
+    DocumentTooLarge,
+    EventAck,
+    PackageInfo,
+    Policy,
+    PolicyTask,
+    StatusEvent,
+    error_xml,
+    event_xml,
+    parse_setting,
+)
 
-from .store import EventRecord, PackageRow, TaskRow
+from .store import PackageRow, TaskRow
 
-MAX_EVENT_BYTES = 64 * 1024
-MAX_MESSAGE_CHARS = 4096
-STATES = ("received", "downloading", "downloaded", "scheduled", "running", "succeeded", "failed")
+__all__ = [
+    "MAX_EVENT_BYTES",
+    "BadRequest",
+    "Codebase",
+    "error_xml",
+    "event_ack_xml",
+    "event_xml",
+    "package_info_xml",
+    "parse_event_untrusted",
+    "parse_guid",
+    "parse_hash",
+    "parse_ip",
+    "parse_nonneg_int",
+    "policy_xml",
+]
+
 _HASH_RE = re.compile(r"[0-9a-f]{64}")
-_MAX_INT = 2**63 - 1
+log = logging.getLogger("server_stub.docs")
 
 
-class BadRequest(Exception):
+class BadRequest(UsageError, ValueError):
     """Client input is malformed; ``status`` is the 4xx to answer with."""
 
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
-
-
-def _xml(root: Element) -> bytes:
-    return b'<?xml version="1.0" encoding="utf-8"?>\n' + bytes(tostring(root, encoding="utf-8"))
 
 
 # -- query parameters -----------------------------------------------------------------
@@ -46,15 +70,10 @@ def parse_guid(raw: str | None, what: str) -> str:
     """A GUID in any of the usual spellings ({...}, upper case) -> lower case, no braces."""
     if raw is None or raw == "":
         raise BadRequest(f"missing parameter {what!r}")
-    text = raw.strip()
-    if text.startswith("{") and text.endswith("}"):
-        text = text[1:-1]
-    if len(text) != 36:
-        raise BadRequest(f"{what} {raw[:80]!r} is not a GUID")
     try:
-        return str(uuid.UUID(text))
-    except ValueError:
-        raise BadRequest(f"{what} {raw[:80]!r} is not a GUID") from None
+        return fleet.parse_guid(raw, what)
+    except DocumentError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def parse_ip(raw: str | None) -> str:
@@ -82,51 +101,52 @@ def parse_hash(raw: str) -> str:
     return raw
 
 
-# -- documents the server sends -------------------------------------------------------
+def parse_event_untrusted(body: bytes) -> StatusEvent:
+    """Parse and validate a posted ``<Event>``; raises only BadRequest (413 when too large)."""
+    try:
+        return fleet.parse_event(body)
+    except DocumentTooLarge as exc:
+        raise BadRequest(str(exc), 413) from None
+    except DocumentError as exc:
+        raise BadRequest(str(exc)) from None
 
 
-def error_xml(status: int, message: str) -> bytes:
-    el = Element("Error", {"status": str(status)})
-    el.text = message
-    return _xml(el)
+# -- store rows to documents ------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PolicyTask:
-    task: TaskRow
-    package: PackageRow | None
-
-
-def policy_xml(guid: str, settings: dict[str, str], tasks: list[PolicyTask]) -> bytes:
-    root = Element("ClientPolicies", {"guid": guid})
-    SubElement(
-        root,
-        "AgentSettings",
-        {k: v for k, v in sorted(settings.items()) if k != "serverSite"},
+def policy_task(task: TaskRow, package: PackageRow | None) -> PolicyTask:
+    """The ``<Task>`` of a task row, with the newest version of its package if any."""
+    return PolicyTask(
+        task_id=task.task_id,
+        package_id=task.package_id,
+        package_name=package.name if package else "",
+        package_hash=package.hash if package else "",
+        package_size=package.size if package else 0,
+        package_version=package.version if package else 0,
+        command=task.command,
+        schedule=task.schedule,
+        credentials=task.credentials,
+        run_from=task.run_from,
     )
-    tasks_el = SubElement(root, "Tasks")
-    for item in tasks:
-        t, p = item.task, item.package
-        attrs = {"id": t.task_id, "packageId": t.package_id}
-        if p is not None:
-            attrs.update(
-                packageName=p.name,
-                packageHash=p.hash,
-                packageSize=str(p.size),
-                packageVersion=str(p.version),
-            )
-        task_el = SubElement(tasks_el, "Task", attrs)
-        SubElement(task_el, "CommandLine").text = t.command
-        SubElement(task_el, "Schedule", {"when": t.schedule})
-        SubElement(task_el, "Credentials", {"ref": t.credentials})
-        SubElement(task_el, "Execution", {"runFrom": t.run_from})
-    return _xml(root)
 
 
-@dataclass(frozen=True)
-class Codebase:
-    url: str
-    site: str
+def agent_settings(stored: Mapping[str, str]) -> AgentSettings:
+    """The Agent Settings of the stored settings (server-only keys ignored). A value stored
+    before ``settings set`` checked values, and refused now, takes its default (logged)
+    rather than making every policy unreadable."""
+    good: dict[str, str] = {}
+    for key, value in stored.items():
+        if key in SETTING_DEFAULTS:
+            try:
+                good[key] = parse_setting(key, value)
+            except DocumentError as exc:
+                log.warning("stored setting ignored, its default is used: %s", exc)
+    return AgentSettings.from_attrs(good)
+
+
+def policy_xml(guid: str, settings: Mapping[str, str], tasks: list[PolicyTask]) -> bytes:
+    """The policy of computer ``guid``; ``settings`` as stored."""
+    return fleet.policy_xml(Policy(guid, agent_settings(settings), tuple(tasks)))
 
 
 def package_info_xml(
@@ -136,107 +156,20 @@ def package_info_xml(
     computer_site: str | None,
     block_size: int,
 ) -> bytes:
-    root = Element(
-        "PackageInfo",
-        {
-            "packageId": package.package_id,
-            "name": package.name,
-            "version": str(package.version),
-            "hash": package.hash,
-            "size": str(package.size),
-            "blockSize": str(block_size),
-            "site": computer_site or "",
-        },
+    info = PackageInfo(
+        package_id=package.package_id,
+        name=package.name,
+        version=package.version,
+        hash=package.hash,
+        size=package.size,
+        block_size=block_size,
+        site=computer_site or "",
+        snapshot_url=snapshot_url,
+        codebases=tuple(codebases),
+        session_key=bytes.fromhex(package.session_key),
     )
-    SubElement(root, "Snapshot", {"url": snapshot_url})
-    cbs = SubElement(root, "Codebases")
-    for cb in codebases:
-        SubElement(cbs, "Codebase", {"url": cb.url, "site": cb.site})
-    SubElement(root, "Multicast", {"sessionKey": package.session_key})
-    return _xml(root)
+    return fleet.package_info_xml(info)
 
 
 def event_ack_xml(event_id: str, stored: bool) -> bytes:
-    return _xml(
-        Element("EventAck", {"id": event_id, "result": "stored" if stored else "duplicate"})
-    )
-
-
-# -- the status event body ------------------------------------------------------------
-
-
-def event_xml(ev: EventRecord) -> bytes:
-    """The body an agent posts (used by the agent, tests and the bench)."""
-    attrs = {
-        "id": ev.event_id,
-        "computer": ev.computer,
-        "task": ev.task_id,
-        "state": ev.state,
-        "bytesMulticast": str(ev.bytes_multicast),
-        "bytesHttp": str(ev.bytes_http),
-        "time": repr(ev.agent_time),
-    }
-    if ev.exit_code is not None:
-        attrs["exitCode"] = str(ev.exit_code)
-    el = Element("Event", attrs)
-    el.text = ev.message
-    return _xml(el)
-
-
-def _int_attr(el: Element, name: str, *, required: bool, signed: bool = False) -> int | None:
-    raw = el.get(name)
-    if raw is None:
-        if required:
-            raise BadRequest(f"<Event> lacks attribute {name!r}")
-        return None
-    body = raw[1:] if signed and raw.startswith("-") else raw
-    if not body.isascii() or not body.isdigit() or len(body) > 19:
-        raise BadRequest(f"<Event> attribute {name}={raw[:40]!r} is not an integer")
-    value = int(raw)
-    if abs(value) > _MAX_INT:
-        raise BadRequest(f"<Event> attribute {name} is out of range")
-    return value
-
-
-def parse_event_untrusted(body: bytes) -> EventRecord:
-    """Parse and validate a posted ``<Event>``; raises only BadRequest."""
-    if len(body) > MAX_EVENT_BYTES:
-        raise BadRequest(f"event body is larger than {MAX_EVENT_BYTES} bytes", 413)
-    if not body.strip():
-        raise BadRequest("empty event body")
-    try:
-        root = SafeET.fromstring(body)
-    except Exception:  # defusedxml raises several types for hostile documents
-        raise BadRequest(
-            "event body is not well-formed XML (or uses forbidden constructs)"
-        ) from None
-    if root.tag != "Event":
-        raise BadRequest(f"expected an <Event> document, got <{str(root.tag)[:40]}>")
-    if len(root):
-        raise BadRequest("<Event> must not have child elements")
-    state = root.get("state")
-    if state not in STATES:
-        raise BadRequest(f"<Event> state must be one of {', '.join(STATES)}")
-    raw_time = root.get("time")
-    try:
-        agent_time = float(raw_time) if raw_time is not None else -1.0
-    except ValueError:
-        agent_time = -1.0
-    if not math.isfinite(agent_time) or agent_time < 0:
-        raise BadRequest("<Event> attribute 'time' must be seconds since the epoch")
-    message = root.text or ""
-    if len(message) > MAX_MESSAGE_CHARS:
-        raise BadRequest(f"<Event> message is longer than {MAX_MESSAGE_CHARS} characters")
-    bmc = _int_attr(root, "bytesMulticast", required=False) or 0
-    bhttp = _int_attr(root, "bytesHttp", required=False) or 0
-    return EventRecord(
-        event_id=parse_guid(root.get("id"), "event id"),
-        computer=parse_guid(root.get("computer"), "computer"),
-        task_id=parse_guid(root.get("task"), "task"),
-        state=state,
-        exit_code=_int_attr(root, "exitCode", required=False, signed=True),
-        bytes_multicast=bmc,
-        bytes_http=bhttp,
-        message=message,
-        agent_time=agent_time,
-    )
+    return fleet.event_ack_xml(EventAck(event_id, stored))

@@ -10,10 +10,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from mcast.errors import UsageError
+
 _RANGE_RE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
 
 
-class RangeError(Exception):
+class RangeError(UsageError, ValueError):
+    """A Range header the server cannot honour; ``status`` is 400 or 416."""
+
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from mcast.errors import NetworkError
 from mcast.snapshot import Snapshot, SnapshotError, TrustStore, load_verified, safe_join
 
 from .repo import package_dir
@@ -26,7 +27,7 @@ from .repo import package_dir
 TIMEOUT = httpx.Timeout(60.0, connect=5.0)
 
 
-class ReplicaError(Exception):
+class ReplicaError(NetworkError):
     """The upstream does not have the package, or what it sent does not verify."""
 
 

@@ -25,8 +25,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from mcast.errors import StorageError
 from mcast.snapshot import (
     Snapshot,
+    SnapshotError,
     build_snapshot,
     generate_key,
     load_private_key,
@@ -42,19 +44,22 @@ PUB_NAME = "signing.pub"
 CHUNK = 256 * 1024
 
 
-class RepoError(Exception):
+class RepoError(StorageError):
     """A package could not be added or read."""
 
 
 def init_data_dir(data_dir: Path) -> Store:
     """Create the data directory, the store and the signing key (idempotent)."""
     data_dir = Path(data_dir)
-    (data_dir / "packages").mkdir(parents=True, exist_ok=True)
-    key_path = data_dir / KEY_NAME
-    if not key_path.exists():
-        key = generate_key()
-        save_private_key(key, key_path)
-        (data_dir / PUB_NAME).write_bytes(public_key_pem(key.public_key()))
+    try:
+        (data_dir / "packages").mkdir(parents=True, exist_ok=True)
+        key_path = data_dir / KEY_NAME
+        if not key_path.exists():
+            key = generate_key()
+            save_private_key(key, key_path)
+            (data_dir / PUB_NAME).write_bytes(public_key_pem(key.public_key()))
+    except OSError as exc:
+        raise RepoError(f"cannot create data directory {data_dir}: {exc.strerror or exc}") from None
     return Store(data_dir)
 
 
@@ -82,10 +87,20 @@ def add_package(store: Store, source: Path, name: str) -> AddResult:
     The package keeps its id across versions; a changed content gets version + 1 and a new
     hash. Re-adding unchanged content is a no-op that returns the current version.
     """
-    data_dir = store.data_dir
     source = Path(source)
     if not source.exists():
         raise RepoError(f"{source} does not exist")
+    try:
+        return _add_package(store, source, name)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise RepoError(f"cannot add {source}: {exc.strerror or exc}{where}") from None
+    except SnapshotError as exc:
+        raise RepoError(f"cannot add {source}: {exc}") from None
+
+
+def _add_package(store: Store, source: Path, name: str) -> AddResult:
+    data_dir = store.data_dir
     key = load_private_key(data_dir / KEY_NAME)
     staging = data_dir / "packages" / f".staging-{uuid.uuid4().hex}"
     files = staging / "files"

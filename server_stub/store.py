@@ -4,8 +4,9 @@ This module owns the schema and every SQL statement of the server: agent setting
 their subnets, package servers, packages (one row per signed version), tasks and their target
 computers, the status event queue and the task status it is processed into.
 
-Durability rules: the database runs in WAL mode with ``synchronous=FULL`` and every write is
-an explicit ``BEGIN IMMEDIATE ... COMMIT``, so a write that returned is on disk. One
+Durability rules (``mcast.durable``): the database runs in WAL mode with ``synchronous=FULL``
+and every write is an explicit ``BEGIN IMMEDIATE ... COMMIT``, so a write that returned is on
+disk. One
 :class:`Store` holds one connection guarded by a lock; the HTTP app calls it from worker
 threads, the CLI calls it directly.
 """
@@ -20,6 +21,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from mcast.durable import open_store, transaction
+from mcast.errors import UsageError
+from mcast.fleet import PENDING, SETTING_DEFAULTS, DocumentError, StatusEvent, parse_setting
 
 DB_NAME = "ns.sqlite3"
 
@@ -100,19 +105,25 @@ CREATE TABLE IF NOT EXISTS task_status (
 );
 """
 
-DEFAULT_SETTINGS: dict[str, str] = {
-    "multicastEnabled": "true",
-    "minMulticastSize": str(1024 * 1024),
-    "maxSessionsPerSubnet": "2",
-    "SpeedTestCodebases": "1",
-    "MaxAgentDownloadTryingTimeMins": "0",  # 0 = off, as in the seed
-    "checkInIntervalMins": "60",
-    "serverSite": "",  # the site the Notification Server itself belongs to
-}
+SERVER_SITE = "serverSite"  # the site the Notification Server itself belongs to
+# the Agent Settings of every policy, and the one setting that stays on the server
+DEFAULT_SETTINGS: dict[str, str] = {**SETTING_DEFAULTS, SERVER_SITE: ""}
 
 
-class StoreError(Exception):
+class StoreError(UsageError, ValueError):
     """A store operation was refused (unknown name, duplicate, bad value)."""
+
+
+def check_setting(key: str, value: str) -> str:
+    """``value`` as setting ``key`` stores it (Agent Settings normalised), or StoreError."""
+    if key not in DEFAULT_SETTINGS:
+        raise StoreError(f"unknown setting {key!r}; known: {', '.join(DEFAULT_SETTINGS)}")
+    if key == SERVER_SITE:
+        return value
+    try:
+        return parse_setting(key, value)
+    except DocumentError as exc:
+        raise StoreError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -136,35 +147,26 @@ class TaskRow:
     run_from: str
 
 
-@dataclass(frozen=True)
-class EventRecord:
-    """One status event as the agent sent it (validated by the caller)."""
+# one status event as the agent sent it (validated by the caller); the name the store's
+# callers have always used for it
+EventRecord = StatusEvent
 
-    event_id: str
-    computer: str
-    task_id: str
-    state: str
-    exit_code: int | None
-    bytes_multicast: int
-    bytes_http: int
-    message: str
-    agent_time: float
 
-    def digest(self) -> str:
-        """Identity of the content, to tell a retry from a different event reusing an id."""
-        return "|".join(
-            str(v)
-            for v in (
-                self.computer,
-                self.task_id,
-                self.state,
-                self.exit_code,
-                self.bytes_multicast,
-                self.bytes_http,
-                self.message,
-                repr(self.agent_time),
-            )
+def event_digest(ev: StatusEvent) -> str:
+    """Identity of an event's content, to tell a retry from a different event reusing an id."""
+    return "|".join(
+        str(v)
+        for v in (
+            ev.computer,
+            ev.task_id,
+            ev.state,
+            ev.exit_code,
+            ev.bytes_multicast,
+            ev.bytes_http,
+            ev.message,
+            repr(ev.agent_time),
         )
+    )
 
 
 @dataclass(frozen=True)
@@ -188,15 +190,8 @@ class Store:
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / DB_NAME
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db = open_store(self.path, SCHEMA, threads=True, foreign_keys=True)
         with self._write() as db:
-            for stmt in SCHEMA.split(";"):
-                if stmt.strip():
-                    db.execute(stmt)
             for key, value in DEFAULT_SETTINGS.items():
                 db.execute("INSERT OR IGNORE INTO settings VALUES (?, ?)", (key, value))
 
@@ -207,14 +202,8 @@ class Store:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One durable transaction: committed (fsynced) on exit, rolled back on error."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, transaction(self._db) as db:
+            yield db
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -226,11 +215,12 @@ class Store:
         with self._read() as db:
             return dict(db.execute("SELECT key, value FROM settings").fetchall())
 
-    def set_setting(self, key: str, value: str) -> None:
-        if key not in DEFAULT_SETTINGS:
-            raise StoreError(f"unknown setting {key!r}; known: {', '.join(DEFAULT_SETTINGS)}")
+    def set_setting(self, key: str, value: str) -> str:
+        """Set one setting; returns the value as stored (Agent Settings are normalised)."""
+        value = check_setting(key, value)
         with self._write() as db:
             db.execute("UPDATE settings SET value = ? WHERE key = ?", (value, key))
+        return value
 
     # -- sites, subnets, package servers -----------------------------------------------
     def add_site(self, name: str, subnets: list[str]) -> None:
@@ -391,7 +381,7 @@ class Store:
 
         Raises StoreError if the id was already used for a different event.
         """
-        digest = ev.digest()
+        digest = event_digest(ev)
         with self._write() as db:
             cur = db.execute(
                 "INSERT OR IGNORE INTO events (event_id, digest, computer, task_id, state, "
@@ -468,11 +458,12 @@ class Store:
                 "SELECT g.computer, coalesce(c.name, ''), g.task_id, "
                 "coalesce((SELECT p.name FROM packages p WHERE p.package_id = t.package_id "
                 "  LIMIT 1), ''), "
-                "coalesce(s.state, 'pending'), s.exit_code, coalesce(s.bytes_multicast, 0), "
+                "coalesce(s.state, ?), s.exit_code, coalesce(s.bytes_multicast, 0), "
                 "coalesce(s.bytes_http, 0), coalesce(s.events, 0), coalesce(s.message, '') "
                 "FROM task_targets g JOIN tasks t ON t.task_id = g.task_id "
                 "LEFT JOIN computers c ON c.guid = g.computer "
                 "LEFT JOIN task_status s ON s.computer = g.computer AND s.task_id = g.task_id "
-                "ORDER BY t.created, g.computer"
+                "ORDER BY t.created, g.computer",
+                (PENDING,),
             ).fetchall()
         return [StatusRow(*r) for r in rows]

@@ -102,24 +102,57 @@ async def test_sigkill_during_download(ns: NS, url: str, tmp_path: Path) -> None
     assert row.state == "succeeded" and row.events == 6  # "downloading" was not sent twice
 
 
-@pytest.mark.parametrize(
-    ("extra", "needle"),
-    [
-        (["--server", "ftp://x"], "not an http(s) URL"),
-        (["--guid", "nope"], "is not a GUID"),
-        (["--trust-key", "/nonexistent.pub"], "cannot read trust key"),
-        (["--fetcher", "nomodule"], "MODULE:FUNCTION"),
-        (["--fetcher", "agent.nothere:fetch"], "--fetcher"),
-        (["--command-timeout", "0"], "timeout must be positive"),
-    ],
-)
-def test_bad_arguments(
-    ns: NS, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], needle: str
-) -> None:
-    base = argv(ns, "http://127.0.0.1:9", ns.guids[0], tmp_path / "s")[3:]
-    code = main([*base, *extra])
-    assert code == 2
-    assert needle in capsys.readouterr().err
+# bad argument -> exit code -> a word of the one-line message; "{pem}" is a file that is not a
+# key, "{file}" a regular file, "{dir}" a directory. Each is refused before any work starts.
+BAD_ARGUMENTS = [
+    (["--server", "ftp://x"], 2, "not an http(s) URL"),
+    (["--server", "http://host:99999"], 2, "not an http(s) URL"),
+    (["--guid", "nope"], 2, "is not a GUID"),
+    (["--trust-key", "/nonexistent.pub"], 4, "cannot read trust key"),
+    (["--trust-key", "{dir}"], 4, "cannot read trust key"),
+    (["--trust-key", "{pem}"], 3, "is not an Ed25519 public key"),
+    (["--state", "{file}"], 4, "cannot use state directory"),
+    (["--interval", "nan"], 2, "finite number of seconds"),
+    (["--interval", "inf"], 2, "finite number of seconds"),
+    (["--interval", "-5"], 2, "finite number of seconds"),
+    (["--interval", "0"], 2, "finite number of seconds"),
+    (["--interval", "soon"], 2, "not a number of seconds"),
+    (["--command-timeout", "0"], 2, "finite number of seconds"),
+    (["--command-timeout=-inf"], 2, "finite number of seconds"),
+    (["--interface", "notanip"], 2, "not an IPv4 address"),
+    (["--interface", "::1"], 2, "not an IPv4 address"),
+    (["--interface", "10.1.2.3"], 5, "neither loopback nor a lab address"),
+    (["--ip", "1.2.3"], 2, "not an IP address"),
+    (["--discovery", "239.255.1.1"], 2, "not GROUP:PORT"),
+    (["--discovery", "239.255.1.1:0"], 2, "not GROUP:PORT"),
+    (["--discovery", "224.0.0.1:5000"], 2, "is not in 239.255.0.0/16"),
+    (["--fetcher", "nomodule"], 2, "MODULE:FUNCTION"),
+    (["--fetcher", "agent.nothere:fetch"], 2, "--fetcher"),
+    (["--no-such-option"], 2, "unrecognized arguments"),
+]
+
+
+@pytest.mark.parametrize(("extra", "code", "needle"), BAD_ARGUMENTS)
+def test_bad_arguments(ns: NS, tmp_path: Path, extra: list[str], code: int, needle: str) -> None:
+    (tmp_path / "bad.pem").write_text("-----BEGIN PUBLIC KEY-----\nnot a key\n")
+    (tmp_path / "a-file").write_text("x")
+    places = {"{pem}": tmp_path / "bad.pem", "{file}": tmp_path / "a-file", "{dir}": tmp_path}
+    extra = [str(places.get(x, x)) for x in extra]
+    cmd = [*argv(ns, "http://127.0.0.1:9", ns.guids[0], tmp_path / "s"), "--once", *extra]
+    environ = env()
+    environ.pop("MCAST_ALLOW_ANY_INTERFACE", None)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=environ, cwd=ROOT, timeout=60)
+    assert (proc.returncode, proc.stdout) == (code, ""), proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mcast-agent: ") and needle in lines[0]
+
+
+def test_a_required_argument_missing_is_one_line(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "agent.cli", "--server", "http://127.0.0.1:9"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env(), cwd=ROOT, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "required" in proc.stderr
 
 
 def test_state_dir_in_use(ns: NS, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,17 +13,21 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.docs import (
+from agent.config import ConfigError
+from agent.core import Permanent, Retryable
+from agent.runner import run_command
+from agent.state import AgentState, Job, JobState, Report, StateError
+from mcast.errors import ExitCode, McastError
+from mcast.fleet import (
+    MAX_MESSAGE_CHARS,
     DocumentError,
     StatusEvent,
     clean_message,
-    event_body,
+    event_xml,
     parse_package_info,
     parse_policy,
 )
-from agent.runner import run_command
-from agent.schedule import Kind, ScheduleError, decide, parse_schedule
-from agent.state import AgentState, Job, JobState, Report, StateError
+from mcast.schedule import Kind, ScheduleError, decide, parse_schedule
 from server_stub.docs import parse_event_untrusted
 
 # -- schedule ------------------------------------------------------------------------------
@@ -113,10 +117,10 @@ def test_parsers_raise_only_document_error(data: bytes) -> None:
 def test_event_body_is_accepted_by_the_server(text: str) -> None:
     ev = StatusEvent(str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4()), "failed", -1,
                      3, 4, text, time.time())  # fmt: skip
-    rec = parse_event_untrusted(event_body(ev))
+    rec = parse_event_untrusted(event_xml(ev))
     assert rec.event_id == ev.event_id and rec.exit_code == -1 and rec.agent_time == ev.agent_time
     assert rec.message == clean_message(text).replace("\r", "\n")
-    assert len(rec.message) <= 4000
+    assert len(rec.message) <= MAX_MESSAGE_CHARS
 
 
 # -- state machine ------------------------------------------------------------------------
@@ -176,3 +180,20 @@ async def test_runner_timeout_kills_the_process_group(tmp_path: Path) -> None:
 async def test_runner_cwd_and_env(tmp_path: Path) -> None:
     res = await run_command('pwd; echo "$FOO"', tmp_path, timeout_s=10, env={"FOO": "bar"})
     assert res.ok and res.output_tail.split() == [str(await trio.Path(tmp_path).resolve()), "bar"]
+
+
+# -- error classes ------------------------------------------------------------------------
+
+
+def test_agent_errors_belong_to_the_one_family() -> None:
+    table = [
+        (ConfigError, ExitCode.USAGE, True),
+        (ScheduleError, ExitCode.USAGE, True),
+        (DocumentError, ExitCode.TRUST, True),
+        (StateError, ExitCode.IO, False),
+        (Retryable, ExitCode.NET, False),
+        (Permanent, ExitCode.NET, False),
+    ]
+    for cls, code, value_error in table:
+        assert issubclass(cls, McastError) and cls("x").exit_code == code, cls
+        assert issubclass(cls, ValueError) == value_error, cls

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -13,6 +16,8 @@ import pytest
 from server_stub.cli import main
 from server_stub.store import Store
 from server_stub.testing import ServerProcess
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -97,9 +102,106 @@ def test_sites_servers_tasks_and_status(
     assert code == 0 and "pending" in out and "One" in out
 
 
-def test_commands_refuse_an_uninitialised_data_dir(tmp_path: Path):
-    with pytest.raises(SystemExit, match="not initialised"):
-        main(["status", "--data", str(tmp_path / "nothing")])
+def test_commands_refuse_an_uninitialised_data_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    code, _, err = run(capsys, "status", "--data", str(tmp_path / "nothing"))
+    assert code == 4 and "not initialised" in err
+
+
+def test_settings_are_stored_normalised(data: Path, capsys: pytest.CaptureFixture[str]):
+    code, out, _ = run(capsys, "settings", "set", "multicastEnabled", "NO", "--data", str(data))
+    assert code == 0 and out.strip() == "multicastEnabled = false"
+    assert Store(data).settings()["multicastEnabled"] == "false"
+
+
+G = "12345678-1234-5678-1234-567812345678"
+TASK = ["task", "add", "--package", "One", "--command", "run.cmd", "--targets", G]
+# bad argument -> exit code -> a word of the one-line message. "{data}" is an initialised data
+# directory holding package "One", "{empty}" a directory that is not one, "{pem}" a file that
+# is not a key, "{file}" a regular file. Each is refused before anything is changed.
+BAD_ARGUMENTS = [
+    ([], 2, "required: COMMAND"),
+    (["frob"], 2, "invalid choice"),
+    (["task"], 2, "SUBCOMMAND"),
+    (["init", "--data", "{file}/sub"], 4, "cannot create data directory"),
+    (["status", "--data", "{empty}"], 4, "not initialised"),
+    (["package", "add", "{empty}/missing", "--name", "A"], 4, "does not exist"),
+    (["package", "add", "{file}", "--name", " "], 2, "must not be empty"),
+    (["site", "add", "branch", "--subnet", "198.18.1.0/33"], 2, "CIDR"),
+    (["pkgserver", "add", "--site", "s", "--url", "ftp://x"], 2, "http(s) URL"),
+    (["pkgserver", "add", "--site", "nowhere", "--url", "http://127.0.0.1:1"], 2, "unknown site"),
+    (["computer", "add", "nope"], 2, "is not a GUID"),
+    ([*TASK[:-1], "zz"], 2, "is not a GUID"),
+    ([*TASK[:-1], ","], 2, "at least one computer GUID"),
+    ([*TASK, "--schedule", "next tuesday"], 2, "not an ISO 8601 time"),
+    ([*TASK, "--schedule", "25:00/01:00"], 2, "hours 0-23"),
+    ([*TASK, "--schedule", "2030-01-02T00:00:00Z/2030-01-01T00:00:00Z"], 2, "ends before"),
+    ([*TASK, "--run-from", "moon"], 2, "invalid choice"),
+    ([*TASK[:5], "", *TASK[6:]], 2, "must not be empty"),
+    ([*TASK[:5], "a\x01b", *TASK[6:]], 2, "character XML cannot carry"),
+    (["task", "add", "--package", "Nope", "--command", "x", "--targets", G], 2, "unknown package"),
+    (["settings", "set", "NoSuchKey", "1"], 2, "unknown setting"),
+    (["settings", "set", "maxSessionsPerSubnet", "abc"], 2, "is not an integer"),
+    (["settings", "set", "maxSessionsPerSubnet", "0"], 2, "at least 1"),
+    (["settings", "set", "minMulticastSize", "-1"], 2, "is not an integer"),
+    (["settings", "set", "multicastEnabled", "maybe"], 2, "not a boolean"),
+    (["settings", "set", "checkInIntervalMins", "1e3", "--data", "{empty}"], 2, "not an integer"),
+    (["serve", "--bind", "nohostport"], 2, "expected HOST:PORT"),
+    (["serve", "--bind", "127.0.0.1:99999"], 2, "expected HOST:PORT"),
+    (["serve", "--mode", "package-server"], 2, "needs --site"),
+    (["serve", "--upstream", "http://127.0.0.1:9"], 2, "is for --mode package-server"),
+    (["serve", "--upstream", "ftp://x"], 2, "http(s) URL"),
+    (["serve", "--public-url", "nope"], 2, "http(s) URL"),
+    (["serve", "--trust", "/nonexistent.pub"], 4, "cannot read trust key"),
+    (["serve", "--trust", "{pem}"], 3, "is not an Ed25519 public key"),
+]
+
+
+@pytest.fixture
+def one_package(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    (tmp_path / "one.msi").write_bytes(b"x" * 100)
+    assert run(capsys, "package", "add", str(tmp_path / "one.msi"), "--name", "One",
+               "--data", str(data))[0] == 0  # fmt: skip
+    return data
+
+
+def _subprocess(*argv: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "server_stub.cli", *argv]
+    environ = dict(os.environ, PYTHONPATH=str(ROOT))
+    environ.pop("MCAST_NS_DATA", None)
+    return subprocess.run(cmd, capture_output=True, text=True, env=environ, cwd=ROOT, timeout=60)
+
+
+@pytest.mark.parametrize(("argv", "code", "needle"), BAD_ARGUMENTS)
+def test_bad_arguments(
+    one_package: Path, tmp_path: Path, argv: list[str], code: int, needle: str
+) -> None:
+    (tmp_path / "bad.pem").write_text("-----BEGIN PUBLIC KEY-----\nnot a key\n")
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "empty").mkdir()
+    places = {"{data}": one_package, "{empty}": tmp_path / "empty", "{pem}": tmp_path / "bad.pem",
+              "{file}": tmp_path / "a-file"}  # fmt: skip
+    args = [a.format_map({k[1:-1]: v for k, v in places.items()}) for a in argv]
+    if argv and "--data" not in args and argv[0] != "frob":
+        args += ["--data", str(one_package)]
+    before = Store(one_package).settings(), Store(one_package).task_status()
+    proc = _subprocess(*args)
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mcast-ns: ") and needle in lines[0]
+    assert (Store(one_package).settings(), Store(one_package).task_status()) == before
+
+
+def test_serve_on_a_busy_port_is_a_network_error(data: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = _subprocess("serve", "--bind", f"127.0.0.1:{port}", "--data", str(data))
+    assert proc.returncode == 5 and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "cannot serve on" in proc.stderr
 
 
 def test_serve_prints_its_bound_url(data: Path):

@@ -10,7 +10,9 @@ Three forms, all in the one ``when`` attribute of the policy:
 - a daily window, ``HH:MM/HH:MM`` (local time, may wrap past midnight): run inside the next
   occurrence of that window; never missed.
 
-Times without a zone are local time, as an agent on a desktop would read them. This module is
+Times without a zone are local time, as an agent on a desktop would read them. The agent
+decides with this module when a task runs; the server (``mcast-ns task add --schedule``) reads
+it with the same parser so that it refuses a schedule the agent could not read. This module is
 pure: every function takes ``now`` (seconds since the epoch).
 """
 
@@ -21,10 +23,12 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
+from .errors import UsageError
+
 _DAILY = re.compile(r"(\d{1,2}):(\d{2})/(\d{1,2}):(\d{2})")
 
 
-class ScheduleError(ValueError):
+class ScheduleError(UsageError, ValueError):
     """The ``when`` text is not one of the accepted forms."""
 
 
