@@ -11,7 +11,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from mcast.errors import UsageError
-from mcast.udp import DISCOVERY_GROUP, DISCOVERY_PORT, SAFE_GROUPS
+from mcast.scope import SAFE_GROUPS
+from mcast.udp import DISCOVERY_GROUP, DISCOVERY_PORT
 
 
 class ConfigError(UsageError, ValueError):

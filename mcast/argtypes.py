@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from .errors import McastError, StorageError, UsageError
 from .fleet import DocumentError, check_text, load_trust_key, parse_guid
 from .schedule import ScheduleError, parse_schedule
-from .udp import SAFE_GROUPS
+from .scope import SAFE_GROUPS
 
 
 class Parser(argparse.ArgumentParser):
