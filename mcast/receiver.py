@@ -37,11 +37,12 @@ from typing import Any
 
 from mcast.assembler import Assembler
 from mcast.early import EarlyBuffer
-from mcast.events import Completed, Event, SessionFailed, SessionJoined
+from mcast.events import Completed, Event, FailureKind, SessionFailed, SessionJoined
 from mcast.geometry import Geometry
 from mcast.liveness import Liveness
 from mcast.nak_schedule import NakSchedule
 from mcast.overrun import OverrunMonitor
+from mcast.peer_view import PeerView
 from mcast.reports import Reports
 from mcast.snapshot import Snapshot
 from mcast.wire import (
@@ -62,10 +63,6 @@ from mcast.wire import (
 
 _log = logging.getLogger(__name__)
 _PARITY_AHEAD = 1  # parity is kept up to the block the sender is known to be sending
-
-
-def _progress_of(a: Announce) -> tuple[int, int, bool, int]:
-    return a.next_block, a.progress_pct, a.pass_done, a.receivers
 
 
 def _same_shape(g: Geometry, a: Announce) -> bool:
@@ -105,6 +102,9 @@ class ReceiverConfig:
     done_status_spacing: float = 0.02
     solicit_interval: float = 0.25  # while no session is heard, ask for an announce this often
     early_buffer: int = 1024  # datagrams kept from before the first announce, replayed on join
+    min_progress_bytes_per_s: float = 64 * 1024  # the slow-session floor (0: none) ...
+    slow_grace: float = 10.0  # ... over windows this long (see ProgressFloor)
+    rank: int = 0  # this machine's Rank, reported for a takeover (mcast.discovery.Rank)
 
 
 class Phase(Enum):
@@ -178,7 +178,7 @@ class Receiver:
             now, window=cfg.congestion_window,
             loss_permille=cfg.congestion_loss_permille, backlog=cfg.congestion_backlog,
         )  # fmt: skip
-        self._liveness = Liveness(now, silence_timeout=cfg.silence_timeout, end_grace=cfg.end_grace)
+        self._liveness = Liveness.of(cfg, now, unit_size=snapshot.block_size)
         self._reports = Reports(
             now, session_id=session_id, receiver_id=receiver_id,
             package_hash=snapshot.package_hash, key=self._key, rng=self._rng,
@@ -186,6 +186,7 @@ class Receiver:
             send=self._out.append, stats=self.stats, config=cfg,
         )  # fmt: skip
         self._early = EarlyBuffer(cfg.early_buffer)  # datagrams from before the join
+        self._peers = PeerView(stale_after=3 * cfg.status_interval)
         if self._assembler.complete:
             self._finish(now)
 
@@ -236,9 +237,10 @@ class Receiver:
         if self.phase in (Phase.COMPLETE, Phase.FAILED):
             self._reports.repeat_final(now, done=self.phase is Phase.COMPLETE)
             return
-        reason = self._liveness.dead(now, joined=self.phase is not Phase.WAITING)
-        if reason is not None:
-            self._fail(reason, now)
+        joined = self.phase is not Phase.WAITING
+        dead = self._liveness.dead(now, joined=joined, own_units=self.verified_units)
+        if dead is not None:
+            self._fail(*dead, now)
             return
         self._reports.naks(self._naks.fire(now))
         if self.phase is Phase.WAITING:
@@ -250,7 +252,7 @@ class Receiver:
         """The earliest deadline of the parts the current phase runs."""
         if self.phase in (Phase.COMPLETE, Phase.FAILED):
             return self._reports.final_deadline()
-        candidates = [self._liveness.deadline()]
+        candidates = [self._liveness.deadline(joined=self.phase is Phase.RECEIVING)]
         nak = self._naks.deadline()
         if nak is not None:
             candidates.append(nak)
@@ -301,13 +303,16 @@ class Receiver:
         self._assembler.start(geometry)
         self._events.append(SessionJoined(msg))
         self._reports.joined(msg.session, now)
+        self._liveness.joined(now, self.verified_units)
 
     def _finish(self, now: float) -> None:
         self._end(Phase.COMPLETE, Completed(), now)
 
-    def _fail(self, reason: str, now: float) -> None:
+    def _fail(self, kind: FailureKind, reason: str, now: float) -> None:
         if self.phase not in (Phase.COMPLETE, Phase.FAILED):
-            self._end(Phase.FAILED, SessionFailed(reason), now)
+            me, units, rank = self.receiver_id, self.verified_units, self.config.rank
+            heir = kind is FailureKind.SILENT and self._peers.successor(me, units, rank, now) == me
+            self._end(Phase.FAILED, SessionFailed(reason, kind, heir), now)
 
     def _end(self, phase: Phase, event: Event, now: float) -> None:
         self._set_phase(phase)
@@ -327,7 +332,6 @@ class Receiver:
                 self.stats.bad_packets += 1
                 return
             self._join(msg, geometry, now)
-            self._liveness.progress(now)
         elif msg.session != self.session_id:
             return
         else:
@@ -335,9 +339,8 @@ class Receiver:
             if not _same_shape(self.geometry, msg):
                 self.stats.bad_packets += 1  # not the session we joined: no say in it
                 return
-            if _progress_of(msg) != _progress_of(self.announce):
-                self._liveness.progress(now)  # a replayed announce shows none: not liveness
         self.announce = msg
+        self._liveness.announced(msg, now, self.verified_units)  # alive; the floor judges
         assert self.geometry is not None
         frontier = self.geometry.block_count if msg.pass_done else msg.next_block
         self._naks.advance(min(frontier, self.geometry.block_count), now)
@@ -380,12 +383,16 @@ class Receiver:
                 self._finish(now)
         failures = self.stats.verify_failures
         if failures > self.config.max_verify_failures:
-            self._fail(f"{failures} units failed verification", now)
+            self._fail(FailureKind.VERIFY, f"{failures} units failed verification", now)
 
     def _handle_nak(self, msg: Nak, now: float) -> None:
         if msg.receiver_id == self.receiver_id:
             return
         self.stats.naks_suppressed += self._naks.heard(msg.entries, now)
+
+    def _handle_status(self, msg: Status, now: float) -> None:
+        if msg.receiver_id != self.receiver_id:
+            self._peers.heard(msg, now)  # who would take over if the master dies
 
     def _handle_end(self, msg: End, now: float) -> None:
         # Not final on its own: without a session key anyone can send END, so the session
@@ -393,7 +400,7 @@ class Receiver:
         self._liveness.end(now)
 
 
-def _ignore(receiver: Receiver, msg: Status | Solicit, now: float) -> None:
+def _ignore(receiver: Receiver, msg: Solicit, now: float) -> None:
     return
 
 
@@ -403,6 +410,6 @@ _HANDLERS: dict[type[Message], Callable[[Receiver, Any, float], None]] = {
     Parity: Receiver._handle_parity,
     Nak: Receiver._handle_nak,
     End: Receiver._handle_end,
-    Status: _ignore,  # other receivers' reports and requests are for the sender
-    Solicit: _ignore,
+    Status: Receiver._handle_status,
+    Solicit: _ignore,  # other receivers' requests are for the sender
 }

@@ -38,6 +38,8 @@ class ReportConfig(Protocol):
     def done_status_spacing(self) -> float: ...
     @property
     def max_nak_entries(self) -> int: ...
+    @property
+    def rank(self) -> int: ...
 
 
 class Reports:
@@ -70,6 +72,7 @@ class Reports:
         self._final_repeats = config.done_status_repeats
         self._final_spacing = config.done_status_spacing
         self._nak_entries = config.max_nak_entries
+        self._rank = config.rank
         self.next_status = now
         self.next_solicit = now
         self._repeats_left = 0
@@ -125,7 +128,7 @@ class Reports:
         o = self._overrun
         msg = Status(
             self.session_id, self._receiver_id, self._verified(), done, failed,
-            o.loss_permille, o.socket_drops, o.backlog_pct,
+            o.loss_permille, o.socket_drops, o.backlog_pct, self._rank,
         )  # fmt: skip
         self._send(encode(msg, self._key))
         self._stats.status_sent += 1

@@ -48,6 +48,7 @@ from mcast.peers import PeerTable
 from mcast.repair_queue import RepairQueue
 from mcast.snapshot import Snapshot
 from mcast.wire import (
+    MAX_HOLD_MS,
     Announce,
     BadPacket,
     End,
@@ -85,6 +86,8 @@ class SenderConfig:
     feedback_burst: float = 100.0
     parity_cache_blocks: int = 8
     max_batch: int = 256
+    hold_s: float = 0.0  # announce this long before the first data: arrivals start together
+    rank: int = 0  # this master's Rank, announced for the election (mcast.discovery)
 
 
 class SenderPhase(Enum):
@@ -154,7 +157,7 @@ class Sender:
         self._pacer = Pacer(cfg.rate_bps, cfg.start_rate_bps, cfg.burst_bytes, now)
         self._sync_rate()
         self._limiter = SourceLimiter(cfg.feedback_rate, cfg.feedback_burst)
-        self._pass = FirstPass(g)
+        self._pass = FirstPass(g, hold_until=now + cfg.hold_s if cfg.hold_s > 0 else 0.0)
         self._repairs_in_row = 0
         self._pending: bytes | None = None  # built, waiting for pacing tokens
         self._announces = AnnounceSchedule(now, interval=cfg.announce_interval)
@@ -185,6 +188,7 @@ class Sender:
         _HANDLERS[type(msg)](self, msg, addr, now)
 
     def handle_timer(self, now: float) -> None:
+        self._pass.end_hold(now)
         self._pacer.tick(self.stats.bytes_sent, now)
         self._sync_rate()
         if self.phase is SenderPhase.SENDING and self._idle(now):
@@ -201,6 +205,8 @@ class Sender:
         if self.phase is SenderPhase.ENDING:
             return self._ends.deadline
         times = [self._announces.deadline]
+        if self._pass.holding:
+            times.append(self._pass.hold_until)
         if self._has_work():
             size = len(self._pending) if self._pending else self.config.packet_size + 64
             size = max(size + self.config.wire_overhead, self.config.wake_bytes)
@@ -218,8 +224,9 @@ class Sender:
             if self._ends.due(now):
                 out.append(encode(End(self.session_id, self._ends.reason), self._key))
             return out
+        self._pass.end_hold(now)
         if self._announces.due(now):
-            out.append(self._announce_datagram())
+            out.append(self._announce_datagram(now))
             self._announces.sent(now)
         overhead = self.config.wire_overhead
         while len(out) < self.config.max_batch:
@@ -343,8 +350,9 @@ class Sender:
             self._announces.pass_done(now)  # tell receivers at once that the tail is passed
         return dgram
 
-    def _announce_datagram(self) -> bytes:
+    def _announce_datagram(self, now: float) -> bytes:
         cfg = self.config
+        units = self._pass.available_units
         msg = Announce(
             session=self.session_id,
             package_hash=self.snapshot.package_hash,
@@ -359,6 +367,10 @@ class Sender:
             pass_done=self.pass_done,
             receivers=len(self.peers),
             progress_pct=int(self.progress * 100),
+            complete=units >= self.geometry.unit_count,
+            rank=cfg.rank,
+            verified_units=units,
+            hold_ms=min(round(self._pass.hold_left(now) * 1000), MAX_HOLD_MS),
         )
         self.stats.announces_sent += 1
         return encode(msg, self._key)

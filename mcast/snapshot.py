@@ -147,7 +147,7 @@ class Snapshot:
             root, "Signature", {"alg": "Ed25519", "keyId": self.key_id}
         ).text = base64.b64encode(self.signature).decode("ascii")
         body: bytes = tostring(root, encoding="utf-8")
-        return b"<?xml version=\"1.0\" encoding=\"utf-8\"?>\n" + body
+        return b'<?xml version="1.0" encoding="utf-8"?>\n' + body
 
 
 # ---------------------------------------------------------------------------------------

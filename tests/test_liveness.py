@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mcast.events import FailureKind
 from mcast.liveness import Liveness
 
 
@@ -16,8 +17,8 @@ def test_silence_ends_a_session_waiting_or_joined():
     live = make()
     assert live.deadline() == 5.0
     assert live.dead(4.999, joined=False) is None
-    assert live.dead(5.0, joined=False) == "no session announced for 5s"
-    assert live.dead(5.0, joined=True) == "sender silent for 5s"
+    assert live.dead(5.0, joined=False) == (FailureKind.NO_SESSION, "no session announced for 5s")
+    assert live.dead(5.0, joined=True) == (FailureKind.SILENT, "sender silent for 5s")
 
 
 def test_progress_pushes_the_deadline():
@@ -30,7 +31,7 @@ def test_an_end_ends_the_session_after_the_grace_unless_progress_follows():
     live = make()
     live.end(1.0)
     assert live.deadline() == 1.5
-    assert live.dead(1.5, joined=True) == "sender ended the session"
+    assert live.dead(1.5, joined=True) == (FailureKind.ENDED, "sender ended the session")
     live.progress(1.4)  # genuine traffic after a (forged?) END: the grace restarts from it
     assert live.deadline() == 1.9
 

@@ -9,7 +9,7 @@ import pytest
 
 from mcast import receiver as receiver_mod
 from mcast import sender as sender_mod
-from mcast.events import Completed, SenderFinished, SessionFailed
+from mcast.events import Completed, FailureKind, SenderFinished, SessionFailed
 from mcast.receiver import Phase, Receiver
 from mcast.sender import BytesSource, Sender, SenderPhase
 from tests.harness import make_snapshot
@@ -32,7 +32,7 @@ def test_a_receiver_phase_change_outside_the_table_is_refused():
     assert isinstance(rcv.next_event(), SessionFailed)
     with pytest.raises(RuntimeError, match="failed -> receiving"):
         rcv._set_phase(Phase.RECEIVING)
-    rcv._fail("again", 11.0)  # failing twice is a no-op, not an error
+    rcv._fail(FailureKind.SILENT, "again", 11.0)  # failing twice is a no-op, not an error
     assert rcv.next_event() is None
 
 
