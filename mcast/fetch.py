@@ -33,6 +33,7 @@ from mcast.discovery import (
     decide,
 )
 from mcast.errors import McastError
+from mcast.events import FailureKind
 from mcast.http_fetch import HttpFetchError, fetch_missing
 from mcast.partial import DownloadError, PartialDownload
 from mcast.receiver import ReceiverConfig
@@ -57,13 +58,17 @@ class FetchSettings:
     time_budget_s: float = 600.0  # for the multicast part; HTTP fallback comes after
     speed_test: bool = True  # SpeedTestCodebases
     session_key: bytes | None = None  # HMAC key from getPackageInfo
+    discovery_key: bytes | None = None  # the site's key for the discovery group (None: session_key)
     interface: str = DEFAULT_INTERFACE
     discovery_group: str = DISCOVERY_GROUP
     discovery_port: int = DISCOVERY_PORT
     rate_bps: int = 100_000_000  # for a session this agent starts
     serve_after_s: float = 2.0  # a master keeps serving this long after its last receiver
-    session_silence_s: float = 3.0  # a joined session this quiet has failed: retry
+    session_silence_s: float = 1.5  # a master this quiet is dead: a receiver takes over
     rank: Rank = Rank.WIRED  # what this machine weighs in a master election
+    hold_s: float = 2.0  # multicastHoldSecs: a new session holds its first data this long
+    min_session_bps: float = 64 * 1024  # minSessionKBps: a slower session is left for HTTP
+    slow_grace_s: float = 10.0  # ... once it has been that slow for this long
 
 
 class Route(Enum):
@@ -258,8 +263,18 @@ async def _multicast(
     result: FetchResult,
     report: _Reporter,
 ) -> None:
+    failed_tries, heir = 0, False
     async with Discovery.open(s) as disc:
-        while result.sessions_tried < s.multicast_tries and not part.complete:
+        while not part.complete and (heir or failed_tries < s.multicast_tries):
+            if heir:  # our master died and we hold the most: claim at once, no back-off
+                heir = False
+                outcome, sid = await disc.claim(snapshot.package_hash, s.max_sessions_per_subnet,
+                                                verified_units=sum(part.verified))  # fmt: skip
+                if outcome is Claim.WON:
+                    result.notes.append(f"took over as the session's master ({sid:x})")
+                    await _master(snapshot, part, codebases, s, sid, result, report, hold=0.0)
+                    return
+                continue
             action, heard = await disc.decide(snapshot.package_hash, s.max_sessions_per_subnet)
             if action is Action.WAIT:
                 report.phase = "waiting"
@@ -274,10 +289,7 @@ async def _multicast(
                                                 verified_units=sum(part.verified))  # fmt: skip
                 if outcome is not Claim.WON:
                     continue
-                result.sessions_tried += 1
-                report.phase = "master"
-                await _serve_as_master(snapshot, part, codebases, s, sid, result, report)
-                result.route = Route.MASTER
+                await _master(snapshot, part, codebases, s, sid, result, report, hold=s.hold_s)
                 return
             assert heard is not None
             result.sessions_tried += 1
@@ -286,8 +298,7 @@ async def _multicast(
             got = await receive(
                 snapshot, part.dest, channel=Channel(a.group, a.port, s.interface),
                 key=s.session_key, session_id=a.session, part=part,
-                config=ReceiverConfig(silence_timeout=s.session_silence_s),
-                progress=lambda p: report(),
+                config=_receiver_config(s), progress=lambda p: report(),
             )  # fmt: skip
             result.bytes_multicast += got.bytes_received
             if got.complete:
@@ -295,6 +306,36 @@ async def _multicast(
                 return
             result.notes.append(f"session {a.session:x} failed: {got.reason}")
             disc.table.ended(a.session)
+            if got.failure is FailureKind.SLOW:
+                result.notes.append("session under the slow-session floor: HTTP for the rest")
+                return
+            heir = got.take_over
+            moved = got.failure is FailureKind.SILENT and got.bytes_received > 0
+            failed_tries += 0 if moved else 1  # a master that died after moving us is no failed try
+
+
+def _receiver_config(s: FetchSettings) -> ReceiverConfig:
+    return ReceiverConfig(
+        silence_timeout=s.session_silence_s, min_progress_bytes_per_s=s.min_session_bps,
+        slow_grace=s.slow_grace_s, rank=s.rank,
+    )  # fmt: skip
+
+
+async def _master(
+    snapshot: Snapshot,
+    part: PartialDownload,
+    codebases: list[str],
+    s: FetchSettings,
+    sid: int,
+    result: FetchResult,
+    report: _Reporter,
+    *,
+    hold: float,
+) -> None:
+    result.sessions_tried += 1
+    report.phase = "master"
+    await _serve_as_master(snapshot, part, codebases, s, sid, result, report, hold)
+    result.route = Route.MASTER
 
 
 async def _serve_as_master(
@@ -305,18 +346,21 @@ async def _serve_as_master(
     session_id: int,
     result: FetchResult,
     report: _Reporter,
+    hold: float,
 ) -> None:
     """Start the session: stream the package from HTTP into ``part`` and, as blocks of it
-    verify, multicast them to whoever joined; return when both are done."""
+    verify, multicast them to whoever joined; return when both are done. The session holds
+    its first data ``hold`` seconds (announcing), so agents that ask together start together."""
     group, port = data_channel(snapshot.package_hash)
-    config = SenderConfig(group=group, port=port, rate_bps=s.rate_bps, linger=s.serve_after_s)
+    config = SenderConfig(group=group, port=port, rate_bps=s.rate_bps, linger=s.serve_after_s,
+                          hold_s=hold, rank=s.rank)  # fmt: skip
     source = _PartialSource(part)
     discovery = Channel(s.discovery_group, s.discovery_port, s.interface)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(partial(
             send, snapshot, source, channel=Channel(group, port, s.interface), key=s.session_key,
             config=config, session_id=session_id, discovery=discovery,
-            available=part.verified_prefix,
+            discovery_key=s.discovery_key, available=part.verified_prefix,
         ))  # fmt: skip
         if not part.complete:
             try:
@@ -347,6 +391,10 @@ class Discovery:
         self.settings = settings
         self.table = SessionTable()
         self.agent_id = random.getrandbits(63)
+        # the site's discovery key lets every agent check every announce, whatever package
+        self.key = (
+            settings.session_key if settings.discovery_key is None else settings.discovery_key
+        )
 
     @classmethod
     @asynccontextmanager
@@ -362,7 +410,7 @@ class Discovery:
             ep.close()
 
     async def _listen(self) -> None:
-        key = self.settings.session_key
+        key = self.key
         while True:
             for data, _addr in await self.endpoint.receive_batch():
                 try:
@@ -378,7 +426,7 @@ class Discovery:
     async def decide(self, package_hash: bytes, max_sessions: int) -> tuple[Action, Heard | None]:
         """Ask the subnet who sends ``package_hash`` (a solicit makes senders answer at
         once), listen for the discovery window, then decide."""
-        solicit = encode(Solicit(0, package_hash, self.agent_id), self.settings.session_key)
+        solicit = encode(Solicit(0, package_hash, self.agent_id), self.key)
         await self.endpoint.send_many([solicit])
         deadline = trio.current_time() + _LISTEN
         while trio.current_time() < deadline:
@@ -407,11 +455,11 @@ class Discovery:
                         rank=s.rank, verified_units=verified_units)  # fmt: skip
         self.table.heard(beat, started)
         while trio.current_time() - started < _CLAIM_PERIOD:
-            await self.endpoint.send_many([encode(beat, s.session_key)])
+            await self.endpoint.send_many([encode(beat, self.key)])
             await trio.sleep(_CLAIM_BEAT)
         outcome, _ = claim_outcome(self.table, sid, package_hash, max_sessions,
                                    trio.current_time())  # fmt: skip
         if outcome is not Claim.WON:
-            await self.endpoint.send_many([encode(End(sid, "claim lost"), s.session_key)])
+            await self.endpoint.send_many([encode(End(sid, "claim lost"), self.key)])
             self.table.ended(sid)
         return outcome, sid

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import trio
 
-from mcast.events import Completed, SessionFailed, SessionJoined, UnitVerified
+from mcast.events import Completed, FailureKind, SessionFailed, SessionJoined, UnitVerified
 from mcast.partial import PartialDownload
 from mcast.receiver import Receiver, ReceiverConfig, ReceiverStats
 from mcast.snapshot import Snapshot
@@ -54,6 +54,8 @@ class ReceiveResult:
     files: list[Path] = field(default_factory=list)
     stats: ReceiverStats | None = None
     timeline: dict[str, float] = field(default_factory=dict)  # time.monotonic() of milestones
+    failure: FailureKind | None = None  # why the session ended early, if it did
+    take_over: bool = False  # the master went silent and this receiver should master now
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,7 @@ async def receive(
     )
     reason, files = "", []
     timeline = {"start": time.monotonic()}
+    ended: list[SessionFailed] = []
 
     def on_complete() -> None:
         if owned:
@@ -109,7 +112,8 @@ async def receive(
         if not core.complete:
             endpoint = Endpoint.open(ch.group, ch.port, ch.interface)
             try:
-                reason = await _loop(core, endpoint, part, progress, timeline, on_complete)
+                reason = await _loop(core, endpoint, part, progress, timeline, on_complete,
+                                     ended.append)  # fmt: skip
             finally:
                 endpoint.close()
         else:
@@ -134,6 +138,8 @@ async def receive(
         files=files,
         stats=core.stats,
         timeline=timeline,
+        failure=ended[0].kind if ended else None,
+        take_over=bool(ended) and ended[0].take_over,
     )
 
 
@@ -144,6 +150,7 @@ async def _loop(
     progress: Callable[[ReceiveProgress], None] | None,
     timeline: dict[str, float],
     on_complete: Callable[[], None],
+    on_failed: Callable[[SessionFailed], None],
 ) -> str:
     now = trio.current_time()
     next_checkpoint = now + _CHECKPOINT_EVERY
@@ -175,6 +182,8 @@ async def _loop(
                     reason = event.reason if isinstance(event, SessionFailed) else "complete"
                     if isinstance(event, Completed):
                         on_complete()
+                    else:
+                        on_failed(event)
                     timeline["end"] = time.monotonic()
                 elif isinstance(event, SessionJoined):
                     next_progress = now

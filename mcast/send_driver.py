@@ -24,7 +24,7 @@ from mcast.sender import PackageSource, Sender, SenderConfig, SenderStats
 from mcast.snapshot import Snapshot
 from mcast.source import FileSource, SourceMismatch
 from mcast.udp import Endpoint, is_loopback
-from mcast.wire import MsgType
+from mcast.wire import BadPacket, MsgType, reseal, reseal_untrusted
 
 _PROGRESS_EVERY = 0.5
 _AVAILABLE_POLL = 0.02  # how often a streaming master looks for newly downloaded units
@@ -64,15 +64,17 @@ async def send(
     session_id: int | None = None,
     progress: Callable[[SendProgress], None] | None = None,
     discovery: Channel | None = None,
+    discovery_key: bytes | None = None,
     available: Callable[[], int] | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> SendResult:
     """Serve ``snapshot`` on ``channel`` until every receiver heard is done or gone.
 
     With ``discovery``, announces and END also go to the subnet's discovery group, and
-    solicits heard there are answered. With ``available``, only the units it says are
-    readable are sent (a master streaming its own download). ``task_status.started``
-    reports the session id once the sockets are open.
+    solicits heard there are answered; there they carry ``discovery_key`` (the site's, so
+    every agent can count every session; the session key when None). With ``available``,
+    only the units it says are readable are sent (a master streaming its own download).
+    ``task_status.started`` reports the session id once the sockets are open.
     """
     ch = channel or Channel()
     cfg = config or SenderConfig(group=ch.group, port=ch.port)
@@ -89,7 +91,10 @@ async def send(
         beacon = None
         try:
             if discovery is not None:
-                beacon = Endpoint.open(discovery.group, discovery.port, ch.interface, loop=True)
+                beacon = _Beacon(
+                    Endpoint.open(discovery.group, discovery.port, ch.interface, loop=True),
+                    key if discovery_key is None else discovery_key, key,
+                )  # fmt: skip
             core = Sender(
                 snapshot, src, session_id=sid, sender_id=random.getrandbits(63),
                 now=trio.current_time(), key=key, config=cfg,
@@ -99,7 +104,7 @@ async def send(
         finally:
             endpoint.close()
             if beacon is not None:
-                beacon.close()
+                beacon.endpoint.close()
     finally:
         if own_source:
             src.close()  # type: ignore[attr-defined]
@@ -113,6 +118,29 @@ async def send(
         stats=core.stats,
         timeline=timeline,
     )
+
+
+@dataclass
+class _Beacon:
+    """The subnet's discovery group: the session's announces and END go there under the
+    discovery key, and SOLICITs come from there."""
+
+    endpoint: Endpoint
+    key: bytes | None  # the discovery group's
+    session_key: bytes | None
+
+    def outgoing(self, out: list[bytes]) -> list[bytes]:
+        beacons = [d for d in out if d[3] in _BEACON_TYPES]
+        return beacons if self.key == self.session_key else [reseal(d, self.key) for d in beacons]
+
+    def incoming(self, data: bytes) -> bytes | None:
+        """A datagram heard there, as the core (which knows only the session key) reads it."""
+        if self.key == self.session_key:
+            return data
+        try:
+            return reseal_untrusted(data, self.key, self.session_key)
+        except BadPacket:
+            return None
 
 
 class _Wakeup:
@@ -133,28 +161,29 @@ class _Wakeup:
 async def _run(
     core: Sender,
     endpoint: Endpoint,
-    beacon: Endpoint | None,
+    beacon: _Beacon | None,
     available: Callable[[], int] | None,
     progress: Callable[[SendProgress], None] | None,
     timeline: dict[str, float],
 ) -> SenderFinished:
     wakeup = _Wakeup()
 
-    async def feedback(ep: Endpoint) -> None:
+    async def feedback(ep: Endpoint, translate: Callable[[bytes], bytes | None]) -> None:
         while True:
             batch = await ep.receive_batch()
             now = trio.current_time()
             for data, addr in batch:
-                core.receive_datagram(data, addr, now)
+                if (mine := translate(data)) is not None:
+                    core.receive_datagram(mine, addr, now)
             wakeup.set()
 
     failure: SourceMismatch | None = None
     finished: SenderFinished | None = None
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(feedback, endpoint)
+            nursery.start_soon(feedback, endpoint, lambda d: d)
             if beacon is not None:
-                nursery.start_soon(feedback, beacon)
+                nursery.start_soon(feedback, beacon.endpoint, beacon.incoming)
             try:
                 finished = await _send_loop(
                     core, endpoint, beacon, available, wakeup, progress, timeline
@@ -174,7 +203,7 @@ async def _run(
 async def _send_loop(
     core: Sender,
     endpoint: Endpoint,
-    beacon: Endpoint | None,
+    beacon: _Beacon | None,
     available: Callable[[], int] | None,
     wakeup: _Wakeup,
     progress: Callable[[SendProgress], None] | None,
@@ -193,7 +222,7 @@ async def _send_loop(
             timeline.setdefault("first_send", time.monotonic())
             await endpoint.send_many(out)
             if beacon is not None:  # the session's announces and END, for the whole subnet
-                await beacon.send_many([d for d in out if d[3] in _BEACON_TYPES])
+                await beacon.endpoint.send_many(beacon.outgoing(out))
             if core.pass_done:
                 timeline.setdefault("pass_done", time.monotonic())
         while (event := core.next_event()) is not None:

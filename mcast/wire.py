@@ -176,6 +176,24 @@ def _seal(header_and_body: bytes, key: bytes | None) -> bytes:
     return header_and_body + compute_tag(key, header_and_body)
 
 
+def reseal(datagram: bytes, key: bytes | None) -> bytes:
+    """One of our own datagrams with its tag made for ``key`` instead: a session's announces
+    and END go to the discovery group under the site's discovery key."""
+    return _seal(datagram[:-TAG_LEN], key)
+
+
+def reseal_untrusted(data: bytes, from_key: bytes | None, to_key: bytes | None) -> bytes:
+    """A datagram heard under ``from_key``, checked, and sealed again for ``to_key``;
+    raises only BadPacket (a wrong tag, or not one of our datagrams)."""
+    peek_session_untrusted(data)
+    if len(data) > MAX_DATAGRAM:
+        raise BadPacket("datagram too long")
+    signed = data[:-TAG_LEN]
+    if from_key and not hmac.compare_digest(compute_tag(from_key, signed), data[-TAG_LEN:]):
+        raise BadPacket("authentication tag mismatch")
+    return _seal(signed, to_key)
+
+
 # ---------------------------------------------------------------------------------------
 # encoders
 

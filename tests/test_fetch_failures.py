@@ -108,3 +108,54 @@ async def test_forged_announces_with_a_bad_group_cost_nothing(
     assert forged >= 1  # the forger was heard from and answered
     assert r.complete and r.route is Route.MASTER, r.notes
     assert content_of(tmp_path / "out", snap) == content_of(src, snap)
+
+
+async def test_when_the_master_dies_a_receiver_takes_over_and_nobody_starts_over(
+    tmp_path: Path, codebase_root
+) -> None:
+    """Four agents, one master streaming from HTTP. The master's process dies (its task is
+    cancelled: no END) at 40%. One receiver takes the session over, the others join it,
+    every unit already verified is kept, and about one copy crosses the WAN in all."""
+    src = tmp_path / "src"
+    snap = make_package(src, 4_000_000, 24)
+    url = publish(codebase_root, src, snap)
+    s = settings(rate_bps=40_000_000, hold_s=0.5)
+    scopes = {i: trio.CancelScope() for i in range(4)}
+    results: dict[int, object] = {}
+    killed: list[int] = []
+    verified_at_kill: dict[int, int] = {}
+    seen: dict[int, int] = {}
+
+    def watch(i: int):  # noqa: ANN202
+        def on_progress(p: object) -> None:
+            seen[i] = p.bytes_verified  # type: ignore[attr-defined]
+            # only the master downloads over HTTP while a session runs
+            if not killed and p.bytes_http >= 0.4 * snap.total_size:  # type: ignore[attr-defined]
+                killed.append(i)
+                verified_at_kill.update(seen)
+                scopes[i].cancel()
+        return on_progress
+
+    async def agent(i: int) -> None:
+        with scopes[i]:
+            results[i] = await fetch(snap, tmp_path / f"a{i}", [url], s, progress=watch(i))
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for i in range(4):
+                nursery.start_soon(agent, i)
+    assert len(killed) == 1
+    dead = killed[0]
+    survivors = {i: r for i, r in results.items() if i != dead}
+    assert len(survivors) == 3 and all(r.complete for r in survivors.values())  # type: ignore[attr-defined]
+    routes = sorted(r.route.value for r in survivors.values())  # type: ignore[attr-defined]
+    assert routes == ["joined", "joined", "master"], [r.notes for r in survivors.values()]  # type: ignore[attr-defined]
+    heir = next(i for i, r in survivors.items() if r.route is Route.MASTER)  # type: ignore[attr-defined]
+    assert any("took over" in n for n in survivors[heir].notes)  # type: ignore[attr-defined]
+    for i, r in survivors.items():
+        assert content_of(tmp_path / f"a{i}", snap) == content_of(src, snap)
+        if i != heir:
+            assert r.bytes_http == 0  # type: ignore[attr-defined]  # they waited for the heir
+    # nobody started over: the heir fetched at most what it lacked when the master died
+    heir_http = survivors[heir].bytes_http  # type: ignore[attr-defined]
+    assert heir_http <= snap.total_size - verified_at_kill.get(heir, 0) + 2**16
