@@ -8,12 +8,13 @@ package from its codebases, and a note saying why multicast was not used.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
 
 from mcast.discovery import SessionTable, announce_problem, data_channel
-from mcast.fetch import Route, fetch
+from mcast.fetch import FetchProgress, FetchResult, Route, fetch
 from mcast.udp import Endpoint
 from mcast.wire import Announce, BadPacket, Solicit, decode_untrusted, encode
 from tests.test_fetch import codebase_root, content_of, make_package, publish, settings
@@ -121,16 +122,16 @@ async def test_when_the_master_dies_a_receiver_takes_over_and_nobody_starts_over
     url = publish(codebase_root, src, snap)
     s = settings(rate_bps=40_000_000, hold_s=0.5)
     scopes = {i: trio.CancelScope() for i in range(4)}
-    results: dict[int, object] = {}
+    results: dict[int, FetchResult] = {}
     killed: list[int] = []
     verified_at_kill: dict[int, int] = {}
     seen: dict[int, int] = {}
 
-    def watch(i: int):  # noqa: ANN202
-        def on_progress(p: object) -> None:
-            seen[i] = p.bytes_verified  # type: ignore[attr-defined]
+    def watch(i: int) -> Callable[[FetchProgress], None]:
+        def on_progress(p: FetchProgress) -> None:
+            seen[i] = p.bytes_verified
             # only the master downloads over HTTP while a session runs
-            if not killed and p.bytes_http >= 0.4 * snap.total_size:  # type: ignore[attr-defined]
+            if not killed and p.bytes_http >= 0.4 * snap.total_size:
                 killed.append(i)
                 verified_at_kill.update(seen)
                 scopes[i].cancel()
@@ -147,15 +148,15 @@ async def test_when_the_master_dies_a_receiver_takes_over_and_nobody_starts_over
     assert len(killed) == 1
     dead = killed[0]
     survivors = {i: r for i, r in results.items() if i != dead}
-    assert len(survivors) == 3 and all(r.complete for r in survivors.values())  # type: ignore[attr-defined]
-    routes = sorted(r.route.value for r in survivors.values())  # type: ignore[attr-defined]
-    assert routes == ["joined", "joined", "master"], [r.notes for r in survivors.values()]  # type: ignore[attr-defined]
-    heir = next(i for i, r in survivors.items() if r.route is Route.MASTER)  # type: ignore[attr-defined]
-    assert any("took over" in n for n in survivors[heir].notes)  # type: ignore[attr-defined]
+    assert len(survivors) == 3 and all(r.complete for r in survivors.values())
+    routes = sorted(r.route.value for r in survivors.values())
+    assert routes == ["joined", "joined", "master"], [r.notes for r in survivors.values()]
+    heir = next(i for i, r in survivors.items() if r.route is Route.MASTER)
+    assert any("took over" in n for n in survivors[heir].notes)
     for i, r in survivors.items():
         assert content_of(tmp_path / f"a{i}", snap) == content_of(src, snap)
         if i != heir:
-            assert r.bytes_http == 0  # type: ignore[attr-defined]  # they waited for the heir
+            assert r.bytes_http == 0  # they waited for the heir
     # nobody started over: the heir fetched at most what it lacked when the master died
-    heir_http = survivors[heir].bytes_http  # type: ignore[attr-defined]
+    heir_http = survivors[heir].bytes_http
     assert heir_http <= snap.total_size - verified_at_kill.get(heir, 0) + 2**16
