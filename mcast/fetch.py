@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import partial
@@ -25,13 +25,10 @@ import trio
 from mcast.discovery import (
     Action,
     Claim,
-    Heard,
     Rank,
-    SessionTable,
-    claim_outcome,
     data_channel,
-    decide,
 )
+from mcast.discovery_driver import Discovery
 from mcast.errors import McastError
 from mcast.events import FailureKind
 from mcast.http_fetch import HttpFetchError, fetch_missing
@@ -42,8 +39,7 @@ from mcast.send_driver import send
 from mcast.sender import SenderConfig
 from mcast.snapshot import Snapshot
 from mcast.source import FileSource, SourceMismatch
-from mcast.udp import DEFAULT_INTERFACE, DISCOVERY_GROUP, DISCOVERY_PORT, Endpoint
-from mcast.wire import Announce, BadPacket, End, Solicit, decode_untrusted, encode
+from mcast.udp import DEFAULT_INTERFACE, DISCOVERY_GROUP, DISCOVERY_PORT
 
 
 @dataclass(frozen=True)
@@ -106,9 +102,6 @@ class FetchError(McastError):
 
 log = logging.getLogger(__name__)
 
-_CLAIM_PERIOD = 0.3  # a would-be master announces its claim this long before it sends
-_CLAIM_BEAT = 0.05
-_LISTEN = 0.6  # discovery window: longer than the announce interval
 _BACKOFF = 0.2  # random wait before claiming, listening for someone else's session
 _WAIT_FOR_SLOT = 0.5
 
@@ -381,85 +374,3 @@ class _PartialSource:
 
     def read(self, offset: int, length: int) -> bytes:
         return self._part.read(offset, length)
-
-
-class Discovery:
-    """The discovery group as seen by one agent: a live session table, solicits, claims."""
-
-    def __init__(self, endpoint: Endpoint, settings: FetchSettings) -> None:
-        self.endpoint = endpoint
-        self.settings = settings
-        self.table = SessionTable()
-        self.agent_id = random.getrandbits(63)
-        # the site's discovery key lets every agent check every announce, whatever package
-        self.key = (
-            settings.session_key if settings.discovery_key is None else settings.discovery_key
-        )
-
-    @classmethod
-    @asynccontextmanager
-    async def open(cls, settings: FetchSettings) -> AsyncIterator[Discovery]:
-        ep = Endpoint.open(settings.discovery_group, settings.discovery_port, settings.interface)
-        disc = cls(ep, settings)
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(disc._listen)
-                yield disc
-                nursery.cancel_scope.cancel()
-        finally:
-            ep.close()
-
-    async def _listen(self) -> None:
-        key = self.key
-        while True:
-            for data, _addr in await self.endpoint.receive_batch():
-                try:
-                    msg = decode_untrusted(data, key)
-                except BadPacket:
-                    continue
-                now = trio.current_time()
-                if isinstance(msg, Announce):
-                    self.table.heard(msg, now)
-                elif isinstance(msg, End):
-                    self.table.ended(msg.session)
-
-    async def decide(self, package_hash: bytes, max_sessions: int) -> tuple[Action, Heard | None]:
-        """Ask the subnet who sends ``package_hash`` (a solicit makes senders answer at
-        once), listen for the discovery window, then decide."""
-        solicit = encode(Solicit(0, package_hash, self.agent_id), self.key)
-        await self.endpoint.send_many([solicit])
-        deadline = trio.current_time() + _LISTEN
-        while trio.current_time() < deadline:
-            if self.table.for_package(package_hash, trio.current_time()) is not None:
-                break
-            await trio.sleep(0.02)
-        return decide(self.table, package_hash, max_sessions, trio.current_time())
-
-    async def claim(
-        self,
-        package_hash: bytes,
-        max_sessions: int,
-        *,
-        complete: bool = False,
-        verified_units: int = 0,
-    ) -> tuple[Claim, int]:
-        """Announce a would-be session for the claim period, with what the election weighs
-        (a complete copy, our rank, our verified units), then settle the race."""
-        sid = random.getrandbits(63) | 1
-        s = self.settings
-        group, port = data_channel(package_hash)
-        started = trio.current_time()
-        beat = Announce(sid, package_hash, self.agent_id, SenderConfig.packet_size,
-                        SenderConfig.units_per_block, SenderConfig.parity_ratio_pct, s.rate_bps,
-                        group, port, 0, False, 0, 0, claiming=True, complete=complete,
-                        rank=s.rank, verified_units=verified_units)  # fmt: skip
-        self.table.heard(beat, started)
-        while trio.current_time() - started < _CLAIM_PERIOD:
-            await self.endpoint.send_many([encode(beat, self.key)])
-            await trio.sleep(_CLAIM_BEAT)
-        outcome, _ = claim_outcome(self.table, sid, package_hash, max_sessions,
-                                   trio.current_time())  # fmt: skip
-        if outcome is not Claim.WON:
-            await self.endpoint.send_many([encode(End(sid, "claim lost"), self.key)])
-            self.table.ended(sid)
-        return outcome, sid

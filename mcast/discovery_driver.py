@@ -1,0 +1,148 @@
+"""The discovery group as one agent sees it: its socket, the live session table, solicits
+and claims.
+
+:class:`Discovery` joins the subnet's discovery group, keeps a :class:`SessionTable` of the
+announces and ENDs it hears (under the site's discovery key, so every package's sessions
+count towards the subnet limit), asks who sends a package (a SOLICIT that senders answer at
+once), and claims a session for the claim period before the rules of
+:mod:`mcast.discovery` settle the race. The fetch policy and the peer cache both use it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Protocol
+
+import trio
+
+from mcast.discovery import (
+    Action,
+    Claim,
+    Heard,
+    Rank,
+    SessionTable,
+    claim_outcome,
+    data_channel,
+    decide,
+)
+from mcast.sender import SenderConfig
+from mcast.udp import Endpoint
+from mcast.wire import Announce, BadPacket, End, Solicit, decode_untrusted, encode
+
+CLAIM_PERIOD = 0.3  # a would-be master announces its claim this long before it sends
+_CLAIM_BEAT = 0.05
+_LISTEN = 0.6  # discovery window: longer than the announce interval
+
+
+class DiscoverySettings(Protocol):
+    """What discovery needs of the fetch settings."""
+
+    @property
+    def discovery_group(self) -> str: ...
+    @property
+    def discovery_port(self) -> int: ...
+    @property
+    def interface(self) -> str: ...
+    @property
+    def session_key(self) -> bytes | None: ...
+    @property
+    def discovery_key(self) -> bytes | None: ...
+    @property
+    def rank(self) -> Rank: ...
+    @property
+    def rate_bps(self) -> int: ...
+
+
+class Discovery:
+    """The discovery group as seen by one agent: a live session table, solicits, claims."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        settings: DiscoverySettings,
+        on_solicit: Callable[[Solicit], None] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.settings = settings
+        self.table = SessionTable()
+        self.agent_id = random.getrandbits(63)
+        # the site's discovery key lets every agent check every announce, whatever package
+        self.key = (
+            settings.session_key if settings.discovery_key is None else settings.discovery_key
+        )
+        self._on_solicit = on_solicit
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls, settings: DiscoverySettings, on_solicit: Callable[[Solicit], None] | None = None
+    ) -> AsyncIterator[Discovery]:
+        """Join the discovery group; ``on_solicit`` hears every SOLICIT (a peer cache)."""
+        ep = Endpoint.open(settings.discovery_group, settings.discovery_port, settings.interface)
+        disc = cls(ep, settings, on_solicit)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(disc._listen)
+                yield disc
+                nursery.cancel_scope.cancel()
+        finally:
+            ep.close()
+
+    async def _listen(self) -> None:
+        key = self.key
+        while True:
+            for data, _addr in await self.endpoint.receive_batch():
+                try:
+                    msg = decode_untrusted(data, key)
+                except BadPacket:
+                    continue
+                now = trio.current_time()
+                if isinstance(msg, Announce):
+                    self.table.heard(msg, now)
+                elif isinstance(msg, End):
+                    self.table.ended(msg.session)
+                elif isinstance(msg, Solicit) and self._on_solicit is not None:
+                    self._on_solicit(msg)
+
+    async def decide(self, package_hash: bytes, max_sessions: int) -> tuple[Action, Heard | None]:
+        """Ask the subnet who sends ``package_hash`` (a solicit makes senders answer at
+        once), listen for the discovery window, then decide."""
+        solicit = encode(Solicit(0, package_hash, self.agent_id), self.key)
+        await self.endpoint.send_many([solicit])
+        deadline = trio.current_time() + _LISTEN
+        while trio.current_time() < deadline:
+            if self.table.for_package(package_hash, trio.current_time()) is not None:
+                break
+            await trio.sleep(0.02)
+        return decide(self.table, package_hash, max_sessions, trio.current_time())
+
+    async def claim(
+        self,
+        package_hash: bytes,
+        max_sessions: int,
+        *,
+        complete: bool = False,
+        verified_units: int = 0,
+    ) -> tuple[Claim, int]:
+        """Announce a would-be session for the claim period, with what the election weighs
+        (a complete copy, our rank, our verified units), then settle the race."""
+        sid = random.getrandbits(63) | 1
+        s = self.settings
+        group, port = data_channel(package_hash)
+        started = trio.current_time()
+        beat = Announce(sid, package_hash, self.agent_id, SenderConfig.packet_size,
+                        SenderConfig.units_per_block, SenderConfig.parity_ratio_pct, s.rate_bps,
+                        group, port, 0, False, 0, 0, claiming=True, complete=complete,
+                        rank=s.rank, verified_units=verified_units)  # fmt: skip
+        self.table.heard(beat, started)
+        while trio.current_time() - started < CLAIM_PERIOD:
+            await self.endpoint.send_many([encode(beat, self.key)])
+            await trio.sleep(_CLAIM_BEAT)
+        outcome, _ = claim_outcome(self.table, sid, package_hash, max_sessions,
+                                   trio.current_time())  # fmt: skip
+        if outcome is not Claim.WON:
+            await self.endpoint.send_many([encode(End(sid, "claim lost"), self.key)])
+            self.table.ended(sid)
+        return outcome, sid
