@@ -42,8 +42,7 @@ import trio
 from mcast import argtypes
 from mcast.argtypes import Parser, one_line
 from mcast.errors import McastError, NetworkError, StorageError, UsageError
-from mcast.fleet import load_trust_key
-from mcast.snapshot import TrustStore
+from mcast.snapshot import TrustStore, load_trust_key
 
 from . import repo
 from .store import Store, TaskRow, check_setting
