@@ -38,7 +38,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def one_line(exc: McastError) -> str:
-    """The message of an error as one line (for ``prog: message`` on stderr)."""
+    """The message of an error as one line (for ``prog: error: message`` on stderr)."""
     return " ".join(str(exc).split()) or type(exc).__name__
 
 

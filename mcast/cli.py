@@ -38,7 +38,7 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from mcast import argtypes
-from mcast.argtypes import Parser, bad, read_file
+from mcast.argtypes import Parser, bad, one_line, read_file
 from mcast.discovery import SessionTable
 from mcast.errors import (
     ExitCode,
@@ -616,7 +616,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         func: Callable[[argparse.Namespace, Output], int] = args.func
         return func(args, out)
     except McastError as exc:
-        _error(out, str(exc), exc.exit_code)
+        _error(out, one_line(exc), exc.exit_code)
     except KeyboardInterrupt:
         _error(out, "interrupted", ExitCode.INTERRUPTED)
 

@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return int(args.fn(args))
     except McastError as exc:
-        print(f"mcast-ns: {one_line(exc)}", file=sys.stderr)
+        print(f"mcast-ns: error: {one_line(exc)}", file=sys.stderr)
         return int(exc.exit_code)
 
 

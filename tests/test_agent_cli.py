@@ -145,7 +145,7 @@ def test_bad_arguments(ns: NS, tmp_path: Path, extra: list[str], code: int, need
     assert (proc.returncode, proc.stdout) == (code, ""), proc.stderr
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mcast-agent: ") and needle in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("mcast-agent: error: ") and needle in lines[0]
 
 
 def test_a_required_argument_missing_is_one_line(tmp_path: Path) -> None:

@@ -118,7 +118,7 @@ def test_bad_argument_is_one_line_and_an_exit_code(
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert proc.returncode == code, proc.stderr
-    assert lines[0].startswith("mcast"), lines
+    assert lines[0].startswith("mcast: error: "), lines
     assert says in lines[0], lines[0]
     assert not Path(files["out"]).exists()  # refused before any work started
 
