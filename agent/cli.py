@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         agent = Agent(config, fetcher=args.fetcher, on_event=_printer(args.json))
         return trio.run(_main, agent, args.once)
     except McastError as exc:
-        print(f"mcast-agent: {one_line(exc)}", file=sys.stderr)
+        print(f"mcast-agent: error: {one_line(exc)}", file=sys.stderr)
         return int(exc.exit_code)
     finally:
         if agent is not None:

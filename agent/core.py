@@ -49,7 +49,6 @@ from mcast.fleet import (
     StatusEvent,
     error_text,
     event_xml,
-    load_trust_key,
     parse_ack,
     parse_package_info,
     parse_policy,
@@ -59,6 +58,7 @@ from mcast.snapshot import (
     Snapshot,
     SnapshotError,
     TrustStore,
+    load_trust_key,
     load_verified,
     parse_snapshot_xml,
 )

@@ -65,7 +65,8 @@ from typing import Any, Protocol
 
 from bench.labnet import Lab, LabError, Proc, child_env, lab_available
 from bench.labpkg import sha256_file
-from mcast.cli import ArgParser
+from mcast.argtypes import Parser, one_line
+from mcast.errors import UsageError
 from mcast.units import parse_rate, parse_size
 
 PY = sys.executable
@@ -596,7 +597,7 @@ def run_demo(args: argparse.Namespace, live_ok: bool) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgParser(
+    p = Parser(
         prog="mcast demo",
         description="The seed's Software Delivery flow end to end: the server stub, a task for "
         "N agent processes, one multicast session; a table per agent (or --json).",
@@ -620,9 +621,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The options, checked: a bad one raises a one-line UsageError."""
     parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--"]:  # ``mcast demo -- --agents 8``: argparse passes the "--" on
         argv = argv[1:]
     args = parser.parse_args(argv)
@@ -634,6 +635,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--fail-agents must be 0..--agents")
     if args.timeout <= 0:
         parser.error("--timeout must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    except UsageError as exc:  # alone or as ``mcast demo``: one line, exit 2
+        print(f"mcast demo: error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
     if args.lab:
         ok, why = lab_available()
         if not ok:

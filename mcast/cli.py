@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ipaddress
 import json
 import math
 import resource
@@ -38,6 +37,8 @@ from typing import Any, NoReturn
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from mcast import argtypes
+from mcast.argtypes import Parser, bad, one_line, read_file
 from mcast.discovery import SessionTable
 from mcast.errors import (
     ExitCode,
@@ -49,7 +50,6 @@ from mcast.errors import (
 )
 from mcast.receiver import ReceiverConfig
 from mcast.recv_driver import Channel, ReceiveProgress, receive
-from mcast.scope import SAFE_GROUPS
 from mcast.send_driver import SendProgress, send
 from mcast.sender import SenderConfig
 from mcast.snapshot import (
@@ -59,7 +59,6 @@ from mcast.snapshot import (
     build_snapshot,
     generate_key,
     load_private_key,
-    load_public_key,
     parse_snapshot_xml,
     public_key_pem,
     save_private_key,
@@ -170,99 +169,17 @@ def peak_rss_mb() -> float:
 
 
 # ---------------------------------------------------------------------------------------
-# argument types: each checks its value when it is given. A bad value raises
-# ArgumentTypeError (argparse prints one line, exit 2); a file that cannot be read raises a
-# StorageError, which argparse lets through to main (exit 4).
-
-
-class ArgParser(argparse.ArgumentParser):
-    """argparse with a one-line error (no usage block) and exit 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _bad(message: str) -> argparse.ArgumentTypeError:
-    return argparse.ArgumentTypeError(message)
-
-
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise StorageError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-
-
-def _port(text: str) -> int:
-    port = _integer(text, "a port")
-    if not 1 <= port <= 65535:
-        raise _bad(f"port out of range 1..65535: {port}")
-    return port
-
-
-def _integer(text: str, what: str = "an integer") -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise _bad(f"not {what}: {text!r}") from None
-
-
-def _at_least(low: int) -> Callable[[str], int]:
-    def check(text: str) -> int:
-        value = _integer(text)
-        if value < low:
-            raise _bad(f"must be at least {low}: {value}")
-        return value
-
-    check.__name__ = f"integer >= {low}"
-    return check
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise _bad(f"not a number: {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise _bad(f"must be a positive number: {text!r}")
-    return value
-
-
-def _ipv4(text: str) -> str:
-    """A local IPv4 address (the interface multicast is pinned to)."""
-    try:
-        return str(ipaddress.IPv4Address(text))
-    except ValueError:
-        raise _bad(f"not an IPv4 address: {text!r}") from None
-
-
-def _group(text: str) -> str:
-    group = _ipv4(text)
-    if ipaddress.IPv4Address(group) not in SAFE_GROUPS:
-        raise _bad(f"group {group} is outside {SAFE_GROUPS} (administratively scoped)")
-    return group
+# argument types only this command line takes; the others, and the parser class, are shared
+# with mcast-agent and mcast-ns in mcast.argtypes. A bad value raises ArgumentTypeError
+# (one line, exit 2); a file that cannot be read raises a StorageError, which argparse lets
+# through to main (exit 4).
 
 
 def _block_size(text: str) -> int:
     size = parse_size(text)
     if size <= 0 or size % 2:
-        raise _bad(f"block size must be a positive even number of bytes: {text!r}")
+        bad(f"block size {text!r} is not a positive even number of bytes")
     return size
-
-
-def _url(text: str) -> str:
-    scheme, sep, rest = text.partition("://")
-    if not sep or scheme.lower() not in ("http", "https") or not rest.split("/")[0]:
-        raise _bad(f"not an http(s) URL: {text!r}")
-    return text
-
-
-def _existing(text: str) -> Path:
-    """A file or directory that must exist (the package to hash or send)."""
-    path = Path(text)
-    if not path.exists():
-        raise StorageError(f"cannot read {path}: No such file or directory")
-    return path
 
 
 def _new_file(text: str) -> Path:
@@ -285,25 +202,16 @@ def _out_dir(text: str) -> Path:
 def session_key(text: str) -> bytes:
     """A session key file holds the key as hex digits (at least 32) or as 32 raw bytes."""
     path = Path(text)
-    raw = _read(path, "session key")
+    raw = read_file(path, "session key")
     try:
         key = bytes.fromhex(raw.strip().decode("ascii"))
     except (UnicodeDecodeError, ValueError):
         if len(raw) != 32:
-            raise _bad(f"session key {path} is neither hex digits nor 32 raw bytes") from None
+            bad(f"session key {path} is neither hex digits nor 32 raw bytes")
         key = raw
     if len(key) < 16:
-        raise _bad(f"session key in {path} is shorter than 16 bytes")
+        bad(f"session key in {path} is shorter than 16 bytes")
     return key
-
-
-def trust_key(text: str) -> Ed25519PublicKey:
-    """An Ed25519 public key (PEM), or the public half of a PEM private key."""
-    path = Path(text)
-    try:
-        return load_public_key(_read(path, "trust key"))
-    except SnapshotError:
-        raise _bad(f"{path} is not an Ed25519 PEM key") from None
 
 
 @dataclass(frozen=True)
@@ -318,18 +226,18 @@ def signing_key(text: str) -> SigningKey:
         if not path.parent.is_dir():
             raise StorageError(f"cannot create signing key {path}: no directory {path.parent}")
         return SigningKey(path, None)
-    _read(path, "signing key")  # unreadable: exit 4; malformed: exit 2
+    read_file(path, "signing key")  # unreadable: exit 4; malformed: exit 2
     try:
         return SigningKey(path, load_private_key(path))
     except SnapshotError:
-        raise _bad(f"{path} is not an Ed25519 PEM private key") from None
+        bad(f"signing key {path} is not an Ed25519 private key (PEM)")
 
 
 def snapshot_file(text: str) -> Snapshot:
     """A snapshot document, parsed (not yet checked against the trust key): exit 3 if it is
     not well formed."""
     path = Path(text)
-    data = _read(path, "snapshot")
+    data = read_file(path, "snapshot")
     try:
         return parse_snapshot_xml(data)
     except SnapshotError as exc:
@@ -337,10 +245,11 @@ def snapshot_file(text: str) -> Snapshot:
 
 
 def _channel_args(p: argparse.ArgumentParser, group: str, port: int) -> None:
-    p.add_argument("--interface", type=_ipv4, default=DEFAULT_INTERFACE,
+    p.add_argument("--interface", type=argtypes.ipv4, default=DEFAULT_INTERFACE,
                    help="local IPv4 address multicast is pinned to")  # fmt: skip
-    p.add_argument("--group", type=_group, default=group, help="multicast group (239.255.0.0/16)")
-    p.add_argument("--port", type=_port, default=port)
+    p.add_argument("--group", type=argtypes.group, default=group,
+                   help="multicast group (239.255.0.0/16)")  # fmt: skip
+    p.add_argument("--port", type=argtypes.port, default=port)
     p.add_argument("--session-key-file", dest="session_key", type=session_key,
                    help="file with the session's HMAC key (hex, or 32 raw bytes)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="JSON lines on stdout")
@@ -600,30 +509,31 @@ def plugin_commands() -> dict[str, EntryPoint]:
 
 
 def build_parser(plugins: dict[str, EntryPoint] | None = None) -> argparse.ArgumentParser:
-    ap = ArgParser(prog="mcast", description="Multicast-first package delivery (see README.md).")
+    ap = Parser(prog="mcast", description="Multicast-first package delivery (see README.md).")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("snapshot", help="hash and sign a file or directory")
-    p.add_argument("path", type=_existing)
+    p.add_argument("path", type=argtypes.existing_path)
     p.add_argument("-o", "--output", type=_new_file, required=True, help="snapshot XML to write")
     p.add_argument("--key", type=signing_key, required=True,
                    help="Ed25519 signing key (PEM); made if missing")  # fmt: skip
     p.add_argument("--name", help="package name (default: the path's name)")
-    p.add_argument("--version", type=_at_least(0), default=1)
+    p.add_argument("--version", type=argtypes.at_least(0), default=1)
     p.add_argument("--block-size", type=_block_size, default=64 * 1024)
-    p.add_argument("--valid-days", type=_positive_float, default=30.0)
+    p.add_argument("--valid-days", type=argtypes.positive_days, default=30.0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_snapshot)
 
     p = sub.add_parser("send", help="serve a package on a multicast group")
-    p.add_argument("path", type=_existing, help="the package file or directory")
+    p.add_argument("path", type=argtypes.existing_path, help="the package file or directory")
     p.add_argument("--snapshot", type=snapshot_file, required=True)
-    p.add_argument("--trust-key", type=trust_key, help="public key to check the snapshot with")
+    p.add_argument("--trust-key", type=argtypes.public_key,
+                   help="public key to check the snapshot with")  # fmt: skip
     p.add_argument("--rate", type=parse_rate, default=100_000_000,
                    help="e.g. 100mbit, 1gbit; 0 = no cap (find the receivers' pace)")  # fmt: skip
-    p.add_argument("--linger", type=_positive_float, default=2.0,
+    p.add_argument("--linger", type=argtypes.positive_seconds, default=2.0,
                    help="seconds to stay after the last receiver is done")  # fmt: skip
-    p.add_argument("--receiver-timeout", type=_positive_float, default=5.0)
+    p.add_argument("--receiver-timeout", type=argtypes.positive_seconds, default=5.0)
     p.add_argument("--no-discovery", action="store_true",
                    help="do not announce the session on the subnet's discovery group")  # fmt: skip
     p.add_argument("--wait-go", action="store_true",
@@ -633,37 +543,40 @@ def build_parser(plugins: dict[str, EntryPoint] | None = None) -> argparse.Argum
 
     p = sub.add_parser("recv", help="receive a package from a multicast session")
     p.add_argument("--snapshot", type=snapshot_file, required=True)
-    p.add_argument("--trust-key", type=trust_key, required=True, help="public key of the signer")
+    p.add_argument("--trust-key", type=argtypes.public_key, required=True,
+                   help="public key of the signer")  # fmt: skip
     p.add_argument("--out", type=_out_dir, required=True, help="destination directory")
-    p.add_argument("--timeout", type=_positive_float, default=10.0,
+    p.add_argument("--timeout", type=argtypes.positive_seconds, default=10.0,
                    help="give up after this many seconds without the session")  # fmt: skip
     _channel_args(p, DEFAULT_GROUP, DEFAULT_PORT)
     p.set_defaults(func=cmd_recv)
 
     p = sub.add_parser("fetch", help="get a package: join or start a session, HTTP for the rest")
     p.add_argument("--snapshot", type=snapshot_file, required=True)
-    p.add_argument("--trust-key", type=trust_key, required=True, help="public key of the signer")
+    p.add_argument("--trust-key", type=argtypes.public_key, required=True,
+                   help="public key of the signer")  # fmt: skip
     p.add_argument("--out", type=_out_dir, required=True, help="destination directory")
-    p.add_argument("--codebase", type=_url, action="append",
+    p.add_argument("--codebase", type=argtypes.http_url, action="append",
                    help="package URL (repeatable), for HTTP")  # fmt: skip
-    p.add_argument("--max-sessions", type=_at_least(1), default=1,
+    p.add_argument("--max-sessions", type=argtypes.at_least(1), default=1,
                    help="sessions allowed per subnet")  # fmt: skip
-    p.add_argument("--tries", type=_at_least(0), default=3,
+    p.add_argument("--tries", type=argtypes.at_least(0), default=3,
                    help="multicast sessions before HTTP (0: HTTP only)")  # fmt: skip
-    p.add_argument("--budget", type=_positive_float, default=600.0,
+    p.add_argument("--budget", type=argtypes.positive_seconds, default=600.0,
                    help="seconds for multicast before HTTP")  # fmt: skip
     p.add_argument("--no-multicast", action="store_true")
     p.add_argument("--no-speed-test", action="store_true")
     p.add_argument("--min-multicast-size", type=parse_size, default=0)
     p.add_argument("--rate", type=parse_rate, default=100_000_000,
                    help="rate of a session this agent starts; 0 = no cap")  # fmt: skip
-    p.add_argument("--linger", type=_positive_float, default=2.0,
+    p.add_argument("--linger", type=argtypes.positive_seconds, default=2.0,
                    help="a master serves this long after its last receiver")  # fmt: skip
     _channel_args(p, DISCOVERY_GROUP, DISCOVERY_PORT)
     p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("sessions", help="list the multicast sessions live on the subnet")
-    p.add_argument("--duration", type=_positive_float, help="stop after this many seconds")
+    p.add_argument("--duration", type=argtypes.positive_seconds,
+                   help="stop after this many seconds")  # fmt: skip
     _channel_args(p, DISCOVERY_GROUP, DISCOVERY_PORT)
     p.set_defaults(func=cmd_sessions)
 
@@ -703,7 +616,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         func: Callable[[argparse.Namespace, Output], int] = args.func
         return func(args, out)
     except McastError as exc:
-        _error(out, str(exc), exc.exit_code)
+        _error(out, one_line(exc), exc.exit_code)
     except KeyboardInterrupt:
         _error(out, "interrupted", ExitCode.INTERRUPTED)
 

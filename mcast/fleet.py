@@ -10,17 +10,18 @@ on, so that neither keeps its own copy:
 - the job/status state names (:class:`JobState`, :data:`EVENT_STATES`, :data:`PENDING`);
 - the Agent Settings: their names, types, defaults and valid values (:class:`AgentSettings`,
   :data:`SETTING_DEFAULTS`, :func:`parse_setting`);
-- the size limits (:data:`MAX_DOC_BYTES`, :data:`MAX_EVENT_BYTES`, :data:`MAX_MESSAGE_CHARS`);
-- the trust key file the server hands out of band (``DATA/signing.pub``):
-  :func:`load_trust_key`.
+- the size limits (:data:`MAX_DOC_BYTES`, :data:`MAX_EVENT_BYTES`, :data:`MAX_MESSAGE_CHARS`).
+
+The trust key file the server hands out of band (``DATA/signing.pub``) is read by
+:func:`mcast.snapshot.load_trust_key`, beside the snapshot signatures it checks.
 
 Every document has a builder (``*_xml``) and a parser (``parse_*``); ``parse(build(doc))``
 gives back ``doc``. Parsers read untrusted bytes with defusedxml and raise only
 :class:`DocumentError` (:class:`DocumentTooLarge` past a size limit). Builders refuse, with
 :class:`DocumentError`, text that XML 1.0 cannot carry, except for the free text of an event
 message and of an error, which they clean (:func:`clean_message`) because it comes from
-command output and must always be sendable. This module is pure (no clock, no sockets) but
-for :func:`load_trust_key`, which reads one file.
+command output and must always be sendable. This module is pure (no clock, no sockets, no
+files).
 """
 
 from __future__ import annotations
@@ -31,14 +32,11 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from enum import Enum
-from pathlib import Path
 from xml.etree.ElementTree import Element, SubElement, tostring
 
 import defusedxml.ElementTree as SafeET
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from .errors import StorageError, TrustError
-from .snapshot import SnapshotError, load_public_key
+from .errors import TrustError
 
 # -- limits ---------------------------------------------------------------------------
 
@@ -569,20 +567,3 @@ def error_text(data: bytes) -> str:
     except Exception:  # not an error document: show the start of the body instead
         pass
     return data[:200].decode("utf-8", "replace").strip()
-
-
-# -- the trust key ----------------------------------------------------------------------
-
-
-def load_trust_key(path: Path) -> Ed25519PublicKey:
-    """The public key that signs snapshots (the server's ``DATA/signing.pub``), read from a
-    PEM file: :class:`StorageError` if the file cannot be read, :class:`TrustError` if it
-    is not an Ed25519 key. The messages are one line and name the file."""
-    try:
-        pem = Path(path).read_bytes()
-    except OSError as exc:
-        raise StorageError(f"cannot read trust key {path}: {exc.strerror or exc}") from None
-    try:
-        return load_public_key(pem)
-    except SnapshotError:
-        raise TrustError(f"trust key {path} is not an Ed25519 public key (PEM)") from None

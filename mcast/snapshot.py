@@ -7,7 +7,8 @@ msgpack encoding of those fields (not over the XML text), serialised as XML for 
 ``getSnapshot.asp`` and parsed back with defusedxml.
 
 This module owns: building a snapshot from a file or directory, the XML form, signing and
-verification against a :class:`TrustStore` (known keys, expiry, version rollback), and the
+verification against a :class:`TrustStore` (known keys, expiry, version rollback), the keys
+(:func:`load_trust_key` reads the signer's public key file, ``DATA/signing.pub``), and the
 validation of file names before anything is written (:func:`safe_relpath`, :func:`safe_join`).
 """
 
@@ -30,7 +31,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from mcast.errors import TrustError
+from mcast.errors import StorageError, TrustError
 
 DEFAULT_BLOCK_SIZE = 64 * 1024
 SNAPSHOT_FORMAT = 1
@@ -205,6 +206,20 @@ def load_public_key(data: bytes) -> Ed25519PublicKey:
     if not isinstance(pub, Ed25519PublicKey):
         raise SnapshotError("not an Ed25519 public key")
     return pub
+
+
+def load_trust_key(path: Path) -> Ed25519PublicKey:
+    """The public key that signs snapshots (the server's ``DATA/signing.pub``), read from a
+    PEM file: :class:`StorageError` if the file cannot be read, :class:`TrustError` if it
+    is not an Ed25519 key. The messages are one line and name the file."""
+    try:
+        pem = Path(path).read_bytes()
+    except OSError as exc:
+        raise StorageError(f"cannot read trust key {path}: {exc.strerror or exc}") from None
+    try:
+        return load_public_key(pem)
+    except SnapshotError:
+        raise TrustError(f"trust key {path} is not an Ed25519 public key (PEM)") from None
 
 
 @dataclass

@@ -33,7 +33,7 @@ def parse_size(text: str) -> int:
     """Bytes from '4096', '64k', '64M', '1.5G', '1GiB' (binary multiples)."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", text.lower())
     if not m:
-        raise BadQuantity(f"not a size: {text!r} (try 4096, 64M or 1G)")
+        raise BadQuantity(f"{text!r} is not a size (try 4096, 64M or 1G)")
     return int(float(m.group(1)) * _SIZE[m.group(2)])
 
 
@@ -44,7 +44,7 @@ def parse_rate(text: str) -> int:
         return 0
     m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmg]?)(bit|bps|b/s)?", t)
     if not m:
-        raise BadQuantity(f"not a rate: {text!r} (try 100mbit, 1gbit, or 0 for no limit)")
+        raise BadQuantity(f"{text!r} is not a rate (try 100mbit, 1gbit, or 0 for no limit)")
     return int(float(m.group(1)) * _RATE[m.group(2)])
 
 

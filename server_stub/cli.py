@@ -42,8 +42,7 @@ import trio
 from mcast import argtypes
 from mcast.argtypes import Parser, one_line
 from mcast.errors import McastError, NetworkError, StorageError, UsageError
-from mcast.fleet import load_trust_key
-from mcast.snapshot import TrustStore
+from mcast.snapshot import TrustStore, load_trust_key
 
 from . import repo
 from .store import Store, TaskRow, check_setting
@@ -356,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return int(args.fn(args))
     except McastError as exc:
-        print(f"mcast-ns: {one_line(exc)}", file=sys.stderr)
+        print(f"mcast-ns: error: {one_line(exc)}", file=sys.stderr)
         return int(exc.exit_code)
 
 

@@ -124,8 +124,8 @@ BAD_ARGUMENTS = [
     (["--interface", "10.1.2.3"], 5, "neither loopback nor a lab address"),
     (["--ip", "1.2.3"], 2, "not an IP address"),
     (["--discovery", "239.255.1.1"], 2, "not GROUP:PORT"),
-    (["--discovery", "239.255.1.1:0"], 2, "not GROUP:PORT"),
-    (["--discovery", "224.0.0.1:5000"], 2, "is not in 239.255.0.0/16"),
+    (["--discovery", "239.255.1.1:0"], 2, "'0' is not a port (1..65535)"),
+    (["--discovery", "224.0.0.1:5000"], 2, "is outside 239.255.0.0/16"),
     (["--fetcher", "nomodule"], 2, "MODULE:FUNCTION"),
     (["--fetcher", "agent.nothere:fetch"], 2, "--fetcher"),
     (["--no-such-option"], 2, "unrecognized arguments"),
@@ -145,7 +145,7 @@ def test_bad_arguments(ns: NS, tmp_path: Path, extra: list[str], code: int, need
     assert (proc.returncode, proc.stdout) == (code, ""), proc.stderr
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mcast-agent: ") and needle in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("mcast-agent: error: ") and needle in lines[0]
 
 
 def test_a_required_argument_missing_is_one_line(tmp_path: Path) -> None:

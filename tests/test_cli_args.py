@@ -56,19 +56,20 @@ SNAP = "snapshot {pkg} -o {out}.xml --key {sign_pem}"
 
 # (arguments, exit code, what stderr must say)
 BAD = [
-    (f"{FETCH} --tries -1", 2, "argument --tries: must be at least 0"),
-    (f"{FETCH} --tries 1.5", 2, "argument --tries: not an integer"),
-    (f"{FETCH} --max-sessions 0", 2, "argument --max-sessions: must be at least 1"),
+    (f"{FETCH} --tries -1", 2, "argument --tries: '-1' must be at least 0"),
+    (f"{FETCH} --tries 1.5", 2, "argument --tries: '1.5' is not an integer"),
+    (f"{FETCH} --max-sessions 0", 2, "argument --max-sessions: '0' must be at least 1"),
     (f"{FETCH} --codebase ftp://host/pkg", 2, "not an http(s) URL"),
-    (f"{FETCH} --min-multicast-size 12X", 2, "not a size"),
-    (f"{FETCH} --budget nan", 2, "must be a positive number"),
-    (f"{RECV} --interface notanip", 2, "argument --interface: not an IPv4 address"),
-    (f"{RECV} --interface auto", 2, "not an IPv4 address: 'auto'"),
+    (f"{FETCH} --min-multicast-size 12X", 2, "'12X' is not a size"),
+    (f"{FETCH} --budget nan", 2, "must be a finite number of seconds greater than 0"),
+    (f"{RECV} --interface notanip", 2, "argument --interface: 'notanip' is not an IPv4 address"),
+    (f"{RECV} --interface auto", 2, "'auto' is not an IPv4 address"),
     (f"{RECV} --group 224.0.0.1", 2, "outside 239.255.0.0/16"),
-    (f"{RECV} --group 239.255.1.300", 2, "argument --group: not an IPv4 address"),
-    (f"{RECV} --port 0", 2, "port out of range"),
-    (f"{RECV} --port http", 2, "not a port"),
-    (f"{RECV} --timeout -1", 2, "argument --timeout: must be a positive number"),
+    (f"{RECV} --group 239.255.1.300", 2,
+     "argument --group: '239.255.1.300' is not an IPv4 address"),
+    (f"{RECV} --port 0", 2, "'0' is not a port (1..65535)"),
+    (f"{RECV} --port http", 2, "'http' is not a port"),
+    (f"{RECV} --timeout -1", 2, "argument --timeout: '-1' must be a finite number of seconds"),
     (f"{RECV} --session-key-file {{short_key}}", 2, "shorter than 16 bytes"),
     (f"{RECV} --session-key-file {{text_key}}", 2, "neither hex digits nor 32 raw bytes"),
     (f"{RECV} --session-key-file {{missing}}", 4, "cannot read session key"),
@@ -82,15 +83,15 @@ BAD = [
     ("recv --snapshot {garbage_xml} --trust-key {sign_pem_pub} --out {out}", 3, "snapshot "),
     ("recv --snapshot {snap_xml}", 2, "required: --trust-key, --out"),
     (f"{RECV} --tries 3", 2, "unrecognized arguments: --tries 3"),
-    (f"{SEND} --rate fast", 2, "argument --rate: not a rate"),
-    (f"{SEND} --rate=-5mbit", 2, "argument --rate: not a rate: '-5mbit'"),
-    (f"{SEND} --linger 0", 2, "argument --linger: must be a positive number"),
-    ("send {missing} --snapshot {snap_xml}", 4, "cannot read"),
+    (f"{SEND} --rate fast", 2, "argument --rate: 'fast' is not a rate"),
+    (f"{SEND} --rate=-5mbit", 2, "argument --rate: '-5mbit' is not a rate"),
+    (f"{SEND} --linger 0", 2, "argument --linger: '0' must be a finite number of seconds"),
+    ("send {missing} --snapshot {snap_xml}", 4, "does-not-exist does not exist"),
     (f"{SNAP} --block-size 3", 2, "positive even number"),
-    (f"{SNAP} --valid-days 0", 2, "argument --valid-days"),
-    (f"{SNAP} --version -2", 2, "argument --version: must be at least 0"),
-    ("snapshot {pkg} -o {out}.xml --key {garbage_pem}", 2, "not an Ed25519 PEM private key"),
-    ("snapshot {missing} -o {out}.xml --key {sign_pem}", 4, "cannot read"),
+    (f"{SNAP} --valid-days 0", 2, "argument --valid-days: '0' must be a finite number of days"),
+    (f"{SNAP} --version -2", 2, "argument --version: '-2' must be at least 0"),
+    ("snapshot {pkg} -o {out}.xml --key {garbage_pem}", 2, "is not an Ed25519 private key (PEM)"),
+    ("snapshot {missing} -o {out}.xml --key {sign_pem}", 4, "does-not-exist does not exist"),
     ("snapshot {pkg} -o {out}.xml --key {missing}/sub/k.pem", 4, "cannot create signing key"),
     ("snapshot {pkg} -o {missing}/s.xml --key {sign_pem}", 4, "cannot write"),
     ("snapshot {pkg} -o {pkg} --key {sign_pem}", 4, "it is a directory"),
@@ -117,20 +118,27 @@ def test_bad_argument_is_one_line_and_an_exit_code(
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert proc.returncode == code, proc.stderr
-    assert lines[0].startswith("mcast"), lines
+    assert lines[0].startswith("mcast: error: "), lines
     assert says in lines[0], lines[0]
     assert not Path(files["out"]).exists()  # refused before any work started
 
 
-def test_json_callers_get_the_error_as_a_json_line_too(files: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [(f"{RECV} --snapshot {{missing}}", ExitCode.IO), (f"{RECV} --port 0", ExitCode.USAGE)],
+    ids=["file error", "bad value"],
+)
+def test_json_callers_get_the_error_as_a_json_line_too(
+    files: dict[str, str], argv: str, code: int
+) -> None:
+    words = [w.format(**files) for w in argv.split()]
     proc = subprocess.run(
-        [sys.executable, "-m", "mcast.cli", "recv", "--snapshot", files["missing"], "--trust-key",
-         files["sign_pem_pub"], "--out", files["out"], "--json"],
-        capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        check=False,
+        [sys.executable, "-m", "mcast.cli", *words, "--json"], capture_output=True, text=True,
+        timeout=60, env=dict(os.environ, PYTHONPATH=str(ROOT)), check=False,
     )  # fmt: skip
-    assert proc.returncode == ExitCode.IO
-    assert '"event": "error"' in proc.stdout and '"code": 4' in proc.stdout
+    assert proc.returncode == code, proc.stderr
+    assert '"event": "error"' in proc.stdout and f'"code": {int(code)}' in proc.stdout
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 @pytest.mark.parametrize("bad", ["", "x", "-1M", "10 parsecs", "1.2.3M"])

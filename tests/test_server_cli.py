@@ -190,7 +190,7 @@ def test_bad_arguments(
     assert proc.returncode == code, proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
     lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mcast-ns: ") and needle in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("mcast-ns: error: ") and needle in lines[0]
     assert (Store(one_package).settings(), Store(one_package).task_status()) == before
 
 
