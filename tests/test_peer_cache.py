@@ -8,7 +8,7 @@ from pathlib import Path
 import trio
 
 from mcast.fetch import Route, fetch
-from mcast.peer_cache import CacheStats, Cached, serve_cache
+from mcast.peer_cache import Cached, CacheStats, serve_cache
 from tests.test_fetch import (
     codebase_root,
     content_of,
