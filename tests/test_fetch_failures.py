@@ -7,7 +7,11 @@ package from its codebases, and a note saying why multicast was not used.
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,9 +19,10 @@ import trio
 
 from mcast.discovery import SessionTable, announce_problem, data_channel
 from mcast.fetch import FetchProgress, FetchResult, Route, fetch
+from mcast.snapshot import public_key_pem
 from mcast.udp import Endpoint
 from mcast.wire import Announce, BadPacket, Solicit, decode_untrusted, encode
-from tests.test_fetch import codebase_root, content_of, make_package, publish, settings
+from tests.test_fetch import KEY, codebase_root, content_of, make_package, publish, settings
 
 __all__ = ["codebase_root"]  # the fixture, imported for pytest to find
 
@@ -160,3 +165,30 @@ async def test_when_the_master_dies_a_receiver_takes_over_and_nobody_starts_over
     # nobody started over: the heir fetched at most what it lacked when the master died
     heir_http = survivors[heir].bytes_http
     assert heir_http <= snap.total_size - verified_at_kill.get(heir, 0) + 2**16
+
+
+def test_mcast_fetch_with_an_interface_that_does_not_exist_completes_over_http(
+    tmp_path: Path, codebase_root
+) -> None:
+    """As a user runs it: the command exits 0 with the package, and says why no multicast."""
+    src = tmp_path / "src"
+    snap = make_package(src, 200_000, 25)
+    url = publish(codebase_root, src, snap)
+    (tmp_path / "s.xml").write_bytes(snap.to_xml())
+    (tmp_path / "k.pub").write_bytes(public_key_pem(KEY.public_key()))
+    (tmp_path / "session.key").write_text("ab" * 32)
+    s = settings()
+    proc = subprocess.run(
+        [sys.executable, "-m", "mcast.cli", "fetch", "--snapshot", str(tmp_path / "s.xml"),
+         "--trust-key", str(tmp_path / "k.pub"), "--out", str(tmp_path / "out"),
+         "--codebase", url, "--interface", "198.18.255.254", "--group", s.discovery_group,
+         "--port", str(s.discovery_port), "--session-key-file", str(tmp_path / "session.key"),
+         "--json"],
+        capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    done = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert done["event"] == "done" and done["complete"] and done["route"] == "http"
+    assert any("multicast failed" in n for n in done["notes"]), done
+    assert content_of(tmp_path / "out", snap) == content_of(src, snap)
