@@ -85,6 +85,17 @@ def positive_seconds(text: str) -> float:
     return _positive(text, "seconds")
 
 
+def non_negative_seconds(text: str) -> float:
+    """A finite number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        bad(f"{text!r} is not a number of seconds")
+    if not math.isfinite(value) or value < 0:
+        bad(f"{text!r} must be a finite number of seconds, 0 or more")
+    return value
+
+
 def positive_days(text: str) -> float:
     """A finite number of days greater than 0."""
     return _positive(text, "days")

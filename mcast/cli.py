@@ -199,19 +199,28 @@ def _out_dir(text: str) -> Path:
     return path
 
 
-def session_key(text: str) -> bytes:
-    """A session key file holds the key as hex digits (at least 32) or as 32 raw bytes."""
-    path = Path(text)
-    raw = read_file(path, "session key")
-    try:
-        key = bytes.fromhex(raw.strip().decode("ascii"))
-    except (UnicodeDecodeError, ValueError):
-        if len(raw) != 32:
-            bad(f"session key {path} is neither hex digits nor 32 raw bytes")
-        key = raw
-    if len(key) < 16:
-        bad(f"session key in {path} is shorter than 16 bytes")
-    return key
+def _key_file(what: str) -> Callable[[str], bytes]:
+    """An HMAC key file: the key as hex digits (at least 32) or as 32 raw bytes."""
+
+    def read(text: str) -> bytes:
+        path = Path(text)
+        raw = read_file(path, what)
+        try:
+            key = bytes.fromhex(raw.strip().decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            if len(raw) != 32:
+                bad(f"{what} {path} is neither hex digits nor 32 raw bytes")
+            key = raw
+        if len(key) < 16:
+            bad(f"{what} in {path} is shorter than 16 bytes")
+        return key
+
+    read.__name__ = what
+    return read
+
+
+session_key = _key_file("session key")
+discovery_key = _key_file("discovery key")
 
 
 @dataclass(frozen=True)
@@ -242,6 +251,18 @@ def snapshot_file(text: str) -> Snapshot:
         return parse_snapshot_xml(data)
     except SnapshotError as exc:
         raise TrustError(f"snapshot {path}: {exc}") from None
+
+
+def _discovery_key_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--discovery-key-file", dest="discovery_key", type=discovery_key,
+                   help="file with the site's discovery key, under which sessions announce"
+                   " on the discovery group (default: the session key)")  # fmt: skip
+
+
+def _hold_arg(p: argparse.ArgumentParser, default: float) -> None:
+    p.add_argument("--hold", type=argtypes.non_negative_seconds, default=default,
+                   help="a new session announces this long before its first data, so that"
+                   " receivers arriving together start together")  # fmt: skip
 
 
 def _channel_args(p: argparse.ArgumentParser, group: str, port: int) -> None:
@@ -314,7 +335,7 @@ def cmd_send(args: argparse.Namespace, out: Output) -> int:
     ch = _channel(args)
     cfg = SenderConfig(
         group=ch.group, port=ch.port, rate_bps=args.rate, linger=args.linger,
-        receiver_timeout=args.receiver_timeout,
+        receiver_timeout=args.receiver_timeout, hold_s=args.hold,
     )  # fmt: skip
     out.event("start", hash=snap.package_hash_hex, size=snap.total_size, rate_bps=args.rate,
               group=ch.group, port=ch.port, interface=ch.interface)  # fmt: skip
@@ -330,10 +351,11 @@ def cmd_send(args: argparse.Namespace, out: Output) -> int:
             out.event("progress", progress=round(p.progress, 4), receivers=p.receivers_active,
                       bytes_sent=p.bytes_sent, repairs=p.repairs_sent)  # fmt: skip
 
-    disc = None if args.no_discovery else Channel(DISCOVERY_GROUP, DISCOVERY_PORT, ch.interface)
+    disc = None if args.no_discovery else Channel(*args.discovery, ch.interface)
     with engine_errors(out):
         result = trio.run(lambda: send(snap, args.path, channel=ch, key=args.session_key,
-                                       config=cfg, progress=progress, discovery=disc))  # fmt: skip
+                                       config=cfg, progress=progress, discovery=disc,
+                                       discovery_key=args.discovery_key))  # fmt: skip
     s = result.stats
     out.event(
         "done", reason=result.reason, receivers_done=result.receivers_done,
@@ -403,7 +425,8 @@ def cmd_fetch(args: argparse.Namespace, out: Output) -> int:
         time_budget_s=args.budget, speed_test=not args.no_speed_test,
         session_key=args.session_key, interface=ch.interface,
         discovery_group=ch.group, discovery_port=ch.port, rate_bps=args.rate,
-        serve_after_s=args.linger,
+        serve_after_s=args.linger, discovery_key=args.discovery_key, hold_s=args.hold,
+        min_session_bps=args.min_session_kbps * 1024,
     )  # fmt: skip
     out.event("start", hash=snap.package_hash_hex, size=snap.total_size, out=str(args.out))
     out.bar(f"fetching {snap.name}", snap.total_size)
@@ -437,7 +460,7 @@ def cmd_fetch(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_sessions(args: argparse.Namespace, out: Output) -> int:
     ch = _channel(args)
-    key = args.session_key
+    key = args.session_key if args.discovery_key is None else args.discovery_key
     table = SessionTable()
 
     def render() -> Any:
@@ -534,10 +557,15 @@ def build_parser(plugins: dict[str, EntryPoint] | None = None) -> argparse.Argum
     p.add_argument("--linger", type=argtypes.positive_seconds, default=2.0,
                    help="seconds to stay after the last receiver is done")  # fmt: skip
     p.add_argument("--receiver-timeout", type=argtypes.positive_seconds, default=5.0)
+    p.add_argument("--discovery", type=argtypes.group_port,
+                   default=(DISCOVERY_GROUP, DISCOVERY_PORT), metavar="GROUP:PORT",
+                   help="the subnet's discovery group, where the session announces itself")
     p.add_argument("--no-discovery", action="store_true",
                    help="do not announce the session on the subnet's discovery group")  # fmt: skip
     p.add_argument("--wait-go", action="store_true",
                    help="load everything, print ready, start on a line on stdin")  # fmt: skip
+    _hold_arg(p, 0.0)
+    _discovery_key_arg(p)
     _channel_args(p, DEFAULT_GROUP, DEFAULT_PORT)
     p.set_defaults(func=cmd_send)
 
@@ -571,12 +599,18 @@ def build_parser(plugins: dict[str, EntryPoint] | None = None) -> argparse.Argum
                    help="rate of a session this agent starts; 0 = no cap")  # fmt: skip
     p.add_argument("--linger", type=argtypes.positive_seconds, default=2.0,
                    help="a master serves this long after its last receiver")  # fmt: skip
+    p.add_argument("--min-session-kbps", type=argtypes.at_least(0), default=64,
+                   help="a session slower than this (KiB/s) for a while is left for HTTP;"
+                   " 0: no floor")  # fmt: skip
+    _hold_arg(p, 2.0)
+    _discovery_key_arg(p)
     _channel_args(p, DISCOVERY_GROUP, DISCOVERY_PORT)
     p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("sessions", help="list the multicast sessions live on the subnet")
     p.add_argument("--duration", type=argtypes.positive_seconds,
                    help="stop after this many seconds")  # fmt: skip
+    _discovery_key_arg(p)
     _channel_args(p, DISCOVERY_GROUP, DISCOVERY_PORT)
     p.set_defaults(func=cmd_sessions)
 
