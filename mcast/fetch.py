@@ -2,9 +2,14 @@
 
 ``await fetch(snapshot, dest, codebases, settings)`` is step 5 of the seed flow: decide
 whether multicast is tried at all (the agent settings' prerequisites), discover a session
-that sends the snapshot and join it, or start one while the subnet is under its session
-limit, retry multicast after a failed session, then download over HTTP only the units still
-missing, from the codebases in speed-test order. Every unit is verified against the snapshot;
+that sends the snapshot and join it (a peer cache or an earlier agent may be serving it), or
+start one while the subnet is under its session limit (holding its first data ``hold_s`` so
+that agents asking together start together), retry multicast after a failed session, then
+download over HTTP only the units still missing, from the codebases in speed-test order.
+When a joined master dies, the receiver that holds the most verified units takes the session
+over and fetches only what it lacks; a session under the slow-session floor is left for
+HTTP. Any multicast failure (a socket, an address, a bug) is a failed try noted in the
+result, never an exception out of ``fetch``. Every unit is verified against the snapshot;
 the result says how many bytes came each way. Cancellation leaves a resumable partial
 download, never a corrupt file at the destination.
 """

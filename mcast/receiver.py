@@ -16,7 +16,11 @@ loss recovery:
   short windows, the signals the sender's rate control reads;
 - ``Reports`` (``mcast/reports.py``): NAK datagrams, SOLICITs while no session is heard,
   periodic and final STATUS;
-- ``Liveness`` (``mcast/liveness.py``): the silence timeout and the grace after an END;
+- ``Liveness`` (``mcast/liveness.py``): the silence timeout (any authentic sign of the
+  master), the grace after an END, and the slow-session floor (``ProgressFloor``: our own
+  progress or the master's announced progress, over windows; a hold is not slowness);
+- ``PeerView`` (``mcast/peer_view.py``): the other receivers' STATUS, so that when the master
+  goes silent the failure says whether this receiver is the one to take the session over;
 - ``EarlyBuffer`` (``mcast/early.py``): datagrams from before the join, replayed on it.
 
 ``get_timer()`` is the earliest deadline of the parts the phase runs. No clock, no socket, no

@@ -7,7 +7,7 @@ through ``_set_phase`` and its table. It hands the rest to parts that each own o
 
 - ``FirstPass`` (``mcast/first_pass.py``): one pass over every source shard in block order,
   held back by ``set_available_units`` to what the source can read (a master streaming its
-  own download);
+  own download), and by the rendezvous hold (``hold_s``) at the start;
 - ``AnnounceSchedule``, ``EndSchedule`` (``mcast/announce_schedule.py``): quick announces at
   the start and when the pass ends, then one per ``announce_interval``, one soon after a
   SOLICIT for its package; the END copies;
