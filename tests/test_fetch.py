@@ -20,7 +20,7 @@ from mcast.sender import SenderConfig
 from mcast.snapshot import Snapshot, build_snapshot, generate_key
 from mcast.udp import Endpoint
 from mcast.wire import Announce, BadPacket, End, decode_untrusted
-from tests.harness import WAIT_S, within
+from tests.harness import WAIT_S, await_for, within
 
 KEY = generate_key()
 
@@ -94,8 +94,6 @@ async def watch_sessions(s: FetchSettings, seen: list[tuple[float, int, bool | N
                     seen.append((trio.current_time(), msg.session, None))
     finally:
         ep.close()
-
-
 
 
 async def test_three_agents_asking_at_once_share_one_session(tmp_path: Path, codebase_root) -> None:
@@ -179,9 +177,13 @@ async def test_a_sender_killed_half_way_leaves_only_the_rest_for_http(
 
         async def agent() -> None:
             out["r"] = await fetch(snap, tmp_path / "out", [url], s, progress=on_progress)
+            nursery.cancel_scope.cancel()  # the watcher: the sender is gone already
 
+        seen: list[tuple[float, int, bool | None]] = []
+        nursery.start_soon(watch_sessions, s, seen)
         nursery.start_soon(sender)
-        await trio.sleep(0.1)
+        # the agent asks once the session is announced, so it joins instead of starting one
+        await await_for(lambda: any(c is False for _, _, c in seen), "the sender's announce")
         nursery.start_soon(agent)
     r = out["r"]
     assert r.complete and r.route is Route.HTTP
