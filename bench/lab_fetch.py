@@ -17,6 +17,7 @@ END or by the agents' TTL) and ``sessions``.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from bench.lab import (
     PY,
     Package,
     _wait_all,
+    _wait_joined,
     check_tree,
     make_package,
     rate_text,
@@ -34,6 +36,7 @@ from bench.lab import (
 from bench.labnet import Lab, Proc
 from mcast.discovery import SESSION_TTL
 from mcast.snapshot import parse_snapshot_xml
+from mcast.udp import DISCOVERY_GROUP
 
 CODEBASE_PORT = 8080
 KILLED_GROUP = "239.255.66.1"
@@ -71,15 +74,34 @@ def _observed(proc: Proc) -> list[tuple[float, int, bool | None]]:
     return seen
 
 
+def _wait_sessions_over(observer: Proc, deadline: float) -> None:
+    """Until the observer heard every session it saw end: an END, or silence for the TTL
+    (a killed sender sends no END)."""
+    while time.monotonic() < deadline and not observer.finished:
+        last: dict[int, float] = {}
+        for t, sid, claiming in _observed(observer):
+            if claiming is None:
+                last[sid] = -math.inf  # ended
+            elif sid not in last or last[sid] != -math.inf:
+                last[sid] = t
+        if all(time.monotonic() - t > SESSION_TTL for t in last.values()):
+            return
+        time.sleep(0.05)
+
+
 def _kill_when_received(sender: Proc, agents: dict[str, Proc], need: float, timeout: float) -> None:
-    """SIGKILL the sender (no END) once half the agents have verified ``need`` bytes."""
+    """SIGKILL the sender (no END) once every agent reported ``need`` verified bytes (or
+    ended: the report says how), so that each one's session fails with about that much."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        got = []
+        waiting = False
         for proc in agents.values():
-            progress = [o for _, o in proc.json_lines(0) if o.get("event") == "progress"]
-            got.append(progress[-1].get("bytes", 0) if progress else 0)
-        if sorted(got)[len(got) // 2] >= need:
+            lines = [o for _, o in proc.json_lines(0)]
+            ended = proc.finished or any(o.get("event") in ("done", "error") for o in lines)
+            progress = [o for o in lines if o.get("event") == "progress"]
+            if not ended and (progress[-1].get("bytes", 0) if progress else 0) < need:
+                waiting = True
+        if not waiting:
             break
         time.sleep(0.02)
     sender.kill()
@@ -103,7 +125,7 @@ def run_fetch(
     session_key = work / "session.key"
     session_key.write_text(os.urandom(32).hex())
     rate = rate_text(rate_bps) if rate_bps else "0"
-    pkgs, snaps, urls = [], [], []
+    pkgs, snaps, urls, hashes = [], [], [], []
     size = first.files[BIG_NAME][0]  # the payload; make_package adds the small files
     for p in range(packages):  # package 0 is the one bench.lab already made
         pkg = first if p == 0 else make_package(work / f"pkg{p}", size)
@@ -118,6 +140,7 @@ def run_fetch(
                 out.write((pkg.root / f.path).read_bytes())
         pkgs.append(pkg)
         snaps.append(snap_path)
+        hashes.append(snap.package_hash_hex)
         urls.append(f"http://{lab.addr('h0')}:{CODEBASE_PORT}/pkg/{snap.package_hash_hex}/")
     server = lab.popen("h0", [PY, "-m", "bench.http_serve", "--root", str(www),
                               "--bind", lab.addr("h0"), "--port", str(CODEBASE_PORT)])  # fmt: skip
@@ -127,7 +150,9 @@ def run_fetch(
     try:
         if server.wait_json(lambda o: o.get("event") == "ready", 20) is None:
             raise RuntimeError(f"codebase server did not start: {server.describe()}")
-        time.sleep(0.3)  # the observer joins the discovery group
+        # the observer listens before any session can start, so it hears them all
+        if _wait_joined(lab, {"h0": observer}, DISCOVERY_GROUP, 60):
+            raise RuntimeError(f"the session observer did not join: {observer.describe()}")
         t0 = time.monotonic()
         if kill_sender_at is not None:
             send = [*cli, "send", str(pkgs[0].root), "--snapshot", str(snaps[0]),
@@ -135,7 +160,11 @@ def run_fetch(
                     "--group", KILLED_GROUP, "--rate", rate,
                     "--session-key-file", str(session_key), "--json"]  # fmt: skip
             sender = lab.popen("h0", send)
-            time.sleep(0.5)  # its first announces are out before the agents ask
+            # its session is on the discovery group before the agents ask, so they join it
+            killed_hash = hashes[0]
+            if observer.wait_json(lambda o: o.get("event") == "announce" and not o["claiming"]
+                                  and o["hash"] == killed_hash, 60) is None:  # fmt: skip
+                raise RuntimeError(f"the sender to kill never announced: {sender.describe()}")
         agents: dict[str, Proc] = {}
         for i, host in enumerate(lab.receiver_hosts):
             p = i % packages
@@ -152,7 +181,7 @@ def run_fetch(
         finals = _wait_all(agents, lambda o: o.get("event") in ("done", "error"),
                            time.monotonic() + timeout, keep_going)  # fmt: skip
         t_end = max((f[0] for f in finals.values() if f), default=None)
-        time.sleep(SESSION_TTL)  # let the observer hear the last sessions end
+        _wait_sessions_over(observer, time.monotonic() + 60)
     finally:
         for proc in (observer, server, sender):
             if proc is not None:
