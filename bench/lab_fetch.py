@@ -42,6 +42,17 @@ CODEBASE_PORT = 8080
 KILLED_GROUP = "239.255.66.1"
 
 
+# ``mcast fetch`` that loads everything, says ready, and asks on a "go" line on stdin.
+_READY_THEN_RUN = """
+import json, sys
+import mcast.cli, mcast.fetch
+print(json.dumps({"event": "ready"}), flush=True)
+if sys.stdin.readline().strip() != "go":
+    sys.exit(130)
+sys.exit(mcast.cli.main(sys.argv[1:]))
+"""
+
+
 def max_live_sessions(seen: list[tuple[float, int, bool | None]]) -> int:
     """Most sessions (not mere claims) alive at once, as the agents judge it: from the first
     announce to the END, or to the last announce plus the TTL when no END was heard.
@@ -153,7 +164,23 @@ def run_fetch(
         # the observer listens before any session can start, so it hears them all
         if _wait_joined(lab, {"h0": observer}, DISCOVERY_GROUP, 60):
             raise RuntimeError(f"the session observer did not join: {observer.describe()}")
-        t0 = time.monotonic()
+        # Every agent loads first and says ready; they ask at one moment, on "go" (as the
+        # HTTP clients and the sender of bench.lab do), so that start-up times, which vary
+        # by seconds on a loaded machine, decide nothing.
+        agents: dict[str, Proc] = {}
+        for i, host in enumerate(lab.receiver_hosts):
+            p = i % packages
+            out = work / host
+            args = ["fetch", "--snapshot", str(snaps[p]), "--trust-key", str(pub),
+                    "--out", str(out), "--codebase", urls[p], "--interface", lab.addr(host),
+                    "--max-sessions", str(max_sessions), "--session-key-file", str(session_key),
+                    "--rate", rate, "--linger", "1", "--json"]  # fmt: skip
+            if kill_sender_at is not None:
+                args += ["--tries", "1"]  # after the killed session: straight to HTTP
+            agents[host] = lab.popen(host, [PY, "-c", _READY_THEN_RUN, *args], stdin=True)
+        for host, proc in agents.items():
+            if proc.wait_json(lambda o: o.get("event") == "ready", 60) is None:
+                raise RuntimeError(f"agent on {host} did not start: {proc.describe()}")
         if kill_sender_at is not None:
             send = [*cli, "send", str(pkgs[0].root), "--snapshot", str(snaps[0]),
                     "--trust-key", str(pub), "--interface", lab.addr("h0"),
@@ -165,17 +192,9 @@ def run_fetch(
             if observer.wait_json(lambda o: o.get("event") == "announce" and not o["claiming"]
                                   and o["hash"] == killed_hash, 60) is None:  # fmt: skip
                 raise RuntimeError(f"the sender to kill never announced: {sender.describe()}")
-        agents: dict[str, Proc] = {}
-        for i, host in enumerate(lab.receiver_hosts):
-            p = i % packages
-            out = work / host
-            argv = [*cli, "fetch", "--snapshot", str(snaps[p]), "--trust-key", str(pub),
-                    "--out", str(out), "--codebase", urls[p], "--interface", lab.addr(host),
-                    "--max-sessions", str(max_sessions), "--session-key-file", str(session_key),
-                    "--rate", rate, "--linger", "1", "--json"]  # fmt: skip
-            if kill_sender_at is not None:
-                argv += ["--tries", "1"]  # after the killed session: straight to HTTP
-            agents[host] = lab.popen(host, argv)
+        t0 = time.monotonic()
+        for proc in agents.values():
+            proc.send("go\n")
         if sender is not None and kill_sender_at is not None:
             _kill_when_received(sender, agents, kill_sender_at * pkgs[0].total, timeout)
         finals = _wait_all(agents, lambda o: o.get("event") in ("done", "error"),
