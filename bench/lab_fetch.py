@@ -5,9 +5,10 @@ under the subnet's session limit, and fall back to HTTP for what multicast could
     python -m bench.lab --mode fetch --receivers 8 --packages 1 --kill-sender-at 0.5
 
 h0 serves every package over HTTP (the codebase, ``/pkg/<hash>/content``) and watches the
-discovery group with ``mcast sessions --json``; receiver i fetches package i mod P. With
+discovery group with ``mcast sessions --json``; receiver i fetches package i mod P. The
+agents load first and all ask on one "go", so start-up times decide nothing. With
 ``--kill-sender-at F``, h0 also runs an ``mcast send`` session of package 0 that is killed
-(SIGKILL, no END) after F of its first pass, so its receivers must finish by HTTP.
+(SIGKILL, no END) once every agent has verified F of the package, so they finish by HTTP.
 
 The report adds to the lab's: per receiver the route, bytes by multicast and by HTTP, and
 from the observer's log ``max_live_sessions`` (sessions, not claims, alive at once, ended by
