@@ -6,7 +6,8 @@ under the subnet's session limit, and fall back to HTTP for what multicast could
 
 h0 serves every package over HTTP (the codebase, ``/pkg/<hash>/content``) and watches the
 discovery group with ``mcast sessions --json``; receiver i fetches package i mod P. The
-agents load first and all ask on one "go", so start-up times decide nothing. With
+agents load first and ask on a "go", so start-up times decide nothing: h1 first, and once
+its session is announced all the others at one moment. With
 ``--kill-sender-at F``, h0 also runs an ``mcast send`` session of package 0 that is killed
 (SIGKILL, no END) once every agent has verified F of the package, so they finish by HTTP.
 
@@ -194,8 +195,18 @@ def run_fetch(
                                   and o["hash"] == killed_hash, 60) is None:  # fmt: skip
                 raise RuntimeError(f"the sender to kill never announced: {sender.describe()}")
         t0 = time.monotonic()
-        for proc in agents.values():
-            proc.send("go\n")
+        rest = list(agents)
+        if kill_sender_at is None:
+            # The first agent opens the subnet's first session alone; once it is announced,
+            # the others ask at one moment: they join it, or wait for a slot and then race
+            # for it among themselves (claims settle who masters).
+            first = rest.pop(0)
+            agents[first].send("go\n")
+            if observer.wait_json(lambda o: o.get("event") == "announce" and not o["claiming"],
+                                  60) is None:  # fmt: skip
+                raise RuntimeError(f"the first agent never announced: {agents[first].describe()}")
+        for host in rest:
+            agents[host].send("go\n")
         if sender is not None and kill_sender_at is not None:
             _kill_when_received(sender, agents, kill_sender_at * pkgs[0].total, timeout)
         finals = _wait_all(agents, lambda o: o.get("event") in ("done", "error"),

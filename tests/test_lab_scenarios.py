@@ -99,6 +99,7 @@ def test_fetch_agents_share_sessions_under_the_subnet_limit() -> None:
     assert rep["max_live_sessions"] == 1 and rep["sessions"] == 2
     routes = sorted(p["route"] for p in rep["per_receiver"])
     assert routes == ["joined", "joined", "master", "master"]
+    assert [p["notes"] for p in rep["per_receiver"]] == [[]] * 4  # no session failed anyone
     assert rep["http_bytes_total"] == 2 * rep["package_bytes"]  # one HTTP copy per package
     assert rep["lab_leftovers"] == []
 
