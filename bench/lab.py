@@ -336,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-sessions", type=int, default=1,
                     help="fetch mode: sessions allowed per subnet")
     ap.add_argument("--kill-sender-at", type=float, default=None,
-                    help="fetch mode: SIGKILL an 'mcast send' of package 0 at this fraction")
+                    help="fetch mode: SIGKILL an 'mcast send' of package 0 once every agent"
+                         " has verified this fraction")
     ap.add_argument("--keep-going", action="store_true",
                     help="wait for every receiver even after one failed")
     ap.add_argument("--timeout", type=float, default=None, help="seconds (default from size/rate)")

@@ -5,9 +5,11 @@ under the subnet's session limit, and fall back to HTTP for what multicast could
     python -m bench.lab --mode fetch --receivers 8 --packages 1 --kill-sender-at 0.5
 
 h0 serves every package over HTTP (the codebase, ``/pkg/<hash>/content``) and watches the
-discovery group with ``mcast sessions --json``; receiver i fetches package i mod P. With
+discovery group with ``mcast sessions --json``; receiver i fetches package i mod P. The
+agents load first and ask on a "go", so start-up times decide nothing: h1 first, and once
+its session is announced all the others at one moment. With
 ``--kill-sender-at F``, h0 also runs an ``mcast send`` session of package 0 that is killed
-(SIGKILL, no END) after F of its first pass, so its receivers must finish by HTTP.
+(SIGKILL, no END) once every agent has verified F of the package, so they finish by HTTP.
 
 The report adds to the lab's: per receiver the route, bytes by multicast and by HTTP, and
 from the observer's log ``max_live_sessions`` (sessions, not claims, alive at once, ended by
@@ -19,6 +21,7 @@ is ``verified`` only if its JSON says complete and its files re-hash equal on di
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import time
@@ -32,8 +35,20 @@ from mcast.snapshot import parse_snapshot_xml
 from mcast.units import format_rate
 
 PY = sys.executable
+
 CODEBASE_PORT = 8080
 KILLED_GROUP = "239.255.66.1"
+
+
+# ``mcast fetch`` that loads everything, says ready, and asks on a "go" line on stdin.
+_READY_THEN_RUN = """
+import json, sys
+import mcast.cli, mcast.fetch
+print(json.dumps({"event": "ready"}), flush=True)
+if sys.stdin.readline().strip() != "go":
+    sys.exit(130)
+sys.exit(mcast.cli.main(sys.argv[1:]))
+"""
 
 
 def max_live_sessions(seen: list[tuple[float, int, bool | None]]) -> int:
@@ -68,15 +83,34 @@ def _observed(proc: Proc) -> list[tuple[float, int, bool | None]]:
     return seen
 
 
+def _wait_sessions_over(observer: Proc, deadline: float) -> None:
+    """Until the observer heard every session it saw end: an END, or silence for the TTL
+    (a killed sender sends no END)."""
+    while time.monotonic() < deadline and not observer.finished:
+        last: dict[int, float] = {}
+        for t, sid, claiming in _observed(observer):
+            if claiming is None:
+                last[sid] = -math.inf  # ended
+            elif sid not in last or last[sid] != -math.inf:
+                last[sid] = t
+        if all(time.monotonic() - t > SESSION_TTL for t in last.values()):
+            return
+        time.sleep(0.05)
+
+
 def _kill_when_received(sender: Proc, agents: dict[str, Proc], need: float, timeout: float) -> None:
-    """SIGKILL the sender (no END) once half the agents have verified ``need`` bytes."""
+    """SIGKILL the sender (no END) once every agent reported ``need`` verified bytes (or
+    ended: the report says how), so that each one's session fails with about that much."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        got = []
+        waiting = False
         for proc in agents.values():
-            progress = [o for _, o in proc.json_lines(0) if o.get("event") == "progress"]
-            got.append(progress[-1].get("bytes", 0) if progress else 0)
-        if sorted(got)[len(got) // 2] >= need:
+            lines = [o for _, o in proc.json_lines(0)]
+            ended = proc.finished or any(o.get("event") in ("done", "error") for o in lines)
+            progress = [o for o in lines if o.get("event") == "progress"]
+            if not ended and (progress[-1].get("bytes", 0) if progress else 0) < need:
+                waiting = True
+        if not waiting:
             break
         time.sleep(0.02)
     sender.kill()
@@ -100,7 +134,7 @@ def run_fetch(
     session_key = work / "session.key"
     session_key.write_text(os.urandom(32).hex())
     rate = format_rate(rate_bps)
-    pkgs, snaps, urls = [], [], []
+    pkgs, snaps, urls, hashes = [], [], [], []
     size = first.files[BIG_NAME][0]  # the payload; make_package adds the small files
     for p in range(packages):  # package 0 is the one bench.lab already made
         pkg = first if p == 0 else make_package(work / f"pkg{p}", size)
@@ -115,6 +149,7 @@ def run_fetch(
                 out.write((pkg.root / f.path).read_bytes())
         pkgs.append(pkg)
         snaps.append(snap_path)
+        hashes.append(snap.package_hash_hex)
         urls.append(f"http://{lab.addr('h0')}:{CODEBASE_PORT}/pkg/{snap.package_hash_hex}/")
     server = lab.popen("h0", [PY, "-m", "bench.http_serve", "--root", str(www),
                               "--bind", lab.addr("h0"), "--port", str(CODEBASE_PORT)])  # fmt: skip
@@ -124,35 +159,58 @@ def run_fetch(
     try:
         if server.wait_json(lambda o: o.get("event") == "ready", 20) is None:
             raise RuntimeError(f"codebase server did not start: {server.describe()}")
-        if observer.wait_json(lambda o: o.get("event") == "listening", 20) is None:
+        # the observer listens before any session can start, so it hears them all
+        if observer.wait_json(lambda o: o.get("event") == "listening", 60) is None:
             raise RuntimeError(f"session observer did not start: {observer.describe()}")
         before = lab.link_stats("h0")
-        t0 = time.monotonic()
+        # Every agent loads first and says ready; they ask at one moment, on "go" (as the
+        # HTTP clients and the sender of bench.lab do), so that start-up times, which vary
+        # by seconds on a loaded machine, decide nothing.
+        agents: dict[str, Proc] = {}
+        for i, host in enumerate(lab.receiver_hosts):
+            p = i % packages
+            out = work / host
+            args = ["fetch", "--snapshot", str(snaps[p]), "--trust-key", str(pub),
+                    "--out", str(out), "--codebase", urls[p], "--interface", lab.addr(host),
+                    "--max-sessions", str(max_sessions), "--session-key-file", str(session_key),
+                    "--rate", rate, "--linger", "1", "--json"]  # fmt: skip
+            if kill_sender_at is not None:
+                args += ["--tries", "1"]  # after the killed session: straight to HTTP
+            agents[host] = lab.popen(host, [PY, "-c", _READY_THEN_RUN, *args], stdin=True)
+        for host, proc in agents.items():
+            if proc.wait_json(lambda o: o.get("event") == "ready", 60) is None:
+                raise RuntimeError(f"agent on {host} did not start: {proc.describe()}")
         if kill_sender_at is not None:
             send = [*cli, "send", str(pkgs[0].root), "--snapshot", str(snaps[0]),
                     "--trust-key", str(pub), "--interface", lab.addr("h0"),
                     "--group", KILLED_GROUP, "--rate", rate,
                     "--session-key-file", str(session_key), "--json"]  # fmt: skip
             sender = lab.popen("h0", send)
-            time.sleep(0.5)  # its first announces are out before the agents ask
-        agents: dict[str, Proc] = {}
-        for i, host in enumerate(lab.receiver_hosts):
-            p = i % packages
-            out = work / host
-            argv = [*cli, "fetch", "--snapshot", str(snaps[p]), "--trust-key", str(pub),
-                    "--out", str(out), "--codebase", urls[p], "--interface", lab.addr(host),
-                    "--max-sessions", str(max_sessions), "--session-key-file", str(session_key),
-                    "--rate", rate, "--linger", "1", "--json"]  # fmt: skip
-            if kill_sender_at is not None:
-                argv += ["--tries", "1"]  # after the killed session: straight to HTTP
-            agents[host] = lab.popen(host, argv)
+            # its session is on the discovery group before the agents ask, so they join it
+            killed_hash = hashes[0]
+            if observer.wait_json(lambda o: o.get("event") == "announce" and not o["claiming"]
+                                  and o["hash"] == killed_hash, 60) is None:  # fmt: skip
+                raise RuntimeError(f"the sender to kill never announced: {sender.describe()}")
+        t0 = time.monotonic()
+        rest = list(agents)
+        if kill_sender_at is None:
+            # The first agent opens the subnet's first session alone; once it is announced,
+            # the others ask at one moment: they join it, or wait for a slot and then race
+            # for it among themselves (claims settle who masters).
+            first = rest.pop(0)
+            agents[first].send("go\n")
+            if observer.wait_json(lambda o: o.get("event") == "announce" and not o["claiming"],
+                                  60) is None:  # fmt: skip
+                raise RuntimeError(f"the first agent never announced: {agents[first].describe()}")
+        for host in rest:
+            agents[host].send("go\n")
         if sender is not None and kill_sender_at is not None:
             _kill_when_received(sender, agents, kill_sender_at * pkgs[0].total, timeout)
         finals = wait_all(agents, lambda o: o.get("event") in ("done", "error"),
                            time.monotonic() + timeout, keep_going)  # fmt: skip
         t_end = max((f[0] for f in finals.values() if f), default=None)
         after = lab.link_stats("h0")  # h0 serves HTTP (and the killed session): what it sent
-        time.sleep(SESSION_TTL)  # let the observer hear the last sessions end
+        _wait_sessions_over(observer, time.monotonic() + 60)
     finally:
         for proc in (observer, server, sender):
             if proc is not None:
@@ -165,7 +223,8 @@ def run_fetch(
         ok = bool(final) and obj.get("event") == "done"
         files_ok = ok and check_tree(work / host, pkgs[i % packages])
         entry = {
-            "host": host, "package": i % packages, "completed": ok, "files_ok": files_ok,
+            "host": host, "package": i % packages, "completed": ok,
+            "files_ok": files_ok,
             "verified": receiver_verified(obj if final else None, files_ok),
             "done_after_s": round(final[0] - t0, 3) if final else None,
             **{k: obj.get(k) for k in ("route", "bytes_multicast", "bytes_http",

@@ -351,7 +351,8 @@ def cmd_send(args: argparse.Namespace, out: Output) -> int:
             out.event("progress", progress=round(p.progress, 4), receivers=p.receivers_active,
                       bytes_sent=p.bytes_sent, repairs=p.repairs_sent)  # fmt: skip
 
-    disc = None if args.no_discovery else Channel(*args.discovery, ch.interface)
+    group, port = args.discovery
+    disc = None if args.no_discovery else Channel(group, port, ch.interface)
     with engine_errors(out):
         result = trio.run(lambda: send(snap, args.path, channel=ch, key=args.session_key,
                                        config=cfg, progress=progress, discovery=disc,

@@ -1,13 +1,21 @@
-"""Test harness: small signed packages, and a sender + receivers run on SimNet."""
+"""Test harness: small signed packages, a sender + receivers run on SimNet, and waits that
+order processes by the events they report (JSON lines, files, joined groups)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import random
+import socket
+import subprocess
 import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mcast.events import Completed, SenderFinished, SessionFailed, UnitVerified
 from mcast.receiver import Receiver, ReceiverConfig
@@ -16,6 +24,7 @@ from mcast.simnet import Link, SimNet
 from mcast.snapshot import Snapshot, build_snapshot, generate_key
 
 KEY = generate_key()
+T = TypeVar("T")
 
 
 def make_snapshot(data: bytes, block_size: int = 4096, name: str = "pkg") -> Snapshot:
@@ -119,3 +128,184 @@ def simulate(
         prepare(run)
     net.run(until, lambda: len(run.completed) + len(run.failed) == len(names))
     return run
+
+
+# ---------------------------------------------------------------------------------------
+# Ordering processes by the events they report, never by fixed sleeps.
+#
+# A test that starts processes (or tasks) in an order waits for the event the next step
+# needs: a JSON line on a child's stdout, a file, a multicast membership, a predicate on
+# state. Every wait has a generous deadline that exists only so that a broken build fails
+# instead of hanging; reaching it fails the test with what was awaited. Deadlines are never
+# how a test measures speed: wall-clock bounds belong in bench/.
+
+WAIT_S = 60.0  # the default deadline of every wait: generous, for a loaded 2-core machine
+
+
+class WaitTimeout(AssertionError):
+    """An awaited event did not happen before the deadline (the message says which)."""
+
+
+def wait_for(
+    pred: Callable[[], T | None], what: str, timeout: float = WAIT_S, interval: float = 0.02
+) -> T:
+    """Poll ``pred`` until it returns something truthy; return that. Fails with ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = pred()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise WaitTimeout(f"gave up after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+async def await_for(
+    pred: Callable[[], T | None], what: str, limit: float = WAIT_S, interval: float = 0.02
+) -> T:
+    """:func:`wait_for` for trio tests: polls without blocking the other tasks."""
+    import trio
+
+    deadline = trio.current_time() + limit
+    while True:
+        got = pred()
+        if got:
+            return got
+        if trio.current_time() > deadline:
+            raise WaitTimeout(f"gave up after {limit:g} s waiting for {what}")
+        await trio.sleep(interval)
+
+
+@contextlib.contextmanager
+def within(seconds: float, what: str) -> Iterator[None]:
+    """A trio deadline for a block that must end by itself (a generous bound, not a
+    measurement): fails with ``what`` instead of hanging the suite."""
+    import trio
+
+    try:
+        with trio.fail_after(seconds):
+            yield
+    except trio.TooSlowError:
+        raise WaitTimeout(f"gave up after {seconds:g} s waiting for {what}") from None
+
+
+class JsonProc:
+    """A subprocess whose stdout JSON lines are collected by a thread as they arrive.
+
+    The same ``wait_json`` / ``describe`` interface as :class:`bench.labnet.Proc`, so
+    :func:`expect_json` orders tests on loopback and on the lab alike.
+    """
+
+    def __init__(self, argv: list[str], **kwargs: Any) -> None:
+        self.argv = argv
+        self.popen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, bufsize=1, **kwargs)  # fmt: skip
+        self.objs: list[dict[str, Any]] = []
+        self.stderr: list[str] = []
+        self._cond = threading.Condition()
+        self._eof = False
+        self._threads = [
+            threading.Thread(target=self._read_stdout, daemon=True),
+            threading.Thread(target=self._read_stderr, daemon=True),
+        ]
+        for th in self._threads:
+            th.start()
+
+    def _read_stdout(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            obj = None
+            with contextlib.suppress(ValueError):
+                obj = json.loads(line)
+            with self._cond:
+                if isinstance(obj, dict):
+                    self.objs.append(obj)
+                self._cond.notify_all()
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    def _read_stderr(self) -> None:
+        assert self.popen.stderr is not None
+        for line in self.popen.stderr:
+            self.stderr.append(line.rstrip("\n"))
+
+    def wait_json(
+        self, pred: Callable[[dict[str, Any]], object], timeout: float
+    ) -> tuple[float, dict[str, Any]] | None:
+        """The first JSON line (from the start) with ``pred`` true, as (time, object);
+        None at the deadline or when the process ended without one."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for obj in self.objs:
+                    if pred(obj):
+                        return time.monotonic(), obj
+                remaining = deadline - time.monotonic()
+                if self._eof or remaining <= 0:
+                    return None
+                self._cond.wait(min(remaining, 0.2))
+
+    def wait(self, timeout: float = WAIT_S) -> int:
+        rc = self.popen.wait(timeout)
+        for th in self._threads:
+            th.join(5)
+        return rc
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.wait(10)
+
+    def describe(self) -> str:
+        return (
+            f"{' '.join(self.argv)} rc={self.popen.poll()} last json: {self.objs[-3:]}"
+            f" stderr: {' | '.join(self.stderr[-5:])}"
+        )
+
+
+def expect_json(
+    proc: Any, pred: Callable[[dict[str, Any]], object], what: str, timeout: float = WAIT_S
+) -> dict[str, Any]:
+    """Read ``proc``'s JSON lines (a :class:`JsonProc` or a lab ``Proc``) until one makes
+    ``pred`` true and return it; fail with ``what`` and the process's state otherwise."""
+    got = proc.wait_json(pred, timeout)
+    if got is None:
+        raise WaitTimeout(f"no JSON line showing {what} within {timeout:g} s: "
+                          f"{proc.describe()}")  # fmt: skip
+    return got[1]
+
+
+def event_is(*names: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda obj: obj.get("event") in names
+
+
+def igmp_members(group: str, device: str = "lo") -> int:
+    """Sockets of this network namespace that joined multicast ``group`` on ``device``
+    (the kernel's own count, /proc/net/igmp): the event "the receiver is listening"."""
+    want = socket.inet_aton(group)[::-1].hex().upper()  # the file prints it little-endian
+    current = None
+    with open("/proc/net/igmp") as fh:
+        for line in fh:
+            if not line.startswith("\t"):
+                head = line.split()
+                current = head[1] if len(head) > 1 else None
+            elif current == device:
+                fields = line.split()
+                if fields and fields[0].upper() == want:
+                    return int(fields[1])
+    return 0
+
+
+def wait_joined(group: str, members: int = 1, device: str = "lo", timeout: float = WAIT_S) -> None:
+    """Wait until ``members`` sockets have joined ``group`` on ``device``."""
+    wait_for(lambda: igmp_members(group, device) >= members,
+             f"{members} member(s) of {group} on {device}", timeout)  # fmt: skip
+
+
+async def await_joined(
+    group: str, members: int = 1, device: str = "lo", limit: float = WAIT_S
+) -> None:
+    await await_for(lambda: igmp_members(group, device) >= members,
+                    f"{members} member(s) of {group} on {device}", limit)  # fmt: skip

@@ -15,6 +15,7 @@ import trio
 from agent.cli import main
 from server_stub.app import create_app
 from server_stub.testing import running_server
+from tests.harness import WAIT_S, within
 from tests.test_agent_support import NS, make_ns
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,7 +84,7 @@ async def test_sigkill_during_download(ns: NS, url: str, tmp_path: Path) -> None
     )  # fmt: skip
     assert proc.stdout is not None
     seen = b""
-    with trio.fail_after(20):
+    with within(WAIT_S, "the agent to start its download"):
         while b"FETCH-STARTED" not in seen:
             chunk = await proc.stdout.receive_some(4096)
             assert chunk, "the agent exited before the download"

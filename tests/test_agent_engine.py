@@ -23,6 +23,7 @@ from mcast.snapshot import Snapshot
 from server_stub.app import create_app
 from server_stub.store import Store
 from server_stub.testing import running_server
+from tests.harness import WAIT_S, within
 from tests.test_agent_support import NS, agent_config, make_ns
 
 PAYLOAD = 3 * 1024 * 1024
@@ -85,7 +86,7 @@ async def run_agents(ns: NS, url: str, tmp: Path, rec: RecordingFetch) -> dict[s
         with Agent(cfg, fetcher=rec) as agent:
             results[guid] = await agent.run_once()
 
-    with trio.fail_after(60):
+    with within(2 * WAIT_S, "three agents to fetch, install and report"):
         async with trio.open_nursery() as nursery:
             for g in ns.guids:
                 nursery.start_soon(one, g)

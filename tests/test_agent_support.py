@@ -18,6 +18,7 @@ from mcast.fetch import FetchProgress, FetchResult, FetchSettings
 from mcast.snapshot import Snapshot
 from server_stub import repo
 from server_stub.store import StatusRow, Store, TaskRow
+from tests.harness import WAIT_S, await_for
 
 SETUP_PY = """\
 import os, pathlib, sys
@@ -112,16 +113,16 @@ class NS:
 
     async def processed(self) -> None:
         """Wait until the server's event processor has folded every stored event."""
-        await wait_until(lambda: not self.queue()["pending"])
+        await wait_until(lambda: not self.queue()["pending"],
+                         what="the server's processor to fold every stored event")  # fmt: skip
 
 
-async def wait_until(pred: Callable[[], object], *, limit: float = 10.0) -> None:
-    """Poll ``pred`` (state on disk, in another process) until it is true."""
-    with trio.fail_after(limit):
-        while True:
-            if pred():
-                return
-            await trio.sleep(0.03)
+async def wait_until(
+    pred: Callable[[], object], *, limit: float = WAIT_S, what: str = "the awaited state"
+) -> None:
+    """Poll ``pred`` (state on disk, in another process) until it is true; fail with ``what``
+    at the (generous) limit."""
+    await await_for(pred, what, limit, interval=0.03)
 
 
 def make_ns(tmp: Path, computers: int = 3, payload: int = 200_000) -> NS:

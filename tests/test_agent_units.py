@@ -29,6 +29,7 @@ from mcast.fleet import (
 )
 from mcast.schedule import Kind, ScheduleError, decide, parse_schedule
 from server_stub.docs import parse_event_untrusted
+from tests.harness import await_for, within
 
 # -- schedule ------------------------------------------------------------------------------
 
@@ -171,10 +172,29 @@ async def test_runner_bounds_the_output_tail(tmp_path: Path) -> None:
     assert len(res.output_tail) == 100 and res.output_tail.endswith("END")
 
 
+def _living(argv: list[str]) -> list[int]:
+    """Processes (not zombies) running exactly ``argv``."""
+    want = ("\0".join(argv) + "\0").encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            stat = (proc / "stat").read_text()
+            if (proc / "cmdline").read_bytes() == want and stat.rsplit(")", 1)[1].split()[0] != "Z":
+                pids.append(int(proc.name))
+    return pids
+
+
 async def test_runner_timeout_kills_the_process_group(tmp_path: Path) -> None:
-    res = await run_command("sleep 30 & sleep 30; echo never", tmp_path, timeout_s=0.3)
-    assert res.timed_out and res.exit_code is None and res.duration_s < 5
+    nap = ["sleep", f"{600 + uuid.uuid4().int % 1000}"]  # ours alone, found by its argv
+    cmd = f"{' '.join(nap)} & {' '.join(nap)}; echo never"
+    with within(120, "the runner to end a 10-minute command at its 0.3 s timeout"):
+        res = await run_command(cmd, tmp_path, timeout_s=0.3)
+    assert res.timed_out and res.exit_code is None
     assert "never" not in res.output_tail
+    # the whole group went, the background sleep too, not only the shell
+    await await_for(lambda: not _living(nap), f"no {nap} left running", limit=30)
 
 
 async def test_runner_cwd_and_env(tmp_path: Path) -> None:

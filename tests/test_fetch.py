@@ -20,6 +20,7 @@ from mcast.sender import SenderConfig
 from mcast.snapshot import Snapshot, build_snapshot, generate_key
 from mcast.udp import Endpoint
 from mcast.wire import Announce, BadPacket, End, decode_untrusted
+from tests.harness import WAIT_S, await_for, await_joined, within
 
 KEY = generate_key()
 
@@ -96,8 +97,6 @@ async def watch_sessions(s: FetchSettings, seen: list[tuple[float, int, bool | N
         ep.close()
 
 
-
-
 async def test_three_agents_asking_at_once_share_one_session(tmp_path: Path, codebase_root) -> None:
     src = tmp_path / "src"
     snap = make_package(src, 2_000_000, 1)
@@ -107,6 +106,7 @@ async def test_three_agents_asking_at_once_share_one_session(tmp_path: Path, cod
     seen: list[tuple[float, int, bool | None]] = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch_sessions, s, seen)
+        await await_joined(s.discovery_group)  # the watcher hears every session from the start
         async with trio.open_nursery() as agents:
             for i in range(3):
 
@@ -126,25 +126,35 @@ async def test_three_agents_asking_at_once_share_one_session(tmp_path: Path, cod
     assert len({sid for _, sid, claiming in seen if claiming is False}) == 1
 
 
-async def test_the_subnet_limit_holds_with_two_packages(tmp_path: Path, codebase_root) -> None:
+def _two_packages(tmp_path: Path, codebase_root) -> tuple[list[Snapshot], list[str]]:
     snaps, urls = [], []
     for seed in (2, 3):
         src = tmp_path / f"src{seed}"
         snaps.append(make_package(src, 800_000, seed))
         urls.append(publish(codebase_root, src, snaps[-1]))
+    return snaps, urls
+
+
+async def test_the_subnet_limit_holds_with_two_packages(tmp_path: Path, codebase_root) -> None:
+    """The first agent opens the subnet's only session; the three others ask at once after
+    it is announced: the second agent of package 0 joins it, the two of package 1 wait for the
+    slot and then share one session."""
+    snaps, urls = _two_packages(tmp_path, codebase_root)
     s = settings(max_sessions_per_subnet=1, multicast_tries=5, time_budget_s=60)
     results: dict[tuple[int, int], FetchResult] = {}
     seen: list[tuple[float, int, bool | None]] = []
+
+    async def agent(p: int, i: int) -> None:
+        results[p, i] = await fetch(snaps[p], tmp_path / f"p{p}a{i}", [urls[p]], s)
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch_sessions, s, seen)
+        await await_joined(s.discovery_group)
         async with trio.open_nursery() as agents:
-            for p in range(2):
-                for i in range(2):
-
-                    async def agent(p: int = p, i: int = i) -> None:
-                        results[p, i] = await fetch(snaps[p], tmp_path / f"p{p}a{i}", [urls[p]], s)
-
-                    agents.start_soon(agent)
+            agents.start_soon(agent, 0, 0)
+            await await_for(lambda: any(c is False for _, _, c in seen), "the first session")
+            for p, i in ((0, 1), (1, 0), (1, 1)):
+                agents.start_soon(agent, p, i)
         nursery.cancel_scope.cancel()
     assert all(r.complete for r in results.values())
     assert max_live_sessions(seen) == 1
@@ -152,6 +162,36 @@ async def test_the_subnet_limit_holds_with_two_packages(tmp_path: Path, codebase
     assert len(sessions) == 2  # one per package, one after the other
     for p in range(2):
         assert sorted(results[p, i].route.value for i in range(2)) == ["joined", "master"]
+    assert [r.notes for r in results.values()] == [[]] * 4  # no session failed anyone
+
+
+async def test_agents_of_two_packages_asking_at_once_never_exceed_the_limit(
+    tmp_path: Path, codebase_root
+) -> None:
+    """Four agents, two packages, one slot, all asking at the same moment: the claims race
+    across packages, and the limit holds whoever wins. (How many sessions a package then
+    needs depends on the timing of a lost claim; the test above checks the sharing.)"""
+    snaps, urls = _two_packages(tmp_path, codebase_root)
+    s = settings(max_sessions_per_subnet=1, multicast_tries=5, time_budget_s=60)
+    results: dict[tuple[int, int], FetchResult] = {}
+    seen: list[tuple[float, int, bool | None]] = []
+
+    async def agent(p: int, i: int) -> None:
+        results[p, i] = await fetch(snaps[p], tmp_path / f"p{p}a{i}", [urls[p]], s)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_sessions, s, seen)
+        await await_joined(s.discovery_group)
+        async with trio.open_nursery() as agents:
+            for p in range(2):
+                for i in range(2):
+                    agents.start_soon(agent, p, i)
+        nursery.cancel_scope.cancel()
+    assert all(r.complete for r in results.values())
+    assert max_live_sessions(seen) == 1
+    for p in range(2):  # every package got its multicast session, none went to plain HTTP
+        assert "master" in {results[p, i].route.value for i in range(2)}
+    assert all(r.route.value in ("joined", "master") for r in results.values())
 
 
 async def test_a_sender_killed_half_way_leaves_only_the_rest_for_http(
@@ -179,9 +219,14 @@ async def test_a_sender_killed_half_way_leaves_only_the_rest_for_http(
 
         async def agent() -> None:
             out["r"] = await fetch(snap, tmp_path / "out", [url], s, progress=on_progress)
+            nursery.cancel_scope.cancel()  # the watcher: the sender is gone already
 
+        seen: list[tuple[float, int, bool | None]] = []
+        nursery.start_soon(watch_sessions, s, seen)
+        await await_joined(s.discovery_group)
         nursery.start_soon(sender)
-        await trio.sleep(0.1)
+        # the agent asks once the session is announced, so it joins instead of starting one
+        await await_for(lambda: any(c is False for _, _, c in seen), "the sender's announce")
         nursery.start_soon(agent)
     r = out["r"]
     # the lone receiver holds the most: it takes the session over and fetches the rest
@@ -246,7 +291,7 @@ async def test_cancelled_fetch_leaves_a_resumable_partial_and_no_file(
         if p.bytes_http >= snap.total_size // 3:  # type: ignore[attr-defined]
             a_third.set()
 
-    with trio.move_on_after(5) as scope:
+    with within(WAIT_S, "a third of the package over HTTP"):
         async with trio.open_nursery() as nursery:
 
             async def run() -> None:
@@ -255,7 +300,6 @@ async def test_cancelled_fetch_leaves_a_resumable_partial_and_no_file(
             nursery.start_soon(run)
             await a_third.wait()
             nursery.cancel_scope.cancel()
-    assert not scope.cancelled_caught
     assert not (tmp_path / "out" / "data" / "payload.bin").exists()
     assert (tmp_path / "out" / ".mcast").exists()
     r = await fetch(snap, tmp_path / "out", [url], s)

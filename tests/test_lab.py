@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +28,7 @@ from bench.labnet import (
 )
 from bench.labpkg import check_tree, make_package, receiver_verified
 from mcast.units import format_rate, parse_rate, parse_size
+from tests.harness import WAIT_S
 
 LAB_OK, LAB_WHY = labnet.lab_available()
 needs_lab = pytest.mark.skipif(not LAB_OK, reason=f"lab unavailable: {LAB_WHY}")
@@ -174,7 +174,7 @@ def test_lab_tears_down_on_signal(sig: int) -> None:
         assert prefix.startswith("mcl"), child.stderr.read() if child.stderr else ""
         assert len(_ns_with(prefix)) == 3
         child.send_signal(sig)
-        child.wait(timeout=20)
+        child.wait(timeout=WAIT_S)
         assert _ns_with(prefix) == []
     finally:
         if child.poll() is None:
@@ -262,7 +262,9 @@ def test_rate_limit_is_applied() -> None:
         assert done, sink.describe()
         assert done[1]["bytes"] == size
         line_rate_s = size * 8 / rate
-        assert 0.8 * line_rate_s <= done[1]["secs"] <= 1.5 * line_rate_s, done[1]
+        # tbf lets nothing through faster than the rate (less its 256 KiB burst); how much
+        # slower a loaded machine makes it is the benchmarks' business, not a test's
+        assert done[1]["secs"] >= 0.8 * line_rate_s, done[1]
 
 
 # ---------------------------------------------------------------- whole runs
@@ -276,7 +278,7 @@ def test_http_mode_end_to_end() -> None:
     assert rep["lab_leftovers"] == []
     # unicast: the sender's uplink carries one copy per receiver
     assert 2.9 <= rep["sender_tx_copies"] <= 3.3
-    assert 2.5 <= rep["ratio"] <= 5.0, rep
+    assert rep["ratio"] >= 2.5, rep  # three copies through one limited uplink take 3 x longer
     assert rep["peak_rss_mb"] > 0
 
 
@@ -307,13 +309,11 @@ MCAST_OK, MCAST_WHY = mcast_cli_has_send()
 @lab
 @pytest.mark.skipif(not MCAST_OK, reason=f"multicast mode waits for the engine CLI: {MCAST_WHY}")
 def test_multicast_mode_end_to_end() -> None:
-    t0 = time.monotonic()
     rep = run_lab(3, 4 * MiB, 50_000_000, 2.0, "multicast", timeout=60)
     assert rep["completed"] and rep["verified"], rep
     assert all(p["files_ok"] is True for p in rep["per_receiver"])
     # one stream for everyone: far less than one copy per receiver
     assert rep["sender_tx_copies"] < 2.0, rep
-    assert time.monotonic() - t0 < 90
 
 
 def test_lab_available_says_why_when_not_root(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -492,7 +492,6 @@ def test_failed_receiver_and_keep_going(tmp_path: Path, monkeypatch: pytest.Monk
     fake = tmp_path / "fake_mcast_cli.py"
     fake.write_text(FAKE_ENGINE)
     monkeypatch.setenv("FAKE_FAIL_IFACE", "198.18.0.3")  # h2's receiver exits at once
-    t0 = time.monotonic()
     rep = run_lab(3, 1 * MiB, 0, 0.0, "multicast", timeout=30, keep_going=keep_going,
                   mcast_cmd=[sys.executable, str(fake)])
     assert not rep["completed"] and not rep["verified"]
@@ -502,4 +501,6 @@ def test_failed_receiver_and_keep_going(tmp_path: Path, monkeypatch: pytest.Monk
     if keep_going:
         assert per["h1"]["completed"] and per["h3"]["completed"]
         assert rep["completed_count"] == 2
-    assert time.monotonic() - t0 < 20
+    else:  # the run stops at the failure: no sender, nobody waited for until the timeout
+        assert "not started" in rep["sender"]["error"], rep["sender"]
+        assert rep["sender_rc"] is None and rep["completed_count"] == 0

@@ -6,18 +6,20 @@ Skipped with the reason when not root or without iproute2/nftables; CI runs them
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from bench import labnet
-from bench.lab import run_lab
+from bench.lab import _wait_joined, run_lab
 from bench.labnet import Lab
 from bench.labpkg import check_tree, make_package
+from mcast.partial import WORK_DIR
+from tests.harness import WAIT_S, wait_for
 
 LAB_OK, LAB_WHY = labnet.lab_available()
 pytestmark = [
@@ -26,6 +28,8 @@ pytestmark = [
 ]
 MiB = 1 << 20
 CLI = [sys.executable, "-m", "mcast.cli"]
+GROUP = "239.255.50.5"
+RESUME_MAP = "verified.map"  # mcast.partial's map of verified units, one byte per unit
 
 
 def _prepare(lab: Lab, tmp_path: Path, size: int) -> tuple[object, list[str]]:
@@ -33,7 +37,7 @@ def _prepare(lab: Lab, tmp_path: Path, size: int) -> tuple[object, list[str]]:
     snap, key, sk = tmp_path / "s.xml", tmp_path / "k.pem", tmp_path / "session.key"
     sk.write_text(os.urandom(32).hex())
     lab.exec("h0", [*CLI, "snapshot", str(pkg.root), "-o", str(snap), "--key", str(key)])
-    common = ["--snapshot", str(snap), "--group", "239.255.50.5", "--port", "47050",
+    common = ["--snapshot", str(snap), "--group", GROUP, "--port", "47050",
               "--session-key-file", str(sk), "--json"]  # fmt: skip
     return pkg, [*common, "--trust-key", f"{key}.pub"]
 
@@ -49,26 +53,42 @@ def _final(proc: labnet.Proc, timeout: float) -> dict:
     return got[1]
 
 
+def _saved_units(dest: Path, victim: labnet.Proc) -> int:
+    """Units the receiver's last checkpoint made durable: the count in its resume map (written
+    after the data it describes is fsynced). Fails at once if the receiver ended instead."""
+    if victim.finished:
+        raise AssertionError(f"the receiver ended before it saved a checkpoint: "
+                             f"{victim.last_json()} {victim.describe()}")  # fmt: skip
+    for path in (dest / WORK_DIR).glob(f"*/{RESUME_MAP}"):
+        with contextlib.suppress(OSError):
+            return sum(path.read_bytes())  # replaced atomically: never half-written
+    return 0
+
+
 def test_a_late_joiner_and_a_restarted_receiver_complete_under_loss(tmp_path: Path) -> None:
     size = 6 * MiB  # about 2.6 s at 20 Mbit/s
     with Lab(receivers=3, rate_bps=20_000_000, loss=3.0) as lab:
         pkg, common = _prepare(lab, tmp_path, size)
         early = _recv(lab, "h1", tmp_path / "h1", common)
         victim = _recv(lab, "h3", tmp_path / "h3", common)
-        time.sleep(1.0)  # receivers join the group
+        failed = _wait_joined(lab, {"h1": early, "h3": victim}, GROUP, WAIT_S)
+        assert not failed, [p.describe() for p in (early, victim)]
         sender = lab.popen("h0", [*CLI, "send", str(pkg.root), "--interface", lab.addr("h0"),
                                   "--rate", "20mbit", "--linger", "1", *common])  # fmt: skip
-        time.sleep(1.2)
-        late = _recv(lab, "h2", tmp_path / "h2", common)  # joins at about 45%
+        # The victim has verified units and a checkpoint on disk: data is flowing, so h2 joins
+        # late, and the kill below interrupts a download with something to resume.
+        saved = wait_for(lambda: _saved_units(tmp_path / "h3", victim),
+                         "a checkpoint of verified units on h3")  # fmt: skip
+        late = _recv(lab, "h2", tmp_path / "h2", common)
         victim.kill()  # SIGKILL half-way: its partial download stays on disk
-        time.sleep(0.2)
         restarted = _recv(lab, "h3", tmp_path / "h3", common)
-        results = {h: _final(p, 60) for h, p in (("h1", early), ("h2", late), ("h3", restarted))}
-        sender_done = _final(sender, 60)
+        results = {h: _final(p, 120) for h, p in (("h1", early), ("h2", late), ("h3", restarted))}
+        sender_done = _final(sender, 120)
+    assert 0 < saved < results["h3"]["units_total"]  # killed with part of the package saved
     for host, res in results.items():
         assert res["event"] == "done" and res["verified"], (host, res)
         assert check_tree(tmp_path / host, pkg), host
-    assert results["h3"]["units_resumed"] > 0  # the restart kept what it had verified
+    assert results["h3"]["units_resumed"] >= saved  # the restart kept what it had verified
     assert results["h2"]["bytes_multicast"] == pkg.total  # the late joiner got it all anyway
     assert sender_done["receivers_done"] >= 3
     assert lab.leftovers() == []
@@ -80,6 +100,7 @@ def test_fetch_agents_share_sessions_under_the_subnet_limit() -> None:
     assert rep["max_live_sessions"] == 1 and rep["sessions"] == 2
     routes = sorted(p["route"] for p in rep["per_receiver"])
     assert routes == ["joined", "joined", "master", "master"]
+    assert [p["notes"] for p in rep["per_receiver"]] == [[]] * 4  # no session failed anyone
     assert rep["http_bytes_total"] == 2 * rep["package_bytes"]  # one HTTP copy per package
     assert rep["lab_leftovers"] == []
 

@@ -16,12 +16,13 @@ import trio
 from mcast import partial as partial_mod
 from mcast.partial import DownloadError, PartialDownload
 from mcast.receiver import ReceiverConfig
-from mcast.recv_driver import Channel, receive
+from mcast.recv_driver import Channel, ReceiveProgress, receive
 from mcast.send_driver import send
 from mcast.sender import SenderConfig
 from mcast.snapshot import build_snapshot, generate_key
 from mcast.source import SourceMismatch
 from mcast.udp import UnsafeAddress, check_endpoint, gso_batches
+from tests.harness import JsonProc, await_joined, event_is, expect_json, wait_joined
 
 KEY = generate_key()
 
@@ -69,7 +70,7 @@ async def test_multi_file_package_reaches_two_receivers(tmp_path: Path) -> None:
                 results[name] = await receive(snap, tmp_path / name, channel=ch, key=key)
 
             nursery.start_soon(one)
-        await trio.sleep(0.05)
+        await await_joined(ch.group, 2)  # both receivers listen before the first datagram
         sent = await send(snap, src, channel=ch, key=key, config=sender_config(ch))
     assert sent.receivers_done == 2
     for name in ("a", "b"):
@@ -86,15 +87,24 @@ async def test_interrupted_receiver_resumes_from_verified_units(tmp_path: Path) 
     snap = build_snapshot(src).signed(KEY)
     ch = channel()
     first = {}
+    cut = trio.CancelScope()
+
+    def cut_once_some_verified(p: ReceiveProgress) -> None:
+        if p.units_verified > 0:
+            cut.cancel()  # interrupted with part of the package verified
+
     async with trio.open_nursery() as nursery:
 
         async def interrupted() -> None:
-            with trio.move_on_after(0.15):  # at 40 Mbit/s, about a fifth of the package
-                first["r"] = await receive(snap, tmp_path / "out", channel=ch)
+            with cut:
+                first["r"] = await receive(snap, tmp_path / "out", channel=ch,
+                                           progress=cut_once_some_verified)  # fmt: skip
+            nursery.cancel_scope.cancel()  # the sender goes too: this session is over
 
         nursery.start_soon(interrupted)
-        await trio.sleep(0.05)
-        cfg = sender_config(ch, rate_bps=40_000_000, linger=0.1, receiver_timeout=0.5)
+        await await_joined(ch.group)
+        # 3 MB at 8 Mbit/s take 3 s; progress comes every 0.25 s, so the cut falls early on
+        cfg = sender_config(ch, rate_bps=8_000_000, linger=0.1, receiver_timeout=0.5)
         await send(snap, src, channel=ch, config=cfg)
     assert "r" not in first  # it was cut off
     part = PartialDownload.open(snap, tmp_path / "out")
@@ -110,7 +120,7 @@ async def test_interrupted_receiver_resumes_from_verified_units(tmp_path: Path) 
             second["r"] = await receive(snap, tmp_path / "out", channel=ch2)
 
         nursery.start_soon(resume)
-        await trio.sleep(0.05)
+        await await_joined(ch2.group)
         await send(snap, src, channel=ch2, config=sender_config(ch2))
     r = second["r"]
     assert r.complete and r.units_resumed == had
@@ -264,19 +274,16 @@ def test_cli_snapshot_send_recv_end_to_end(tmp_path: Path) -> None:
     ch = channel()
     common = ["--snapshot", str(snapshot), "--group", ch.group, "--port", str(ch.port),
               "--session-key-file", str(sk), "--json"]  # fmt: skip
-    recv = subprocess.Popen(
-        [sys.executable, "-m", "mcast.cli", "recv", "--trust-key", f"{key}.pub",
-         "--out", str(tmp_path / "out"), *common],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    recv = JsonProc([sys.executable, "-m", "mcast.cli", "recv", "--trust-key", f"{key}.pub",
+                     "--out", str(tmp_path / "out"), *common])  # fmt: skip
     try:
+        wait_joined(ch.group)  # the receiver listens before the sender starts
         sent = _cli("send", str(src), "--linger", "0.3", "--rate", "200mbit", *common)
         assert sent.returncode == 0, sent.stderr
-        out, _ = recv.communicate(timeout=30)
+        done = expect_json(recv, event_is("done", "error"), "the receiver's summary")
+        assert recv.wait() == 0, recv.describe()
     finally:
         recv.kill()
-    assert recv.returncode == 0
-    done = json.loads(out.splitlines()[-1])
     assert done["event"] == "done" and done["verified"] is True
     assert json.loads(sent.stdout.splitlines()[-1])["receivers_done"] == 1
     assert same_tree(src, tmp_path / "out")

@@ -19,6 +19,7 @@ from server_stub.app import create_app
 from server_stub.docs import event_xml
 from server_stub.store import EventRecord, Store
 from server_stub.testing import Populated, populate, running_server
+from tests.harness import WAIT_S, within
 
 PACKAGE_BYTES = 700_000  # > 10 hash units of 64 KiB, not a multiple of one
 
@@ -264,7 +265,7 @@ async def _wait_processed(data_dir: Path, n: int) -> dict[str, int]:
     store = Store(data_dir)
     try:
         counts = store.queue_counts()
-        with trio.fail_after(10):  # the background processor drains within its poll period
+        with within(WAIT_S, f"the background processor to fold {n} events"):
             while counts["processed"] < n:
                 await trio.sleep(0.02)
                 counts = store.queue_counts()
