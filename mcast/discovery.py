@@ -62,6 +62,10 @@ class SessionTable:
             del self._sessions[sid]
         return sorted(self._sessions.values(), key=lambda h: h.announce.session)
 
+    def get(self, session: int, now: float) -> Heard | None:
+        """The live session ``session``, if it is one."""
+        return next((h for h in self.live(now) if h.announce.session == session), None)
+
     def for_package(self, package_hash: bytes, now: float) -> Heard | None:
         """The session to join for ``package_hash``: a running one (the lowest id, should a
         race have left two), else the claim the election will pick."""

@@ -118,6 +118,20 @@ class Discovery:
             await trio.sleep(0.02)
         return decide(self.table, package_hash, max_sessions, trio.current_time())
 
+    async def settled(self, session: int) -> bool:
+        """Wait for a claim we would join to be settled: True once it sends (its announces
+        are no longer claims), False if it ended (it lost) or went quiet. Joining a claim
+        that then loses would leave us listening to nothing until the silence timeout."""
+        deadline = trio.current_time() + 3 * CLAIM_PERIOD
+        while trio.current_time() < deadline:
+            heard = self.table.get(session, trio.current_time())
+            if heard is None:
+                return False
+            if not heard.announce.claiming:
+                return True
+            await trio.sleep(_CLAIM_BEAT / 2)
+        return False
+
     async def claim(
         self,
         package_hash: bytes,

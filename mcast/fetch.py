@@ -290,6 +290,8 @@ async def _multicast(
                 await _master(snapshot, part, codebases, s, sid, result, report, hold=s.hold_s)
                 return
             assert heard is not None
+            if heard.announce.claiming and not await disc.settled(heard.announce.session):
+                continue  # the claim lost (or its claimant died): decide again, no try spent
             result.sessions_tried += 1
             report.phase = "multicast"
             a = heard.announce

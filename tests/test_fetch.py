@@ -192,6 +192,9 @@ async def test_agents_of_two_packages_asking_at_once_never_exceed_the_limit(
     for p in range(2):  # every package got its multicast session, none went to plain HTTP
         assert "master" in {results[p, i].route.value for i in range(2)}
     assert all(r.route.value in ("joined", "master") for r in results.values())
+    # nobody joined a claim that then lost and listened to nothing until a timeout
+    assert not [n for r in results.values() for n in r.notes if "failed" in n], [
+        r.notes for r in results.values()]
 
 
 async def test_a_sender_killed_half_way_leaves_only_the_rest_for_http(
