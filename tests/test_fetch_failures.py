@@ -120,8 +120,8 @@ async def test_when_the_master_dies_a_receiver_takes_over_and_nobody_starts_over
     tmp_path: Path, codebase_root
 ) -> None:
     """Four agents, one master streaming from HTTP. The master's process dies (its task is
-    cancelled: no END) when it has sent 40%. One receiver takes the session over, the others join it,
-    every unit already verified is kept, and about one copy crosses the WAN in all."""
+    cancelled: no END) when it has sent 40%. One receiver takes the session over, the others
+    join it, every unit already verified is kept, and about one copy crosses the WAN."""
     src = tmp_path / "src"
     snap = make_package(src, 4_000_000, 24)
     url = publish(codebase_root, src, snap)
@@ -162,7 +162,8 @@ async def test_when_the_master_dies_a_receiver_takes_over_and_nobody_starts_over
     routes = sorted(r.route.value for r in survivors.values())
     assert routes == ["joined", "joined", "master"], [r.notes for r in survivors.values()]
     heir = next(i for i, r in survivors.items() if r.route is Route.MASTER)
-    assert any("took over" in n for n in survivors[heir].notes), {i: r.notes for i, r in survivors.items()}
+    notes = {i: r.notes for i, r in survivors.items()}
+    assert any("took over" in n for n in survivors[heir].notes), notes
     for i, r in survivors.items():
         assert content_of(tmp_path / f"a{i}", snap) == content_of(src, snap)
         if i != heir:
