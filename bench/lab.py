@@ -263,7 +263,8 @@ def run_lab(receivers: int, size: int, rate_bps: int, loss: float, mode: str, *,
             loss_proto: str = "udp",
             mcast_cmd: Sequence[str] | None = None,
             packages: int = 2, max_sessions: int = 1,
-            kill_sender_at: float | None = None) -> dict[str, Any]:
+            kill_sender_at: float | None = None,
+            source_rate_bps: int | None = None) -> dict[str, Any]:
     """Build the lab, run one distribution, tear everything down; return the report dict."""
     line_rate_s = size * 8 / rate_bps if rate_bps else None
     if timeout is None:
@@ -283,7 +284,8 @@ def run_lab(receivers: int, size: int, rate_bps: int, loss: float, mode: str, *,
             elif mode == "fetch":
                 res = run_fetch(lab, work, pkg, rate_bps, packages=packages,
                                 max_sessions=max_sessions, kill_sender_at=kill_sender_at,
-                                timeout=timeout * packages, keep_going=keep_going)
+                                timeout=timeout * packages, keep_going=keep_going,
+                                source_rate_bps=source_rate_bps)
             else:
                 res = run_multicast(lab, pkg, work, timeout, keep_going, sender_rate,
                                     mcast_cmd)
@@ -338,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kill-sender-at", type=float, default=None,
                     help="fetch mode: SIGKILL an 'mcast send' of package 0 once every agent"
                          " has verified this fraction")
+    ap.add_argument("--source-rate", type=parse_rate, default=None,
+                    help="fetch mode: the codebase's uplink (a slow WAN behind the master)")
     ap.add_argument("--keep-going", action="store_true",
                     help="wait for every receiver even after one failed")
     ap.add_argument("--timeout", type=float, default=None, help="seconds (default from size/rate)")
@@ -370,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
                          loss_proto=args.loss_proto,
                          mcast_cmd=shlex.split(args.mcast_cmd) if args.mcast_cmd else None,
                          packages=args.packages, max_sessions=args.max_sessions,
-                         kill_sender_at=args.kill_sender_at)
+                         kill_sender_at=args.kill_sender_at,
+                         source_rate_bps=args.source_rate)
     except KeyboardInterrupt:
         print(json.dumps({"mode": args.mode, "completed": False, "verified": False,
                           "error": "interrupted"}), flush=True)

@@ -127,14 +127,16 @@ def run_fetch(
     kill_sender_at: float | None,
     timeout: float,
     keep_going: bool,
+    source_rate_bps: int | None = None,
 ) -> dict[str, Any]:
     cli = [PY, "-m", "mcast.cli"]
     key, www = work / "lab.key", work / "www"
     pub = Path(f"{key}.pub")
-    session_key = work / "session.key"
-    session_key.write_text(os.urandom(32).hex())
+    # as the server does it: every package has its own data key, the site one discovery key
+    site_key = work / "site.key"
+    site_key.write_text(os.urandom(32).hex())
     rate = format_rate(rate_bps)
-    pkgs, snaps, urls, hashes = [], [], [], []
+    pkgs, snaps, urls, hashes, keys = [], [], [], [], []
     size = first.files[BIG_NAME][0]  # the payload; make_package adds the small files
     for p in range(packages):  # package 0 is the one bench.lab already made
         pkg = first if p == 0 else make_package(work / f"pkg{p}", size)
@@ -149,12 +151,16 @@ def run_fetch(
                 out.write((pkg.root / f.path).read_bytes())
         pkgs.append(pkg)
         snaps.append(snap_path)
+        keys.append(work / f"package{p}.key")
+        keys[-1].write_text(os.urandom(32).hex())
         hashes.append(snap.package_hash_hex)
         urls.append(f"http://{lab.addr('h0')}:{CODEBASE_PORT}/pkg/{snap.package_hash_hex}/")
+    if source_rate_bps:  # the codebase behind a slow link: a master streams what it gets
+        lab.limit_uplink("h0", source_rate_bps)
     server = lab.popen("h0", [PY, "-m", "bench.http_serve", "--root", str(www),
                               "--bind", lab.addr("h0"), "--port", str(CODEBASE_PORT)])  # fmt: skip
     observer = lab.popen("h0", [*cli, "sessions", "--json", "--interface", lab.addr("h0"),
-                                "--session-key-file", str(session_key)])  # fmt: skip
+                                "--discovery-key-file", str(site_key)])  # fmt: skip
     sender: Proc | None = None
     try:
         if server.wait_json(lambda o: o.get("event") == "ready", 20) is None:
@@ -172,8 +178,9 @@ def run_fetch(
             out = work / host
             args = ["fetch", "--snapshot", str(snaps[p]), "--trust-key", str(pub),
                     "--out", str(out), "--codebase", urls[p], "--interface", lab.addr(host),
-                    "--max-sessions", str(max_sessions), "--session-key-file", str(session_key),
-                    "--rate", rate, "--linger", "1", "--json"]  # fmt: skip
+                    "--max-sessions", str(max_sessions), "--session-key-file", str(keys[p]),
+                    "--discovery-key-file", str(site_key), "--rate", rate, "--linger", "1",
+                    "--json"]  # fmt: skip
             if kill_sender_at is not None:
                 args += ["--tries", "1"]  # after the killed session: straight to HTTP
             agents[host] = lab.popen(host, [PY, "-c", _READY_THEN_RUN, *args], stdin=True)
@@ -184,7 +191,8 @@ def run_fetch(
             send = [*cli, "send", str(pkgs[0].root), "--snapshot", str(snaps[0]),
                     "--trust-key", str(pub), "--interface", lab.addr("h0"),
                     "--group", KILLED_GROUP, "--rate", rate,
-                    "--session-key-file", str(session_key), "--json"]  # fmt: skip
+                    "--session-key-file", str(keys[0]), "--discovery-key-file", str(site_key),
+                    "--json"]  # fmt: skip
             sender = lab.popen("h0", send)
             # its session is on the discovery group before the agents ask, so they join it
             killed_hash = hashes[0]
@@ -250,4 +258,5 @@ def run_fetch(
         "kill_sender_at": kill_sender_at,
         "sender_tx_bytes": after["tx_bytes"] - before["tx_bytes"],
         "sender_tx_packets": after["tx_packets"] - before["tx_packets"],
+        "source_rate_bps": source_rate_bps,
     }

@@ -470,10 +470,15 @@ class Lab:
             run(["ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tso", "off", "gso", "off",
                  "gro", "off"])
 
-    def _tbf(self, ns: str, dev: str) -> None:
+    def _tbf(self, ns: str, dev: str, rate_bps: int | None = None) -> None:
         self._ip(ns, "link", "set", dev, "up")
-        run(["tc", "-n", ns, "qdisc", "add", "dev", dev, "root", "tbf",
-             "rate", f"{self.rate_bps}bit", "burst", self.burst, "latency", self.latency])
+        run(["tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf",
+             "rate", f"{rate_bps or self.rate_bps}bit", "burst", self.burst,
+             "latency", self.latency])
+
+    def limit_uplink(self, host: str, rate_bps: int) -> None:
+        """Shape what ``host`` sends to ``rate_bps`` (a slow WAN link behind a codebase)."""
+        self._tbf(self.ns(host), "eth0", rate_bps)
 
     def close(self) -> None:
         """Kill lab processes and delete every namespace of this lab. Idempotent, never raises."""

@@ -113,3 +113,21 @@ def test_a_sender_killed_half_way_leaves_about_half_for_http() -> None:
         assert p["bytes_multicast"] + p["bytes_http"] == rep["package_bytes"]
         assert p["bytes_http"] <= 0.62 * rep["package_bytes"], p
         assert any("failed" in n for n in p["notes"]), p
+
+
+def test_a_master_behind_a_2_mbit_source_keeps_every_receiver() -> None:
+    """The codebase sits behind a 2 Mbit/s link, so the master streams its own download
+    slowly (a block of 16 units every ~4 s, far longer than the silence timeout): its
+    announces show it moving, so every receiver stays in the session and gets the package
+    by multicast; one copy crosses the slow link."""
+    rep = run_lab(4, 4 * MiB, 100_000_000, 0.0, "fetch", packages=1, timeout=120,
+                  source_rate_bps=2_000_000)  # fmt: skip
+    assert rep["completed"] and rep["verified"], json.dumps(rep)[:2000]
+    routes = sorted(p["route"] for p in rep["per_receiver"])
+    assert routes == ["joined", "joined", "joined", "master"], routes
+    assert [p["notes"] for p in rep["per_receiver"]] == [[]] * 4  # nobody left the session
+    for p in rep["per_receiver"]:
+        if p["route"] == "joined":
+            assert p["bytes_http"] == 0 and p["bytes_multicast"] == rep["package_bytes"], p
+    assert rep["http_bytes_total"] == rep["package_bytes"]
+    assert rep["lab_leftovers"] == []
