@@ -4,19 +4,18 @@ order processes by the events they report (JSON lines, files, joined groups)."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bench.labnet import Proc
 from mcast.events import Completed, SenderFinished, SessionFailed, UnitVerified
 from mcast.receiver import Receiver, ReceiverConfig
 from mcast.sender import BytesSource, Sender, SenderConfig
@@ -189,80 +188,13 @@ def within(seconds: float, what: str) -> Iterator[None]:
         raise WaitTimeout(f"gave up after {seconds:g} s waiting for {what}") from None
 
 
-class JsonProc:
-    """A subprocess whose stdout JSON lines are collected by a thread as they arrive.
-
-    The same ``wait_json`` / ``describe`` interface as :class:`bench.labnet.Proc`, so
-    :func:`expect_json` orders tests on loopback and on the lab alike.
-    """
-
-    def __init__(self, argv: list[str], **kwargs: Any) -> None:
-        self.argv = argv
-        self.popen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True, bufsize=1, **kwargs)  # fmt: skip
-        self.objs: list[dict[str, Any]] = []
-        self.stderr: list[str] = []
-        self._cond = threading.Condition()
-        self._eof = False
-        self._threads = [
-            threading.Thread(target=self._read_stdout, daemon=True),
-            threading.Thread(target=self._read_stderr, daemon=True),
-        ]
-        for th in self._threads:
-            th.start()
-
-    def _read_stdout(self) -> None:
-        assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            obj = None
-            with contextlib.suppress(ValueError):
-                obj = json.loads(line)
-            with self._cond:
-                if isinstance(obj, dict):
-                    self.objs.append(obj)
-                self._cond.notify_all()
-        with self._cond:
-            self._eof = True
-            self._cond.notify_all()
-
-    def _read_stderr(self) -> None:
-        assert self.popen.stderr is not None
-        for line in self.popen.stderr:
-            self.stderr.append(line.rstrip("\n"))
-
-    def wait_json(
-        self, pred: Callable[[dict[str, Any]], object], timeout: float
-    ) -> tuple[float, dict[str, Any]] | None:
-        """The first JSON line (from the start) with ``pred`` true, as (time, object);
-        None at the deadline or when the process ended without one."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for obj in self.objs:
-                    if pred(obj):
-                        return time.monotonic(), obj
-                remaining = deadline - time.monotonic()
-                if self._eof or remaining <= 0:
-                    return None
-                self._cond.wait(min(remaining, 0.2))
-
-    def wait(self, timeout: float = WAIT_S) -> int:
-        rc = self.popen.wait(timeout)
-        for th in self._threads:
-            th.join(5)
-        return rc
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.wait(10)
-
-    def describe(self) -> str:
-        return (
-            f"{' '.join(self.argv)} rc={self.popen.poll()} last json: {self.objs[-3:]}"
-            f" stderr: {' | '.join(self.stderr[-5:])}"
-        )
+def JsonProc(argv: list[str], **kwargs: Any) -> Proc:
+    """A local subprocess whose stdout JSON lines a thread collects as they arrive: the lab's
+    :class:`bench.labnet.Proc` on this host, so :func:`expect_json` orders tests on loopback
+    and on the lab alike."""
+    popen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             stdin=subprocess.DEVNULL, text=True, bufsize=1, **kwargs)  # fmt: skip
+    return Proc("local", argv, popen)
 
 
 def expect_json(
