@@ -48,8 +48,10 @@ from mcast.errors import (
     TrustError,
     UsageError,
 )
+from mcast.events import FailureKind
+from mcast.partial import PartialDownload
 from mcast.receiver import ReceiverConfig
-from mcast.recv_driver import Channel, ReceiveProgress, receive
+from mcast.recv_driver import Channel, ReceiveProgress, ReceiveResult, receive
 from mcast.send_driver import SendProgress, send
 from mcast.sender import SenderConfig
 from mcast.snapshot import (
@@ -372,6 +374,9 @@ def cmd_send(args: argparse.Namespace, out: Output) -> int:
     return ExitCode.OK
 
 
+_FOLLOW = (FailureKind.SILENT, FailureKind.ENDED)  # the sender went away: it may come back
+
+
 def cmd_recv(args: argparse.Namespace, out: Output) -> int:
     snap = verified_snapshot(args.snapshot, args.trust_key)
     ch = _channel(args)
@@ -389,15 +394,41 @@ def cmd_recv(args: argparse.Namespace, out: Output) -> int:
             out.event("progress", units=p.units_verified, total=p.units_total,
                       bytes=p.bytes_verified)  # fmt: skip
 
+    async def follow() -> tuple[ReceiveResult, int]:
+        """Receive, and when the sender dies or ends early, wait for the next session of the
+        same snapshot (a restarted sender): every verified unit is kept across sessions."""
+        part = PartialDownload.open(snap, args.out)
+        received = 0
+        try:
+            while True:
+                result = await receive(snap, args.out, channel=ch, key=args.session_key,
+                                       config=cfg, progress=progress, part=part)  # fmt: skip
+                received += result.bytes_received
+                if result.complete or result.failure not in _FOLLOW:
+                    break
+                out.event("session_lost", session=f"{result.session_id or 0:x}",
+                          reason=result.reason, units_kept=result.units_verified)  # fmt: skip
+                out.say(f"session lost ({result.reason}); {result.units_verified} units kept,"
+                        " waiting for the sender to come back")  # fmt: skip
+            if result.complete:
+                result.files = part.finish()
+        except BaseException:
+            part.checkpoint()
+            part.close()
+            raise
+        if not result.complete:
+            part.checkpoint()
+            part.close()
+        return result, received
+
     with engine_errors(out):
-        result = trio.run(lambda: receive(snap, args.out, channel=ch, key=args.session_key,
-                                          config=cfg, progress=progress))  # fmt: skip
+        result, received = trio.run(follow)
     s = result.stats
     assert s is not None
     out.event(
         "done", verified=result.complete, complete=result.complete, reason=result.reason,
-        bytes=result.bytes_total if result.complete else result.bytes_received,
-        bytes_multicast=result.bytes_received, units=result.units_verified,
+        bytes=result.bytes_total if result.complete else received,
+        bytes_multicast=received, units=result.units_verified,
         units_total=result.units_total, units_resumed=result.units_resumed,
         wall_s=round(result.wall_s, 3), peak_rss_mb=peak_rss_mb(), session=result.session_id,
         naks_sent=s.naks_sent, repairs=s.parity_shards, bad_packets=s.bad_packets,

@@ -326,3 +326,40 @@ def test_checkpoint_after_finish_or_discard_is_harmless(tmp_path: Path) -> None:
     part.checkpoint()  # the driver's periodic checkpoint may fall due right after completion
     assert (tmp_path / "out" / "p.bin").read_bytes() == data
     assert not (tmp_path / "out" / ".mcast").exists()
+
+
+def test_mcast_recv_follows_a_restarted_sender_and_keeps_what_it_verified(tmp_path: Path) -> None:
+    """The sender is SIGKILLed half-way and started again (a new session id): the receiver
+    says it lost the session, keeps every verified unit, joins the new session and completes."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(random.Random(7).randbytes(3_000_000))
+    snapshot, key = tmp_path / "s.xml", tmp_path / "signing.pem"
+    assert _cli("snapshot", str(src), "-o", str(snapshot), "--key", str(key)).returncode == 0
+    sk = tmp_path / "session.key"
+    sk.write_text(os.urandom(32).hex())
+    ch = channel()
+    common = ["--snapshot", str(snapshot), "--group", ch.group, "--port", str(ch.port),
+              "--session-key-file", str(sk), "--json"]  # fmt: skip
+    send = [sys.executable, "-m", "mcast.cli", "send", str(src), "--trust-key", f"{key}.pub",
+            "--no-discovery", "--linger", "0.3", *common]  # fmt: skip
+    recv = JsonProc([sys.executable, "-m", "mcast.cli", "recv", "--trust-key", f"{key}.pub",
+                     "--out", str(tmp_path / "out"), "--timeout", "2", *common])  # fmt: skip
+    first = second = None
+    try:
+        wait_joined(ch.group)
+        first = JsonProc([*send, "--rate", "4mbit"])  # ~6 s: time to kill it half-way
+        expect_json(recv, lambda o: o.get("event") == "progress" and o["units"] >= 10,
+                    "the receiver verifying units of the first session")  # fmt: skip
+        first.kill()  # SIGKILL: no END
+        lost = expect_json(recv, event_is("session_lost"), "the receiver noticing")
+        second = JsonProc([*send, "--rate", "200mbit"])
+        done = expect_json(recv, event_is("done", "error"), "the receiver's summary")
+        assert recv.wait() == 0, recv.describe()
+    finally:
+        for proc in (recv, first, second):
+            if proc is not None:
+                proc.kill()
+    assert lost["units_kept"] >= 10
+    assert done["event"] == "done" and done["verified"] is True, done
+    assert same_tree(src, tmp_path / "out")
