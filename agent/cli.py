@@ -3,7 +3,8 @@
 ::
 
     mcast-agent --server URL --guid G --state DIR --trust-key PUB
-                [--ip A] [--interface 127.0.0.1] [--discovery GROUP:PORT] [--once] [--json]
+                [--ip A] [--interface 127.0.0.1|auto] [--rank wired] [--discovery GROUP:PORT]
+                [--once] [--json]
                 [--interval SECONDS] [--command-timeout SECONDS]
                 [--fetcher MODULE:FUNCTION] [-v]
 
@@ -13,7 +14,10 @@ check-in worked, no task failed and every status event was acknowledged, else 1.
 argument is checked when given, and every expected failure is one line on stderr with the
 exit code of :mod:`mcast.errors`: 2 a bad argument, 3 a trust key that is not a key, 4 a
 file or state directory that cannot be used (a missing trust key), 5 an interface the
-network safety rules refuse. ``--json`` prints one JSON object per line on stdout for
+network safety rules refuse (``--interface auto`` is the IPv4 address of the interface that
+routes to the server, found once at start-up by a UDP ``connect()`` that sends nothing, and
+checked by the same rules). ``--rank`` is what this machine weighs when the agents of a
+subnet elect a multicast session's master. ``--json`` prints one JSON object per line on stdout for
 everything the agent does; otherwise a short human line each. ``--fetcher`` picks the
 download function (default ``mcast.fetch:fetch``; ``agent.httpfetch:fetch`` is HTTP only).
 """
@@ -28,13 +32,15 @@ import signal
 import sys
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import trio
 
 from mcast import argtypes
 from mcast.argtypes import Parser, one_line
+from mcast.discovery import Rank
 from mcast.errors import McastError, NetworkError
-from mcast.udp import DISCOVERY_GROUP, DISCOVERY_PORT, UnsafeAddress, check_endpoint
+from mcast.udp import DISCOVERY_GROUP, DISCOVERY_PORT, UnsafeAddress, resolve_interface
 
 from .config import AgentConfig, ConfigError
 from .core import Agent, Fetcher
@@ -63,8 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--interface",
         default="127.0.0.1",
-        type=argtypes.ipv4,
-        help="multicast interface address (default 127.0.0.1)",
+        type=argtypes.interface,
+        help="multicast interface address, or 'auto': the interface that routes to the server, "
+        "resolved at start-up (default 127.0.0.1)",
+    )
+    p.add_argument(
+        "--rank",
+        default=Rank.WIRED,
+        type=argtypes.rank,
+        help="what this machine weighs when the agents of a subnet elect a session's master: "
+        "package-server, wired, laptop or wireless (default wired)",
     )
     p.add_argument(
         "--discovery",
@@ -153,8 +167,12 @@ def main(argv: list[str] | None = None) -> int:
             stream=sys.stderr,
         )
         group, port = args.discovery
+        server = urlsplit(args.server)
+        server_port = server.port or (443 if server.scheme == "https" else 80)
         try:
-            check_endpoint(group, args.interface)
+            interface = resolve_interface(
+                args.interface, group, server.hostname or "127.0.0.1", server_port
+            )
         except UnsafeAddress as exc:
             raise NetworkError(str(exc)) from None
         config = AgentConfig(
@@ -163,13 +181,17 @@ def main(argv: list[str] | None = None) -> int:
             state_dir=args.state,
             trust_key=args.trust_key,
             ip=args.ip,
-            interface=args.interface,
+            interface=interface,
+            rank=args.rank,
             discovery_group=group,
             discovery_port=port,
             command_timeout_s=args.command_timeout,
             check_in_interval_s=args.interval,
         )
-        agent = Agent(config, fetcher=args.fetcher, on_event=_printer(args.json))
+        show = _printer(args.json)
+        agent = Agent(config, fetcher=args.fetcher, on_event=show)
+        show({"event": "start", "guid": config.guid, "interface": config.interface,
+              "rank": config.rank.name.lower().replace("_", "-"), "ip": agent.ip})  # fmt: skip
         return trio.run(_main, agent, args.once)
     except McastError as exc:
         print(f"mcast-agent: error: {one_line(exc)}", file=sys.stderr)

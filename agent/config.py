@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from mcast.discovery import Rank
 from mcast.errors import UsageError
 from mcast.scope import SAFE_GROUPS
 from mcast.udp import DISCOVERY_GROUP, DISCOVERY_PORT
@@ -35,6 +36,7 @@ class AgentConfig:
     retry_base_s: float = 1.0  # back-off of check-ins and of the outbox ...
     retry_cap_s: float = 300.0  # ... doubles from base up to this cap, with jitter
     output_tail_bytes: int = 2048
+    rank: Rank = Rank.WIRED  # what this machine weighs in a multicast master election
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.server_url)

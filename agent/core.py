@@ -198,6 +198,12 @@ class Agent:
         raw = self.state.get_meta("agent_settings")
         return AgentSettings(**json.loads(raw)) if raw else AgentSettings()
 
+    @property
+    def discovery_key(self) -> bytes | None:
+        """The site's discovery key from the last policy (None: the server sent none)."""
+        raw = self.state.get_meta("discovery_key")
+        return bytes.fromhex(raw) if raw else None
+
     def check_in_interval(self) -> float:
         if self.config.check_in_interval_s is not None:
             return self.config.check_in_interval_s
@@ -289,7 +295,10 @@ class Agent:
 
     async def check_in(self, client: httpx.AsyncClient) -> Policy:
         data = await self._get(
-            client, f"{self.config.server_url}/GetClientPolicies.aspx", guid=self.config.guid
+            client,
+            f"{self.config.server_url}/GetClientPolicies.aspx",
+            guid=self.config.guid,
+            ip=self.ip,
         )
         try:
             policy = parse_policy(data)
@@ -301,6 +310,9 @@ class Agent:
     def _accept_policy(self, policy: Policy) -> None:
         """Step 2: store the settings, record new jobs, supersede those the policy dropped."""
         self.state.set_meta("agent_settings", json.dumps(policy.settings.__dict__))
+        key = policy.discovery_key.hex() if policy.discovery_key else ""
+        if key != (self.state.get_meta("discovery_key") or ""):
+            self.state.set_meta("discovery_key", key)
         wanted: set[tuple[str, str]] = set()
         for t in policy.tasks:
             if not t.package_hash:
@@ -491,9 +503,13 @@ class Agent:
             max_sessions_per_subnet=max(1, s.max_sessions_per_subnet),
             speed_test=s.speed_test_codebases,
             session_key=info.session_key,
+            discovery_key=self.discovery_key,
             interface=self.config.interface,
             discovery_group=self.config.discovery_group,
             discovery_port=self.config.discovery_port,
+            rank=self.config.rank,
+            hold_s=float(s.multicast_hold_secs),
+            min_session_bps=s.min_session_kbps * 1024.0,
         )
         return settings, why_not
 
