@@ -4,12 +4,14 @@
 
     mcast-agent --server URL --guid G --state DIR --trust-key PUB
                 [--ip A] [--interface 127.0.0.1|auto] [--rank wired] [--discovery GROUP:PORT]
-                [--once] [--json]
+                [--once [--serve-cache-for SECONDS]] [--json] [--download-attempts N]
                 [--interval SECONDS] [--command-timeout SECONDS]
                 [--fetcher MODULE:FUNCTION] [-v]
 
 Without ``--once`` it checks in on the policy's interval (or ``--interval``) until SIGINT or
-SIGTERM. ``--once``: one check-in, run what is due, flush the outbox, then exit 0 if the
+SIGTERM, and serves its peer cache (packages it holds, to agents of its subnet that ask) all
+along. ``--once --serve-cache-for SECONDS`` serves the peer cache during the run and that long
+after it. ``--once``: one check-in, run what is due, flush the outbox, then exit 0 if the
 check-in worked, no task failed and every status event was acknowledged, else 1. Every
 argument is checked when given, and every expected failure is one line on stderr with the
 exit code of :mod:`mcast.errors`: 2 a bad argument, 3 a trust key that is not a key, 4 a
@@ -88,6 +90,20 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {DISCOVERY_GROUP}:{DISCOVERY_PORT})",
     )
     p.add_argument("--once", action="store_true", help="one check-in, then exit")
+    p.add_argument(
+        "--serve-cache-for",
+        type=argtypes.positive_seconds,
+        metavar="SECONDS",
+        help="with --once: serve the peer cache from the start, and this long after the "
+        "check-in's work is done (without --once the agent always serves it)",
+    )
+    p.add_argument(
+        "--download-attempts",
+        type=argtypes.at_least(1),
+        default=8,
+        help="failed download attempts (with back-off) before a task is reported failed "
+        "(default 8)",
+    )
     p.add_argument("--json", action="store_true", help="JSON lines on stdout")
     p.add_argument(
         "--interval", type=argtypes.positive_seconds, help="check-in interval in seconds (override)"
@@ -143,17 +159,32 @@ def _printer(as_json: bool) -> Any:
     return show
 
 
-async def _main(agent: Agent, once: bool) -> int:
-    if once:
+async def _main(agent: Agent, once: bool, serve_for: float | None) -> int:
+    if once and serve_for is None:
         result = await agent.run_once()
         return 0 if result.ok else 1
+    code = 0
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(agent.run_forever)
+            await nursery.start(agent.cache.serve)
+            if once:
+                assert serve_for is not None
+
+                async def once_then_serve() -> None:
+                    nonlocal code
+                    result = await agent.run_once()
+                    code = 0 if result.ok else 1
+                    agent.emit("peer-cache", action="serving-for", seconds=serve_for)
+                    await trio.sleep(serve_for)
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(once_then_serve)
+            else:
+                nursery.start_soon(agent.run_forever)
             async for _ in signals:
                 nursery.cancel_scope.cancel()
                 break
-    return 0
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             ip=args.ip,
             interface=interface,
             rank=args.rank,
+            download_attempts=args.download_attempts,
             discovery_group=group,
             discovery_port=port,
             command_timeout_s=args.command_timeout,
@@ -192,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         agent = Agent(config, fetcher=args.fetcher, on_event=show)
         show({"event": "start", "guid": config.guid, "interface": config.interface,
               "rank": config.rank.name.lower().replace("_", "-"), "ip": agent.ip})  # fmt: skip
-        return trio.run(_main, agent, args.once)
+        return trio.run(_main, agent, args.once, args.serve_cache_for)
     except McastError as exc:
         print(f"mcast-agent: error: {one_line(exc)}", file=sys.stderr)
         return int(exc.exit_code)

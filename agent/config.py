@@ -37,6 +37,7 @@ class AgentConfig:
     retry_cap_s: float = 300.0  # ... doubles from base up to this cap, with jitter
     output_tail_bytes: int = 2048
     rank: Rank = Rank.WIRED  # what this machine weighs in a multicast master election
+    download_attempts: int = 8  # failed download attempts before a job fails (see core)
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.server_url)
@@ -60,6 +61,8 @@ class AgentConfig:
                 ipaddress.ip_address(self.ip)
             except ValueError:
                 raise ConfigError(f"agent address {self.ip!r} is not an IP address") from None
+        if self.download_attempts < 1:
+            raise ConfigError("download attempts must be at least 1")
         if not 0 < self.discovery_port < 65536:
             raise ConfigError(f"discovery port {self.discovery_port} is not a UDP port")
         try:
