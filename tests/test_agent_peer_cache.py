@@ -10,8 +10,13 @@ port so that no other run's sessions interfere.
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import signal
 import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -26,6 +31,7 @@ from tests.test_agent_engine import RecordingFetch
 from tests.test_agent_support import NS, agent_config, make_ns
 
 PAYLOAD = 1_500_000
+ROOT = Path(__file__).resolve().parent.parent
 DEAD = "http://127.0.0.1:9"  # nothing listens there: a WAN link that is down
 
 
@@ -167,3 +173,52 @@ async def test_without_a_discovery_key_the_cache_does_not_serve(
         assert (await a1.run_once()).checked_in
         s = a1.cache.fetch_settings()
         assert s is not None and s.discovery_key == a1.discovery_key is not None
+
+
+async def test_once_with_serve_cache_for_keeps_serving_after_its_run(
+    ns: NS, url: str, tmp_path: Path
+) -> None:
+    """``mcast-agent --once --serve-cache-for S`` (as the demo runs agents): it downloads and
+    runs the package, says it keeps serving, and a later agent gets the package from it."""
+    root = ROOT
+    task = ns.add_task()
+    port = random.randint(47100, 47999)
+    first, second = ns.guids
+    cmd = [
+        sys.executable, "-m", "agent.cli", "--server", url, "--guid", first,
+        "--state", str(tmp_path / "a1"), "--trust-key", str(ns.pub), "--ip", "127.0.0.1",
+        "--discovery", f"239.255.78.201:{port}", "--once", "--json", "--serve-cache-for", "60",
+    ]  # fmt: skip
+    proc = await trio.lowlevel.open_process(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=root,
+        env=dict(os.environ, PYTHONPATH=str(root)),
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        buf, events = b"", []
+        with trio.fail_after(60):
+            while not any(e.get("action") == "serving-for" for e in events):
+                chunk = await proc.stdout.receive_some(65536)
+                assert chunk, "the agent exited before it said it keeps serving"
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                events += [json.loads(x) for x in lines if x.strip()]
+        assert any(e.get("action") == "serving" for e in events)
+        assert len(ns.runs(first)) == 1
+        _codebases_unreachable(ns)
+        rec = RecordingFetch()
+        with trio.fail_after(60):
+            with Agent(_config(ns, url, second, tmp_path / "a2", port), fetcher=rec) as a2:
+                assert (await a2.run_once()).ok
+        (later,) = rec.results
+        assert later.bytes_http == 0 and later.bytes_multicast == later.bytes_total
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            assert await proc.wait() == 0  # its own run succeeded
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await proc.stdout.aclose()
+    await ns.processed()
+    assert ns.status_of(second, task).bytes_http == 0
