@@ -222,3 +222,39 @@ async def test_once_with_serve_cache_for_keeps_serving_after_its_run(
         await proc.stdout.aclose()
     await ns.processed()
     assert ns.status_of(second, task).bytes_http == 0
+
+
+async def test_as_a_service_the_agent_serves_its_cache(ns: NS, url: str, tmp_path: Path) -> None:
+    """Without --once the peer cache runs beside the check-in loop; SIGTERM ends both."""
+    ns.add_task()
+    port = random.randint(47100, 47999)
+    cmd = [
+        sys.executable, "-m", "agent.cli", "--server", url, "--guid", ns.guids[0],
+        "--state", str(tmp_path / "a1"), "--trust-key", str(ns.pub), "--ip", "127.0.0.1",
+        "--discovery", f"239.255.78.201:{port}", "--json", "--interval", "3600",
+    ]  # fmt: skip
+    proc = await trio.lowlevel.open_process(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        buf, events = b"", []
+        with trio.fail_after(60):
+            while not (
+                any(e.get("action") == "serving" for e in events)
+                and any(e.get("state") == "succeeded" for e in events)
+            ):
+                chunk = await proc.stdout.receive_some(65536)
+                assert chunk, "the agent exited"
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                events += [json.loads(x) for x in lines if x.strip()]
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await proc.stdout.aclose()
