@@ -37,7 +37,8 @@ class AgentConfig:
     retry_cap_s: float = 300.0  # ... doubles from base up to this cap, with jitter
     output_tail_bytes: int = 2048
     rank: Rank = Rank.WIRED  # what this machine weighs in a multicast master election
-    download_attempts: int = 8  # failed download attempts before a job fails (see core)
+    download_attempts: int = 8  # failed download attempts before a job fails (see core) ...
+    download_retry_base_s: float = 30.0  # ... backing off from this (capped at retry_cap_s)
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.server_url)
@@ -63,6 +64,9 @@ class AgentConfig:
                 raise ConfigError(f"agent address {self.ip!r} is not an IP address") from None
         if self.download_attempts < 1:
             raise ConfigError("download attempts must be at least 1")
+        base = self.download_retry_base_s
+        if not (math.isfinite(base) and base > 0):
+            raise ConfigError("the download retry back-off must be positive")
         if not 0 < self.discovery_port < 65536:
             raise ConfigError(f"discovery port {self.discovery_port} is not a UDP port")
         try:

@@ -13,7 +13,8 @@ again: nothing lost, nothing run twice" true:
   units already verified on disk, and a package complete in the cache is never fetched again.
 - a download attempt that fails for a reason that may pass (server or codebases unreachable,
   multicast and HTTP both failed) is reported as a ``downloading`` event with the reason and
-  retried with exponential back-off; the attempt count, the time of the next try and the
+  retried with exponential back-off (from ``AgentConfig.download_retry_base_s``, capped at
+  ``retry_cap_s``); the attempt count, the time of the next try and the
   first attempt (TotalTime for getPackageInfo) are in the job's row, so they survive a
   restart. After ``AgentConfig.download_attempts`` attempts the job is ``failed`` with the
   last reason, except that while MaxAgentDownloadTryingTimeMins is on it first tries once
@@ -225,10 +226,11 @@ class Agent:
             return self.config.check_in_interval_s
         return max(60.0, self.settings.check_in_interval_mins * 60.0)
 
-    def backoff(self, attempts: int) -> float:
+    def backoff(self, attempts: int, base: float | None = None) -> float:
         """Exponential back-off with jitter: base * 2^attempts, capped, times 0.5-1.0."""
         cap = self.config.retry_cap_s
-        delay = min(cap, self.config.retry_base_s * (2.0 ** min(attempts, 30)))
+        first = self.config.retry_base_s if base is None else base
+        delay = min(cap, first * (2.0 ** min(attempts, 30)))
         return delay * random.uniform(0.5, 1.0)
 
     def _client(self) -> httpx.AsyncClient:
@@ -436,7 +438,7 @@ class Agent:
                 f"download failed {attempts} times in {mins:.1f} min; giving up. Last: {reason}"
             )
             return self._fail(job, message), None
-        delay = self.backoff(attempts)
+        delay = self.backoff(attempts, self.config.download_retry_base_s)
         retry_at = time.time() + delay
         message = f"download attempt {attempts} failed: {reason}; retrying in {delay:.1f} s"
         job = self._move(job, JobState.DOWNLOADING, Report(message=message), retry_at=retry_at)
