@@ -3,17 +3,23 @@
 ::
 
     mcast-agent --server URL --guid G --state DIR --trust-key PUB
-                [--ip A] [--interface 127.0.0.1] [--discovery GROUP:PORT] [--once] [--json]
+                [--ip A] [--interface 127.0.0.1|auto] [--rank wired] [--discovery GROUP:PORT]
+                [--once [--serve-cache-for SECONDS]] [--json] [--download-attempts N]
                 [--interval SECONDS] [--command-timeout SECONDS]
                 [--fetcher MODULE:FUNCTION] [-v]
 
 Without ``--once`` it checks in on the policy's interval (or ``--interval``) until SIGINT or
-SIGTERM. ``--once``: one check-in, run what is due, flush the outbox, then exit 0 if the
+SIGTERM, and serves its peer cache (packages it holds, to agents of its subnet that ask) all
+along. ``--once --serve-cache-for SECONDS`` serves the peer cache during the run and that long
+after it. ``--once``: one check-in, run what is due, flush the outbox, then exit 0 if the
 check-in worked, no task failed and every status event was acknowledged, else 1. Every
 argument is checked when given, and every expected failure is one line on stderr with the
 exit code of :mod:`mcast.errors`: 2 a bad argument, 3 a trust key that is not a key, 4 a
 file or state directory that cannot be used (a missing trust key), 5 an interface the
-network safety rules refuse. ``--json`` prints one JSON object per line on stdout for
+network safety rules refuse (``--interface auto`` is the IPv4 address of the interface that
+routes to the server, found once at start-up by a UDP ``connect()`` that sends nothing, and
+checked by the same rules). ``--rank`` is what this machine weighs when the agents of a
+subnet elect a multicast session's master. ``--json`` prints one JSON object per line on stdout for
 everything the agent does; otherwise a short human line each. ``--fetcher`` picks the
 download function (default ``mcast.fetch:fetch``; ``agent.httpfetch:fetch`` is HTTP only).
 """
@@ -28,13 +34,15 @@ import signal
 import sys
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import trio
 
 from mcast import argtypes
 from mcast.argtypes import Parser, one_line
+from mcast.discovery import Rank
 from mcast.errors import McastError, NetworkError
-from mcast.udp import DISCOVERY_GROUP, DISCOVERY_PORT, UnsafeAddress, check_endpoint
+from mcast.udp import DISCOVERY_GROUP, DISCOVERY_PORT, UnsafeAddress, resolve_interface
 
 from .config import AgentConfig, ConfigError
 from .core import Agent, Fetcher
@@ -63,8 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--interface",
         default="127.0.0.1",
-        type=argtypes.ipv4,
-        help="multicast interface address (default 127.0.0.1)",
+        type=argtypes.interface,
+        help="multicast interface address, or 'auto': the interface that routes to the server, "
+        "resolved at start-up (default 127.0.0.1)",
+    )
+    p.add_argument(
+        "--rank",
+        default=Rank.WIRED,
+        type=argtypes.rank,
+        help="what this machine weighs when the agents of a subnet elect a session's master: "
+        "package-server, wired, laptop or wireless (default wired)",
     )
     p.add_argument(
         "--discovery",
@@ -74,6 +90,20 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {DISCOVERY_GROUP}:{DISCOVERY_PORT})",
     )
     p.add_argument("--once", action="store_true", help="one check-in, then exit")
+    p.add_argument(
+        "--serve-cache-for",
+        type=argtypes.positive_seconds,
+        metavar="SECONDS",
+        help="with --once: serve the peer cache from the start, and this long after the "
+        "check-in's work is done (without --once the agent always serves it)",
+    )
+    p.add_argument(
+        "--download-attempts",
+        type=argtypes.at_least(1),
+        default=8,
+        help="failed download attempts (with back-off) before a task is reported failed "
+        "(default 8)",
+    )
     p.add_argument("--json", action="store_true", help="JSON lines on stdout")
     p.add_argument(
         "--interval", type=argtypes.positive_seconds, help="check-in interval in seconds (override)"
@@ -129,17 +159,32 @@ def _printer(as_json: bool) -> Any:
     return show
 
 
-async def _main(agent: Agent, once: bool) -> int:
-    if once:
+async def _main(agent: Agent, once: bool, serve_for: float | None) -> int:
+    if once and serve_for is None:
         result = await agent.run_once()
         return 0 if result.ok else 1
+    code = 0
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(agent.run_forever)
+            await nursery.start(agent.cache.serve)
+            if once:
+                assert serve_for is not None
+
+                async def once_then_serve() -> None:
+                    nonlocal code
+                    result = await agent.run_once()
+                    code = 0 if result.ok else 1
+                    agent.emit("peer-cache", action="serving-for", seconds=serve_for)
+                    await trio.sleep(serve_for)
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(once_then_serve)
+            else:
+                nursery.start_soon(agent.run_forever)
             async for _ in signals:
                 nursery.cancel_scope.cancel()
                 break
-    return 0
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,8 +198,12 @@ def main(argv: list[str] | None = None) -> int:
             stream=sys.stderr,
         )
         group, port = args.discovery
+        server = urlsplit(args.server)
+        server_port = server.port or (443 if server.scheme == "https" else 80)
         try:
-            check_endpoint(group, args.interface)
+            interface = resolve_interface(
+                args.interface, group, server.hostname or "127.0.0.1", server_port
+            )
         except UnsafeAddress as exc:
             raise NetworkError(str(exc)) from None
         config = AgentConfig(
@@ -163,14 +212,19 @@ def main(argv: list[str] | None = None) -> int:
             state_dir=args.state,
             trust_key=args.trust_key,
             ip=args.ip,
-            interface=args.interface,
+            interface=interface,
+            rank=args.rank,
+            download_attempts=args.download_attempts,
             discovery_group=group,
             discovery_port=port,
             command_timeout_s=args.command_timeout,
             check_in_interval_s=args.interval,
         )
-        agent = Agent(config, fetcher=args.fetcher, on_event=_printer(args.json))
-        return trio.run(_main, agent, args.once)
+        show = _printer(args.json)
+        agent = Agent(config, fetcher=args.fetcher, on_event=show)
+        show({"event": "start", "guid": config.guid, "interface": config.interface,
+              "rank": config.rank.name.lower().replace("_", "-"), "ip": agent.ip})  # fmt: skip
+        return trio.run(_main, agent, args.once, args.serve_cache_for)
     except McastError as exc:
         print(f"mcast-agent: error: {one_line(exc)}", file=sys.stderr)
         return int(exc.exit_code)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from mcast.discovery import Rank
 from mcast.errors import UsageError
 from mcast.scope import SAFE_GROUPS
 from mcast.udp import DISCOVERY_GROUP, DISCOVERY_PORT
@@ -35,6 +36,9 @@ class AgentConfig:
     retry_base_s: float = 1.0  # back-off of check-ins and of the outbox ...
     retry_cap_s: float = 300.0  # ... doubles from base up to this cap, with jitter
     output_tail_bytes: int = 2048
+    rank: Rank = Rank.WIRED  # what this machine weighs in a multicast master election
+    download_attempts: int = 8  # failed download attempts before a job fails (see core) ...
+    download_retry_base_s: float = 30.0  # ... backing off from this (capped at retry_cap_s)
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.server_url)
@@ -58,6 +62,11 @@ class AgentConfig:
                 ipaddress.ip_address(self.ip)
             except ValueError:
                 raise ConfigError(f"agent address {self.ip!r} is not an IP address") from None
+        if self.download_attempts < 1:
+            raise ConfigError("download attempts must be at least 1")
+        base = self.download_retry_base_s
+        if not (math.isfinite(base) and base > 0):
+            raise ConfigError("the download retry back-off must be positive")
         if not 0 < self.discovery_port < 65536:
             raise ConfigError(f"discovery port {self.discovery_port} is not a UDP port")
         try:

@@ -11,6 +11,16 @@ again: nothing lost, nothing run twice" true:
 
 - ``received``/``downloading``: a restart simply downloads again; the fetcher resumes from the
   units already verified on disk, and a package complete in the cache is never fetched again.
+- a download attempt that fails for a reason that may pass (server or codebases unreachable,
+  multicast and HTTP both failed) is reported as a ``downloading`` event with the reason and
+  retried with exponential back-off (from ``AgentConfig.download_retry_base_s``, capped at
+  ``retry_cap_s``); the attempt count, the time of the next try and the
+  first attempt (TotalTime for getPackageInfo) are in the job's row, so they survive a
+  restart. After ``AgentConfig.download_attempts`` attempts the job is ``failed`` with the
+  last reason, except that while MaxAgentDownloadTryingTimeMins is on it first tries once
+  past that limit (when the server hands out its fallback codebases). A refusal (4xx, a
+  snapshot that does not verify) fails the job at once.
+- the package cache doubles as the subnet's peer cache (:mod:`agent.cache`).
 - ``running`` is committed before the command starts. A job found ``running`` when the agent
   starts was interrupted (the agent died while the command ran, or before it recorded the
   result): it is reported ``failed`` ("interrupted") and **never re-run**, because installers
@@ -60,9 +70,9 @@ from mcast.snapshot import (
     TrustStore,
     load_trust_key,
     load_verified,
-    parse_snapshot_xml,
 )
 
+from .cache import PeerCache, cached_snapshot, snapshot_path
 from .config import AgentConfig, ConfigError
 from .runner import run_command
 from .state import AgentState, Job, JobState, Report, StateError
@@ -166,8 +176,11 @@ class Agent:
         self.state = AgentState(config.state_dir)
         self.ip = config.agent_ip()
         self._check_in_failures = 0
-        self._download_failures: dict[str, int] = {}
+        self._sent_totaltime: dict[str, int] = {}  # task id -> totaltime of its last attempt
         self._fresh = True
+        self.cache = PeerCache(
+            self.state, config, lambda: self.settings, lambda: self.discovery_key, self._emit
+        )
         self._recover()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -180,6 +193,10 @@ class Agent:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        """Report something notable to ``on_event`` (the command line prints it)."""
+        self._emit(kind, **fields)
 
     def _emit(self, kind: str, **fields: Any) -> None:
         if self._on_event is not None:
@@ -198,15 +215,22 @@ class Agent:
         raw = self.state.get_meta("agent_settings")
         return AgentSettings(**json.loads(raw)) if raw else AgentSettings()
 
+    @property
+    def discovery_key(self) -> bytes | None:
+        """The site's discovery key from the last policy (None: the server sent none)."""
+        raw = self.state.get_meta("discovery_key")
+        return bytes.fromhex(raw) if raw else None
+
     def check_in_interval(self) -> float:
         if self.config.check_in_interval_s is not None:
             return self.config.check_in_interval_s
         return max(60.0, self.settings.check_in_interval_mins * 60.0)
 
-    def backoff(self, attempts: int) -> float:
+    def backoff(self, attempts: int, base: float | None = None) -> float:
         """Exponential back-off with jitter: base * 2^attempts, capped, times 0.5-1.0."""
         cap = self.config.retry_cap_s
-        delay = min(cap, self.config.retry_base_s * (2.0 ** min(attempts, 30)))
+        first = self.config.retry_base_s if base is None else base
+        delay = min(cap, first * (2.0 ** min(attempts, 30)))
         return delay * random.uniform(0.5, 1.0)
 
     def _client(self) -> httpx.AsyncClient:
@@ -265,6 +289,7 @@ class Agent:
                 if wake is not None:
                     wakes.append(wake)
                 await self.flush_outbox(client)
+            self.cache.prune({j.package_hash for j in self.state.jobs(active_only=True)})
             result.outbox_pending = await self.flush_outbox(client)
             nxt = self.state.next_outbox_try()
             if nxt is not None:
@@ -289,7 +314,10 @@ class Agent:
 
     async def check_in(self, client: httpx.AsyncClient) -> Policy:
         data = await self._get(
-            client, f"{self.config.server_url}/GetClientPolicies.aspx", guid=self.config.guid
+            client,
+            f"{self.config.server_url}/GetClientPolicies.aspx",
+            guid=self.config.guid,
+            ip=self.ip,
         )
         try:
             policy = parse_policy(data)
@@ -301,6 +329,10 @@ class Agent:
     def _accept_policy(self, policy: Policy) -> None:
         """Step 2: store the settings, record new jobs, supersede those the policy dropped."""
         self.state.set_meta("agent_settings", json.dumps(policy.settings.__dict__))
+        key = policy.discovery_key.hex() if policy.discovery_key else ""
+        if key != (self.state.get_meta("discovery_key") or ""):
+            self.state.set_meta("discovery_key", key)
+        self.cache.policy_changed()
         wanted: set[tuple[str, str]] = set()
         for t in policy.tasks:
             if not t.package_hash:
@@ -349,12 +381,11 @@ class Agent:
         except ScheduleError as exc:
             return self._fail(job, f"bad schedule: {exc}"), None
         if job.state in (JobState.RECEIVED, JobState.DOWNLOADING):
-            job = await self._download(client, job)
-            if job.state is JobState.DOWNLOADING:  # failed for now: retry with back-off
-                tries = self._download_failures.get(job.task_id, 0) + 1
-                self._download_failures[job.task_id] = tries
-                return job, time.time() + self.backoff(tries)
-            self._download_failures.pop(job.task_id, None)
+            if job.next_try > time.time():  # a failed attempt backs off (across restarts)
+                return job, job.next_try
+            job, failure = await self._download(client, job)
+            if failure is not None:
+                return self._download_failed(job, failure)
         if job.state is JobState.DOWNLOADED:
             job = self._move(
                 job,
@@ -372,7 +403,7 @@ class Agent:
             return self._fail(job, f"schedule {schedule.describe()} missed; not run"), None
         if not decision.due:
             return job, decision.next_check
-        if not self._cached_snapshot(job.package_hash):
+        if not cached_snapshot(self.state, job.package_hash):
             # the cache was removed under us: download it again (nothing has run)
             self.state.forget_package(job.package_hash)
             job = self._move(job, JobState.DOWNLOADING, Report(message="package left the cache"))
@@ -393,39 +424,43 @@ class Agent:
         )
         return job
 
+    def _download_failed(self, job: Job, reason: str) -> tuple[Job, float | None]:
+        """A download attempt failed for a reason that may pass. Report it (a ``downloading``
+        event with the reason) and retry with back-off; after ``download_attempts`` attempts
+        the job fails, except that while MaxAgentDownloadTryingTimeMins is on and not yet
+        passed it keeps trying, so that the server's fallback codebases get their turn."""
+        attempts = job.download_attempts + 1
+        limit = self.settings.max_trying_time_mins
+        sent = self._sent_totaltime.get(job.task_id, 0)
+        if attempts >= self.config.download_attempts and (limit == 0 or sent > limit):
+            mins = (time.time() - (job.first_try or time.time())) / 60.0
+            message = (
+                f"download failed {attempts} times in {mins:.1f} min; giving up. Last: {reason}"
+            )
+            return self._fail(job, message), None
+        delay = self.backoff(attempts, self.config.download_retry_base_s)
+        retry_at = time.time() + delay
+        message = f"download attempt {attempts} failed: {reason}; retrying in {delay:.1f} s"
+        job = self._move(job, JobState.DOWNLOADING, Report(message=message), retry_at=retry_at)
+        return job, retry_at
+
     def _fail(self, job: Job, message: str, exit_code: int | None = None) -> Job:
         log.warning("task %s failed: %s", job.task_id, message)
         return self._move(job, JobState.FAILED, Report(exit_code=exit_code, message=message))
 
     # -- steps 3-6: locate, verify, download ---------------------------------------------
-    def _snapshot_path(self, package_hash: str) -> Path:
-        return self.state.dir / "cache" / f"{package_hash}.snapshot.xml"
-
-    def _cached_snapshot(self, package_hash: str) -> Snapshot | None:
-        """The snapshot of a package complete in the cache, if its files are all there."""
-        if not self.state.package_complete(package_hash):
-            return None
-        try:
-            snap = parse_snapshot_xml(self._snapshot_path(package_hash).read_bytes())
-        except (OSError, SnapshotError):
-            return None
-        root = self.state.cache_dir(package_hash)
-        for f in snap.files:
-            p = root.joinpath(*f.path.split("/"))
-            if not p.is_file() or p.stat().st_size != f.size:
-                return None
-        return snap
-
-    async def _download(self, client: httpx.AsyncClient, job: Job) -> Job:
+    async def _download(self, client: httpx.AsyncClient, job: Job) -> tuple[Job, str | None]:
+        """One download attempt; returns the job and, if the attempt failed for a reason
+        that may pass (the server or every codebase unreachable), that reason."""
         if job.state is JobState.RECEIVED:
             job = self._move(job, JobState.DOWNLOADING, Report(message="locating the package"))
-        if self._cached_snapshot(job.package_hash) is not None:
+        if cached_snapshot(self.state, job.package_hash) is not None:
             return self._move(
                 job,
                 JobState.DOWNLOADED,
                 Report(message="package already in the cache: not downloaded"),
                 route="cached",
-            )
+            ), None
         try:
             info = await self._package_info(client, job)
             if info.hash != job.package_hash:
@@ -435,19 +470,20 @@ class Agent:
                     JobState.SUPERSEDED,
                     Report(message=f"package is now {info.hash[:12]}"),
                     event=False,
-                )
+                ), None
             snap = await self._snapshot(client, info)
         except Retryable as exc:
             log.warning("task %s: %s (will retry)", job.task_id, exc)
             self._emit("retry", what="package", task=job.task_id, error=str(exc))
-            return job
+            return job, f"cannot locate the package: {exc}"
         except (Permanent, SnapshotError, DocumentError) as exc:
-            return self._fail(job, f"cannot get the package: {exc}")
+            return self._fail(job, f"cannot get the package: {exc}"), None
         return await self._fetch(job, info, snap)
 
     async def _package_info(self, client: httpx.AsyncClient, job: Job) -> PackageInfo:
-        first = job.first_try or time.time()
+        first = job.first_try or time.time()  # persisted when the download first started
         total_mins = int(max(0.0, time.time() - first) // 60)
+        self._sent_totaltime[job.task_id] = total_mins
         data = await self._get(
             client,
             f"{self.config.server_url}/getPackageInfo.aspx",
@@ -468,7 +504,7 @@ class Agent:
                 f"snapshot hash {snap.package_hash_hex[:12]} is not the package's {info.hash[:12]}"
             )
         self.state.save_trusted(trust.newest)
-        path = self._snapshot_path(info.hash)
+        path = snapshot_path(self.state, info.hash)
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(data)
         os.replace(tmp, path)
@@ -491,13 +527,17 @@ class Agent:
             max_sessions_per_subnet=max(1, s.max_sessions_per_subnet),
             speed_test=s.speed_test_codebases,
             session_key=info.session_key,
+            discovery_key=self.discovery_key,
             interface=self.config.interface,
             discovery_group=self.config.discovery_group,
             discovery_port=self.config.discovery_port,
+            rank=self.config.rank,
+            hold_s=float(s.multicast_hold_secs),
+            min_session_bps=s.min_session_kbps * 1024.0,
         )
         return settings, why_not
 
-    async def _fetch(self, job: Job, info: PackageInfo, snap: Snapshot) -> Job:
+    async def _fetch(self, job: Job, info: PackageInfo, snap: Snapshot) -> tuple[Job, str | None]:
         settings, why_not = self.fetch_settings(job, info)
         dest = self.state.cache_dir(info.hash)
 
@@ -517,15 +557,17 @@ class Agent:
         except FetchError as exc:
             log.warning("task %s: download failed: %s (will retry)", job.task_id, exc)
             self._emit("retry", what="download", task=job.task_id, error=str(exc))
-            return job
+            return job, f"download failed: {exc}"
         except Exception as exc:  # a fetcher bug must not kill the agent; retried later
             log.exception("task %s: the fetcher raised", job.task_id)
             self._emit("retry", what="download", task=job.task_id, error=repr(exc))
-            return job
+            return job, f"the download raised {exc!r}"
         if not result.complete:
             self._emit("retry", what="download", task=job.task_id, error="incomplete")
-            return job
-        self.state.mark_package(info.hash, info.name, info.version, info.size, complete=True)
+            return job, "download incomplete: " + ("; ".join(result.notes) or "no reason given")
+        self.state.mark_package(info.hash, info.name, info.version, info.size, complete=True,
+                                session_key=info.session_key)  # fmt: skip
+        # why multicast was skipped or failed before HTTP took over reaches the server here
         notes = list(why_not) + list(result.notes)
         msg = f"downloaded via {result.route.value}" + (f" ({'; '.join(notes)})" if notes else "")
         return self._move(
@@ -535,7 +577,7 @@ class Agent:
                 bytes_multicast=result.bytes_multicast, bytes_http=result.bytes_http, message=msg
             ),
             route=result.route.value,
-        )
+        ), None
 
     # -- steps 7-9: run and report -------------------------------------------------------
     async def _run(self, job: Job) -> Job:
@@ -556,6 +598,7 @@ class Agent:
             env=env,
             tail_bytes=self.config.output_tail_bytes,
         )
+        self.state.touch_package(job.package_hash)  # the peer cache counts from the run
         report_bytes = {"bytes_multicast": job.bytes_multicast, "bytes_http": job.bytes_http}
         if res.ok:
             return self._move(

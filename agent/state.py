@@ -4,8 +4,10 @@ This module owns the schema and every SQL statement of the agent:
 
 - ``jobs``: one row per (task, package hash): the task as the policy gave it and where it is
   in the state machine (:class:`mcast.fleet.JobState`; its legal transitions are
-  :data:`TRANSITIONS`, here), the first download attempt (TotalTime), the result;
-- ``packages``: the package cache by hash (``STATE/cache/<hash>/``), complete or not;
+  :data:`TRANSITIONS`, here), the first download attempt (TotalTime), the failed download
+  attempts and when to try again, the result;
+- ``packages``: the package cache by hash (``STATE/cache/<hash>/``), complete or not, with
+  the package's session key and when it was last downloaded or run (the peer cache);
 - ``trust``: the newest snapshot version accepted per package name (rollback protection);
 - ``events``: every status event the agent created, with its UUID; those not yet
   acknowledged are the outbox, retried with back-off;
@@ -29,7 +31,16 @@ from mcast.durable import open_store, transaction
 from mcast.errors import StorageError
 from mcast.fleet import JobState
 
-__all__ = ["TRANSITIONS", "AgentState", "Job", "JobState", "OutboxEvent", "Report", "StateError"]
+__all__ = [
+    "TRANSITIONS",
+    "AgentState",
+    "CacheEntry",
+    "Job",
+    "JobState",
+    "OutboxEvent",
+    "Report",
+    "StateError",
+]
 
 DB_NAME = "agent.sqlite3"
 
@@ -51,6 +62,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     bytes_http   INTEGER NOT NULL DEFAULT 0,
     route        TEXT NOT NULL DEFAULT '',
     runs         INTEGER NOT NULL DEFAULT 0,
+    download_attempts INTEGER NOT NULL DEFAULT 0,
+    next_try     REAL NOT NULL DEFAULT 0,
     created      REAL NOT NULL,
     updated      REAL NOT NULL,
     PRIMARY KEY (task_id, package_hash)
@@ -62,7 +75,9 @@ CREATE TABLE IF NOT EXISTS packages (
     size     INTEGER NOT NULL,
     complete INTEGER NOT NULL DEFAULT 0,
     downloads INTEGER NOT NULL DEFAULT 0,
-    added    REAL NOT NULL
+    added    REAL NOT NULL,
+    session_key TEXT NOT NULL DEFAULT '',
+    used     REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS trust (
     name    TEXT PRIMARY KEY,
@@ -89,6 +104,15 @@ CREATE TABLE IF NOT EXISTS meta (
     value TEXT NOT NULL
 );
 """
+
+
+# columns added since the first schema: (table, column, definition), added to an older database
+MIGRATIONS: tuple[tuple[str, str, str], ...] = (
+    ("jobs", "download_attempts", "INTEGER NOT NULL DEFAULT 0"),
+    ("jobs", "next_try", "REAL NOT NULL DEFAULT 0"),
+    ("packages", "session_key", "TEXT NOT NULL DEFAULT ''"),
+    ("packages", "used", "REAL NOT NULL DEFAULT 0"),
+)
 
 
 # the legal transitions, in one place
@@ -130,6 +154,18 @@ class Job:
     bytes_http: int
     route: str
     runs: int
+    download_attempts: int = 0  # failed download attempts so far (survives restarts)
+    next_try: float = 0.0  # epoch seconds before which the download is not tried again
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """A package complete in the cache, for the peer cache."""
+
+    hash: str
+    size: int
+    session_key: bytes | None
+    used: float  # epoch seconds it was last downloaded or run
 
 
 @dataclass(frozen=True)
@@ -158,7 +194,8 @@ class Report:
 _TERMINAL = tuple(s.value for s in JobState if s.terminal)
 _JOB_COLS = (
     "task_id, package_hash, package_id, package_name, command, schedule, credentials, "
-    "run_from, state, first_try, exit_code, message, bytes_multicast, bytes_http, route, runs"
+    "run_from, state, first_try, exit_code, message, bytes_multicast, bytes_http, route, runs, "
+    "download_attempts, next_try"
 )
 
 
@@ -177,11 +214,19 @@ class AgentState:
             self.dir.mkdir(parents=True, exist_ok=True)
             (self.dir / "cache").mkdir(exist_ok=True)
             self._db = open_store(self.dir / DB_NAME, SCHEMA)
-        except (OSError, StorageError) as exc:
+            self._migrate()
+        except (OSError, StorageError, sqlite3.Error) as exc:
             raise StateError(f"cannot use state directory {self.dir}: {exc}") from None
 
     def close(self) -> None:
         self._db.close()
+
+    def _migrate(self) -> None:
+        with self._write() as db:
+            for table, column, definition in MIGRATIONS:
+                have = {str(r[1]) for r in db.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
     def _write(self) -> AbstractContextManager[sqlite3.Connection]:
         return transaction(self._db)
@@ -230,15 +275,45 @@ class AgentState:
         return int(row[0]) if row else 0
 
     def mark_package(
-        self, package_hash: str, name: str, version: int, size: int, *, complete: bool
+        self,
+        package_hash: str,
+        name: str,
+        version: int,
+        size: int,
+        *,
+        complete: bool,
+        session_key: bytes | None = None,
     ) -> None:
+        now = time.time()
+        key = session_key.hex() if session_key else ""
         with self._write() as db:
             db.execute(
-                "INSERT INTO packages (hash, name, version, size, complete, downloads, added) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(hash) DO UPDATE SET "
-                "complete = excluded.complete, downloads = downloads + excluded.downloads",
-                (package_hash, name, version, size, int(complete), int(complete), time.time()),
+                "INSERT INTO packages (hash, name, version, size, complete, downloads, added, "
+                "session_key, used) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(hash) DO "
+                "UPDATE SET complete = excluded.complete, "
+                "downloads = downloads + excluded.downloads, used = excluded.used, "
+                "session_key = iif(excluded.session_key != '', excluded.session_key, session_key)",
+                (package_hash, name, version, size, int(complete), int(complete), now, key, now),
             )
+
+    def touch_package(self, package_hash: str, when: float | None = None) -> None:
+        """Record a use of the package (it ran): the peer cache offers it from then on."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE packages SET used = ? WHERE hash = ?",
+                (time.time() if when is None else when, package_hash),
+            )
+
+    def cache_entries(self) -> list[CacheEntry]:
+        """The complete packages, most recently used first."""
+        rows = self._db.execute(
+            "SELECT hash, size, session_key, used FROM packages WHERE complete = 1 "
+            "ORDER BY used DESC, hash"
+        ).fetchall()
+        return [
+            CacheEntry(str(h), int(n), bytes.fromhex(k) if k else None, float(u))
+            for h, n, k, u in rows
+        ]
 
     def forget_package(self, package_hash: str) -> None:
         with self._write() as db:
@@ -269,7 +344,7 @@ class AgentState:
         with self._write() as db:
             cur = db.execute(
                 f"INSERT OR IGNORE INTO jobs ({_JOB_COLS}, created, updated) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.task_id,
                     job.package_hash,
@@ -287,6 +362,8 @@ class AgentState:
                     0,
                     "",
                     0,
+                    0,
+                    0.0,
                     now,
                     now,
                 ),
@@ -305,9 +382,11 @@ class AgentState:
         event: bool = True,
         route: str | None = None,
         count_run: bool = False,
+        retry_at: float | None = None,
     ) -> Job:
         """Move ``job`` to ``new`` and (unless ``event`` is False) queue its status event,
-        in one transaction. Returns the job as stored."""
+        in one transaction. ``retry_at``: a download attempt failed; count it and do not try
+        again before that time. Returns the job as stored."""
         report = report or Report()
         now = time.time()
         with self._write() as db:
@@ -328,7 +407,9 @@ class AgentState:
                 "ELSE first_try END, "
                 "exit_code = coalesce(?, exit_code), message = ?, "
                 "bytes_multicast = max(bytes_multicast, ?), bytes_http = max(bytes_http, ?), "
-                "route = coalesce(?, route), runs = runs + ? "
+                "route = coalesce(?, route), runs = runs + ?, "
+                "download_attempts = download_attempts + ?, "
+                "next_try = coalesce(?, next_try) "
                 "WHERE task_id = ? AND package_hash = ?",
                 (
                     new.value,
@@ -341,6 +422,8 @@ class AgentState:
                     report.bytes_http,
                     route,
                     int(count_run),
+                    int(retry_at is not None),
+                    retry_at,
                     job.task_id,
                     job.package_hash,
                 ),

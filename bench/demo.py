@@ -115,7 +115,7 @@ class Setup:
     package_size: int
     files: dict[str, str]  # relative path -> sha256 hex
     guids: list[str]
-    session_key_file: Path  # the package's session key, for the session observer
+    session_key_file: Path  # the site's discovery key, for the session observer
 
 
 def _write_random(path: Path, size: int) -> str:
@@ -150,6 +150,8 @@ def prepare(work: Path, agents: int, size: int, subnet: str, fail: int) -> Setup
     try:
         row = repo.add_package(store, src, PACKAGE_NAME).row
         store.add_site("demo-lan", [subnet])
+        # what keys the discovery group the observer listens to: the agents' site's key
+        discovery_key = store.discovery_key("demo-lan")
         store.set_setting("multicastEnabled", "true")
         store.set_setting("minMulticastSize", str(min(1 << 20, row.size)))
         store.set_setting("maxSessionsPerSubnet", "1")
@@ -165,7 +167,7 @@ def prepare(work: Path, agents: int, size: int, subnet: str, fail: int) -> Setup
     finally:
         store.close()
     key_file = work / "session.key"
-    key_file.write_text(row.session_key)
+    key_file.write_text(discovery_key.hex())
     return Setup(
         work, data, data / repo.PUB_NAME, task.task_id, row.hash, row.size, files, guids, key_file
     )

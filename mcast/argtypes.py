@@ -20,7 +20,7 @@ import ipaddress
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -28,6 +28,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from .errors import McastError, StorageError, TrustError, UsageError
 from .scope import SAFE_GROUPS
 from .snapshot import load_trust_key
+
+if TYPE_CHECKING:
+    from .discovery import Rank
 
 
 class Parser(argparse.ArgumentParser):
@@ -110,6 +113,14 @@ def ipv4(text: str) -> str:
         return str(ipaddress.IPv4Address(text.strip()))
     except ValueError:
         bad(f"{text!r} is not an IPv4 address")
+
+
+def interface(text: str) -> str:
+    """An IPv4 interface address, or ``auto`` (the interface that routes to the server,
+    resolved by the command once it knows the server: :func:`mcast.udp.resolve_interface`)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    return ipv4(text)
 
 
 def ip_address(text: str) -> str:
@@ -230,6 +241,18 @@ def schedule(text: str) -> str:
     except (ScheduleError, DocumentError) as exc:
         bad(str(exc))
     return text
+
+
+def rank(text: str) -> Rank:
+    """What this machine weighs in a master election: package-server, wired, laptop or
+    wireless (``mcast.discovery.Rank``)."""
+    from .discovery import Rank  # imported here: only the agent's command line takes a rank
+
+    key = text.strip().upper().replace("-", "_")
+    if key not in Rank.__members__:
+        names = ", ".join(r.name.lower().replace("_", "-") for r in reversed(Rank))
+        bad(f"{text!r} is not a rank ({names})")
+    return Rank[key]
 
 
 # ---------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -66,6 +67,7 @@ from mcast.snapshot import (
     save_private_key,
 )
 from mcast.udp import (
+    AUTO_INTERFACE,
     DEFAULT_GROUP,
     DEFAULT_INTERFACE,
     DEFAULT_PORT,
@@ -74,6 +76,7 @@ from mcast.udp import (
     Endpoint,
     UnsafeAddress,
     check_endpoint,
+    resolve_interface,
 )
 from mcast.units import parse_rate, parse_size
 from mcast.wire import Announce, BadPacket, End, decode_untrusted
@@ -267,9 +270,14 @@ def _hold_arg(p: argparse.ArgumentParser, default: float) -> None:
                    " receivers arriving together start together")  # fmt: skip
 
 
-def _channel_args(p: argparse.ArgumentParser, group: str, port: int) -> None:
-    p.add_argument("--interface", type=argtypes.ipv4, default=DEFAULT_INTERFACE,
-                   help="local IPv4 address multicast is pinned to")  # fmt: skip
+def _channel_args(p: argparse.ArgumentParser, group: str, port: int, *, auto: bool = False) -> None:
+    if auto:
+        p.add_argument("--interface", type=argtypes.interface, default=DEFAULT_INTERFACE,
+                       help="local IPv4 address multicast is pinned to, or 'auto': the one "
+                       "that routes to the first codebase")  # fmt: skip
+    else:
+        p.add_argument("--interface", type=argtypes.ipv4, default=DEFAULT_INTERFACE,
+                       help="local IPv4 address multicast is pinned to")  # fmt: skip
     p.add_argument("--group", type=argtypes.group, default=group,
                    help="multicast group (239.255.0.0/16)")  # fmt: skip
     p.add_argument("--port", type=argtypes.port, default=port)
@@ -278,12 +286,20 @@ def _channel_args(p: argparse.ArgumentParser, group: str, port: int) -> None:
     p.add_argument("--json", action="store_true", help="JSON lines on stdout")
 
 
-def _channel(args: argparse.Namespace) -> Channel:
+def _channel(args: argparse.Namespace, server: str | None = None) -> Channel:
+    """The channel of the arguments; ``--interface auto`` routes to ``server`` (a URL)."""
+    interface = args.interface
     try:
-        check_endpoint(args.group, args.interface)
+        if interface == AUTO_INTERFACE:
+            if server is None:
+                raise UsageError("--interface auto needs a --codebase to route to")
+            url = urlsplit(server)
+            port = url.port or (443 if url.scheme == "https" else 80)
+            interface = resolve_interface(interface, args.group, url.hostname or "", port)
+        check_endpoint(args.group, interface)
     except UnsafeAddress as exc:
         raise NetworkError(str(exc)) from None
-    return Channel(args.group, args.port, args.interface)
+    return Channel(args.group, args.port, interface)
 
 
 def verified_snapshot(snap: Snapshot, public: Ed25519PublicKey | None) -> Snapshot:
@@ -450,7 +466,7 @@ def cmd_fetch(args: argparse.Namespace, out: Output) -> int:
     from mcast.fetch import FetchProgress, FetchSettings, fetch
 
     snap = verified_snapshot(args.snapshot, args.trust_key)
-    ch = _channel(args)
+    ch = _channel(args, (args.codebase or [None])[0])
     settings = FetchSettings(
         multicast_enabled=not args.no_multicast, min_multicast_size=args.min_multicast_size,
         max_sessions_per_subnet=args.max_sessions, multicast_tries=args.tries,
@@ -636,7 +652,7 @@ def build_parser(plugins: dict[str, EntryPoint] | None = None) -> argparse.Argum
                    " 0: no floor")  # fmt: skip
     _hold_arg(p, 2.0)
     _discovery_key_arg(p)
-    _channel_args(p, DISCOVERY_GROUP, DISCOVERY_PORT)
+    _channel_args(p, DISCOVERY_GROUP, DISCOVERY_PORT, auto=True)
     p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("sessions", help="list the multicast sessions live on the subnet")

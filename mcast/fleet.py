@@ -3,7 +3,8 @@
 This module owns what both ends of the HTTP protocol (``server_stub/PROTOCOL.md``) must agree
 on, so that neither keeps its own copy:
 
-- the policy with its tasks (``GetClientPolicies.aspx``): :class:`Policy`, :class:`PolicyTask`;
+- the policy with its tasks and the site's discovery key (``GetClientPolicies.aspx``):
+  :class:`Policy`, :class:`PolicyTask`;
 - the package info (``getPackageInfo.aspx``): :class:`PackageInfo`, :class:`Codebase`;
 - the status event (``PostEvent.aspx``) and its acknowledgement: :class:`StatusEvent`,
   :class:`EventAck`; the error document every refusal carries;
@@ -168,6 +169,10 @@ class AgentSettings:
     speed_test_codebases: bool = True
     max_trying_time_mins: int = 0  # 0 = off, as in the seed
     check_in_interval_mins: int = 60
+    multicast_hold_secs: int = 2  # a new session holds its first data this long (0..60)
+    min_session_kbps: int = 64  # a slower multicast session is left for HTTP; 0 = no floor
+    peer_cache_hours: int = 24  # a package is offered to the subnet this long; 0 = never
+    peer_cache_max_mb: int = 2048  # the peer cache's disk cap (least recently used go first)
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, str]) -> AgentSettings:
@@ -191,6 +196,7 @@ class Setting:
     name: str
     attr: str
     minimum: int | None = None  # an integer setting; None: a boolean
+    maximum: int = MAX_INT  # an integer setting's largest value
     true_text: str = "true"  # how a boolean is written on the wire
     false_text: str = "false"
 
@@ -200,6 +206,8 @@ class Setting:
         value = parse_int(raw.strip(), self.name)
         if value < self.minimum:
             raise DocumentError(f"{self.name} must be at least {self.minimum}, not {value}")
+        if value > self.maximum:
+            raise DocumentError(f"{self.name} must be at most {self.maximum}, not {value}")
         return value
 
     def text(self, value: bool | int) -> str:
@@ -219,6 +227,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SpeedTestCodebases", "speed_test_codebases", true_text="1", false_text="0"),
     Setting("MaxAgentDownloadTryingTimeMins", "max_trying_time_mins", minimum=0),
     Setting("checkInIntervalMins", "check_in_interval_mins", minimum=1),
+    Setting("multicastHoldSecs", "multicast_hold_secs", minimum=0, maximum=60),
+    Setting("minSessionKBps", "min_session_kbps", minimum=0),
+    Setting("peerCacheHours", "peer_cache_hours", minimum=0),
+    Setting("peerCacheMaxMB", "peer_cache_max_mb", minimum=0),
 )
 assert {s.attr for s in SETTINGS} == {f.name for f in fields(AgentSettings)}
 _SETTING_BY_NAME = {s.name: s for s in SETTINGS}
@@ -301,6 +313,9 @@ class Policy:
     guid: str
     settings: AgentSettings
     tasks: tuple[PolicyTask, ...]
+    # the key of the discovery group of the computer's site (``<Multicast discoveryKey>``):
+    # every agent of the site tags and checks announces, solicits and claims with it
+    discovery_key: bytes | None = None
 
 
 def policy_xml(policy: Policy) -> bytes:
@@ -326,7 +341,21 @@ def policy_xml(policy: Policy) -> bytes:
         SubElement(task_el, "Schedule", _attrs("Schedule", when=t.schedule))
         SubElement(task_el, "Credentials", _attrs("Credentials", ref=t.credentials))
         SubElement(task_el, "Execution", _attrs("Execution", runFrom=t.run_from))
+    if policy.discovery_key:
+        SubElement(root, "Multicast", {"discoveryKey": policy.discovery_key.hex()})
     return _xml(root)
+
+
+def _hex_key(root: Element, name: str) -> bytes | None:
+    """The key in attribute ``name`` of ``root``'s ``<Multicast>``, if any."""
+    mc = root.find("Multicast")
+    raw = mc.get(name) if mc is not None else None
+    if not raw:
+        return None
+    try:
+        return bytes.fromhex(raw)
+    except ValueError:
+        raise DocumentError(f"<Multicast> {name} is not hex") from None
 
 
 def _policy_task(t: Element) -> PolicyTask:
@@ -360,7 +389,7 @@ def parse_policy(data: bytes) -> Policy:
     settings = AgentSettings.from_attrs(s.attrib) if s is not None else AgentSettings()
     tasks_el = root.find("Tasks")
     tasks = [_policy_task(t) for t in (tasks_el.findall("Task") if tasks_el is not None else [])]
-    return Policy(root.get("guid") or "", settings, tuple(tasks))
+    return Policy(root.get("guid") or "", settings, tuple(tasks), _hex_key(root, "discoveryKey"))
 
 
 # -- package info ---------------------------------------------------------------------
@@ -428,14 +457,7 @@ def parse_package_info(data: bytes) -> PackageInfo:
         for c in (cbs.findall("Codebase") if cbs is not None else [])
         if (url := c.get("url"))
     )
-    key: bytes | None = None
-    mc = root.find("Multicast")
-    raw_key = mc.get("sessionKey") if mc is not None else None
-    if raw_key:
-        try:
-            key = bytes.fromhex(raw_key)
-        except ValueError:
-            raise DocumentError("<Multicast> sessionKey is not hex") from None
+    key = _hex_key(root, "sessionKey")
     return PackageInfo(
         package_id=(root.get("packageId") or "").lower(),
         name=root.get("name") or "",

@@ -1,6 +1,7 @@
 """UDP multicast sockets under the network safety rules, with Linux GSO send and GRO receive.
 
-Owns: checking that a group and interface are allowed (groups in 239.255.0.0/16, TTL 1 at
+Owns: checking that a group and interface are allowed, and finding the interface that routes
+to a server (``--interface auto``) (groups in 239.255.0.0/16, TTL 1 at
 most, the interface pinned and, unless the operator opts out with MCAST_ALLOW_ANY_INTERFACE=1,
 on loopback or the 198.18.0.0/15 benchmarking range), opening one socket per endpoint bound to
 the group and joined on that interface, and moving batches of datagrams through it: a run of
@@ -63,6 +64,37 @@ def check_endpoint(group: str, interface: str, ttl: int = 1) -> None:
             f"interface {interface} is neither loopback nor a lab address (198.18.0.0/15);"
             " set MCAST_ALLOW_ANY_INTERFACE=1 to use a real LAN interface"
         )
+
+
+def interface_towards(host: str, port: int) -> str:
+    """The IPv4 address of the local interface that routes to ``host:port``. A UDP socket's
+    ``connect()`` only picks the route: no datagram is sent. NetworkError if there is none."""
+    try:
+        addrs = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_DGRAM)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(addrs[0][4])
+            return str(s.getsockname()[0])
+    except (OSError, IndexError) as exc:
+        raise NetworkError(f"no IPv4 route to {host}:{port} to pick an interface: {exc}") from None
+
+
+AUTO_INTERFACE = "auto"  # --interface auto: the interface that routes to the server
+
+
+def resolve_interface(spec: str, group: str, host: str, port: int) -> str:
+    """``spec`` (an IPv4 address, or ``auto``: the interface that routes to ``host:port``,
+    resolved now), checked by :func:`check_endpoint` with ``group``; UnsafeAddress (exit 5)
+    names what ``auto`` found and how to allow a real interface."""
+    if spec != AUTO_INTERFACE:
+        check_endpoint(group, spec)
+        return spec
+    found = interface_towards(host, port)
+    try:
+        check_endpoint(group, found)
+    except UnsafeAddress as exc:
+        found_where = f"--interface auto found {found} (the route to {host}:{port})"
+        raise UnsafeAddress(f"{found_where}: {exc}") from None
+    return found
 
 
 @dataclass

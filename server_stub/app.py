@@ -102,16 +102,22 @@ class Server:
 async def get_client_policies(request: Request) -> Response:
     srv: Server = request.app.state.server
     guid = docs.parse_guid(request.query_params.get("guid"), "guid")
+    raw_ip = request.query_params.get("ip")
+    if not raw_ip:  # an agent that does not say: the address it connected from
+        raw_ip = request.client.host if request.client else "127.0.0.1"
+    ip = docs.parse_ip(raw_ip)
     store = srv.ns()
     if not await srv.db(store.computer_exists, guid):
         return xml_error(404, f"unknown computer {guid}")
+    site = await srv.db(store.site_of, ip)
+    discovery_key = await srv.db(store.discovery_key, site)
     settings = await srv.db(store.settings)
     tasks = await srv.db(store.tasks_for, guid)
     items = [
         docs.policy_task(t, await srv.db(partial(store.latest_package, package_id=t.package_id)))
         for t in tasks
     ]
-    return Response(docs.policy_xml(guid, settings, items), media_type=XML)
+    return Response(docs.policy_xml(guid, settings, items, discovery_key), media_type=XML)
 
 
 def _codebases(

@@ -144,9 +144,14 @@ def agent_settings(stored: Mapping[str, str]) -> AgentSettings:
     return AgentSettings.from_attrs(good)
 
 
-def policy_xml(guid: str, settings: Mapping[str, str], tasks: list[PolicyTask]) -> bytes:
-    """The policy of computer ``guid``; ``settings`` as stored."""
-    return fleet.policy_xml(Policy(guid, agent_settings(settings), tuple(tasks)))
+def policy_xml(
+    guid: str,
+    settings: Mapping[str, str],
+    tasks: list[PolicyTask],
+    discovery_key: bytes | None = None,
+) -> bytes:
+    """The policy of computer ``guid``; ``settings`` as stored, ``discovery_key`` its site's."""
+    return fleet.policy_xml(Policy(guid, agent_settings(settings), tuple(tasks), discovery_key))
 
 
 def package_info_xml(

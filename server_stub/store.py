@@ -1,7 +1,8 @@
 """The embedded store: one SQLite database per data directory.
 
 This module owns the schema and every SQL statement of the server: agent settings, sites and
-their subnets, package servers, packages (one row per signed version), tasks and their target
+their subnets, the discovery key of each site (and one server-wide key for addresses in no
+site), package servers, packages (one row per signed version), tasks and their target
 computers, the status event queue and the task status it is processed into.
 
 Durability rules (``mcast.durable``): the database runs in WAL mode with ``synchronous=FULL``
@@ -14,6 +15,7 @@ threads, the CLI calls it directly.
 from __future__ import annotations
 
 import ipaddress
+import secrets
 import sqlite3
 import threading
 import time
@@ -39,6 +41,10 @@ CREATE TABLE IF NOT EXISTS sites (
 CREATE TABLE IF NOT EXISTS subnets (
     cidr TEXT PRIMARY KEY,
     site TEXT NOT NULL REFERENCES sites(name)
+);
+CREATE TABLE IF NOT EXISTS discovery_keys (
+    site TEXT PRIMARY KEY,
+    key  TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS pkgservers (
     url  TEXT PRIMARY KEY,
@@ -260,6 +266,20 @@ class Store:
             ):
                 best = (net.prefixlen, site)
         return best[1] if best else None
+
+    def discovery_key(self, site: str | None) -> bytes:
+        """The discovery key of ``site`` (None or "": the server-wide key of addresses in no
+        site): 32 random bytes made on first use and stored, so every agent of the site gets
+        the same key for as long as the data directory lives. Separate from every package's
+        session key."""
+        name = site or ""
+        with self._write() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO discovery_keys VALUES (?, ?)",
+                (name, secrets.token_bytes(32).hex()),
+            )
+            (key,) = db.execute("SELECT key FROM discovery_keys WHERE site = ?", (name,)).fetchone()
+        return bytes.fromhex(key)
 
     def add_pkgserver(self, site: str, url: str) -> None:
         with self._write() as db:

@@ -396,9 +396,10 @@ async def test_total_time_and_multicast_prerequisites(ns: NS, url: str, tmp_path
         assert result.retrying == [task] and not result.ok
         job = a.state.job(task, ns.package_hash)
         assert job is not None and job.state is JobState.DOWNLOADING
-        # pretend the agent has been trying for ten minutes
+        assert job.download_attempts == 1 and job.next_try > 0
+        # pretend the agent has been trying for ten minutes, and the back-off has passed
         db = sqlite3.connect(a.state.dir / "agent.sqlite3")
-        db.execute("UPDATE jobs SET first_try = first_try - 600")
+        db.execute("UPDATE jobs SET first_try = first_try - 600, next_try = 0")
         db.commit()
         db.close()
         assert (await a.run_once()).ok

@@ -150,6 +150,7 @@ def agent_config(ns: NS, url: str, guid: str, state: Path, **kw: object) -> Agen
         ip="127.0.0.1",
         retry_base_s=0.05,
         retry_cap_s=0.5,
+        download_retry_base_s=0.05,
         http_timeout_s=5.0,
         **kw,  # type: ignore[arg-type]
     )

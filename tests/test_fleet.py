@@ -61,6 +61,10 @@ settings_st = st.builds(
     speed_test_codebases=st.booleans(),
     max_trying_time_mins=counts,
     check_in_interval_mins=st.integers(1, MAX_INT),
+    multicast_hold_secs=st.integers(0, 60),
+    min_session_kbps=counts,
+    peer_cache_hours=counts,
+    peer_cache_max_mb=counts,
 )
 
 
@@ -82,7 +86,11 @@ def policy_tasks(draw: Any) -> PolicyTask:
 
 
 policies = st.builds(
-    Policy, attr_text, settings_st, st.lists(policy_tasks(), max_size=4).map(tuple)
+    Policy,
+    attr_text,
+    settings_st,
+    st.lists(policy_tasks(), max_size=4).map(tuple),
+    st.none() | st.binary(min_size=1, max_size=64),
 )
 package_infos = st.builds(
     PackageInfo,
@@ -173,6 +181,10 @@ def test_setting_defaults_are_the_wire_defaults() -> None:
         "maxSessionsPerSubnet": "2",
         "minMulticastSize": str(1024 * 1024),
         "multicastEnabled": "true",
+        "multicastHoldSecs": "2",
+        "minSessionKBps": "64",
+        "peerCacheHours": "24",
+        "peerCacheMaxMB": "2048",
     } == SETTING_DEFAULTS
     assert AgentSettings.from_attrs({}) == AgentSettings()
     assert AgentSettings.from_attrs({"unknownFutureSetting": "x"}) == AgentSettings()
@@ -181,7 +193,9 @@ def test_setting_defaults_are_the_wire_defaults() -> None:
 @pytest.mark.parametrize(
     ("name", "raw", "canonical"),
     [("multicastEnabled", "YES", "true"), ("SpeedTestCodebases", "false", "0"),
-     ("minMulticastSize", " 42 ", "42"), ("maxSessionsPerSubnet", "1", "1")],
+     ("minMulticastSize", " 42 ", "42"), ("maxSessionsPerSubnet", "1", "1"),
+     ("multicastHoldSecs", "60", "60"), ("multicastHoldSecs", "0", "0"),
+     ("minSessionKBps", "0", "0"), ("peerCacheHours", "0", "0"), ("peerCacheMaxMB", "10", "10")],
 )  # fmt: skip
 def test_settings_are_normalised(name: str, raw: str, canonical: str) -> None:
     assert fleet.parse_setting(name, raw) == canonical
@@ -191,7 +205,9 @@ def test_settings_are_normalised(name: str, raw: str, canonical: str) -> None:
     ("name", "raw"),
     [("noSuchSetting", "1"), ("multicastEnabled", "maybe"), ("minMulticastSize", "-1"),
      ("minMulticastSize", "1.5"), ("minMulticastSize", "9" * 30), ("maxSessionsPerSubnet", "0"),
-     ("checkInIntervalMins", "0"), ("checkInIntervalMins", "")],
+     ("checkInIntervalMins", "0"), ("checkInIntervalMins", ""), ("multicastHoldSecs", "61"),
+     ("multicastHoldSecs", "-1"), ("minSessionKBps", "-1"), ("minSessionKBps", "fast"),
+     ("peerCacheHours", "1.5"), ("peerCacheMaxMB", "-5")],
 )  # fmt: skip
 def test_bad_settings_are_refused(name: str, raw: str) -> None:
     with pytest.raises(DocumentError):
@@ -256,7 +272,7 @@ def _sample_docs() -> list[tuple[Any, bytes]]:
     task = PolicyTask("t", "p", "App", "ab" * 32, 10, 2, "run.cmd", "asap", "system", "agent")
     info = PackageInfo("p", "App", 2, "cd" * 32, 10, 4, "", "http://ns/s", (), b"k")
     return [
-        (fleet.parse_policy, fleet.policy_xml(Policy("g", AgentSettings(), (task,)))),
+        (fleet.parse_policy, fleet.policy_xml(Policy("g", AgentSettings(), (task,), b"d" * 32))),
         (fleet.parse_package_info, fleet.package_info_xml(info)),
         (fleet.parse_event, fleet.event_xml(_event("hello"))),
         (fleet.parse_ack, fleet.event_ack_xml(EventAck("e", True))),
@@ -279,6 +295,8 @@ def test_every_prefix_and_trailing_junk_is_refused(parse: Any, doc: bytes) -> No
         b'<!DOCTYPE x [<!ENTITY a "b">]><ClientPolicies>&a;</ClientPolicies>',
         b'<ClientPolicies><AgentSettings minMulticastSize="x"/></ClientPolicies>',
         b'<ClientPolicies><AgentSettings maxSessionsPerSubnet="0"/></ClientPolicies>',
+        b'<ClientPolicies><AgentSettings multicastHoldSecs="600"/></ClientPolicies>',
+        b'<ClientPolicies><Multicast discoveryKey="not hex"/></ClientPolicies>',
         b'<ClientPolicies><Tasks><Task id="t"/></Tasks></ClientPolicies>',
         b'<ClientPolicies><Tasks><Task id="t" packageId="p" packageHash="zz"/></Tasks>'
         b"</ClientPolicies>",
