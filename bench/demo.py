@@ -47,19 +47,21 @@ complete copy, i.e. served from a peer's cache), ``cache`` (it already had the p
 ``verified``, ``exit_code``, ``agent_rc``, ``killed``, ``server_status``,
 ``server_exit_code``, ``server_bytes_multicast``, ``server_bytes_http``, ``cache`` (what its
 peer cache did: solicits, sessions served, claims lost, failures), ``ok``, ``problem``,
-``download_note``, ``output``, ``errors``. Totals: ``mode``, ``agents``, ``package_size``,
-``package_hash``, ``bytes_http_total``, ``bytes_multicast_total``, ``http_ratio`` and
-``wan_copies`` (both bytes_http_total / package_size: how many copies crossed the WAN),
+``download_note``, ``output``, ``errors``. Totals: ``event`` (``summary``), ``mode``,
+``agents``, ``package_size``, ``package_hash``, ``bytes_http_total``,
+``bytes_multicast_total``, ``http_ratio`` and ``wan_copies`` (both bytes_http_total /
+package_size: how many copies crossed the WAN),
 ``sessions`` (the distinct session ids heard announcing data on the agents' discovery group by
 an ``mcast sessions --json`` observer the demo runs beside the server; ``session_ids`` lists
 them, ``claims_only`` counts claims that never sent), ``cache_sessions`` (those whose claim
 said it held a complete copy: a peer cache), ``cache_sessions_served`` (the sessions the
 agents' peer caches say they served), ``masters`` (the agents whose route says they led a
 session), ``spread_s``, ``wan_rate_bps``, ``kill_master_at``, ``killed`` (indexes of agents
-the demo killed), ``kill`` (null, or the victim's ``agent``, ``session``, ``sent`` and
-``master_verified`` fractions at the kill, ``missed`` when the master finished first),
-``takeover_s`` (from the kill to the first announce of another session sending, heard by the
-observer; null without a kill or a takeover), ``failed`` (indexes of agents not ok, killed
+the demo killed), ``kill`` (null without ``--kill-master-at``; else the victim's ``agent``
+and ``session``, the ``sent`` and ``master_verified`` fractions at the kill, and ``missed``:
+why no master was killed, or empty), ``takeover_s`` (from the kill to the first announce,
+its claim, of a session first heard after the kill that went on to send; null without a
+kill or a takeover), ``failed`` (indexes of agents not ok, killed
 ones apart), ``wall_s`` (from the first release to the last agent's exit), ``all_ok``,
 ``server_url``, ``workdir``. ``verified`` is the demo's own re-hash of each agent's cached
 files.
