@@ -2,44 +2,83 @@
 
 One run, everything it starts removed at the end (also on failure, Ctrl-C and SIGTERM):
 
-1. a temp dir (``mcast-demo-<pid>-*``, kept only with ``--keep``) holding a Notification
+1. a temp dir (``mcast-demo-<pid>-*``, kept only with ``--keep``, which also leaves there the
+   JSON lines the demo read from the observer and each agent, ``*.jsonl``) holding a Notification
    Server data dir made with the server stub's Python API: a generated package (a random
    ``payload.bin`` of ``--size`` bytes and an ``install.py`` that re-hashes the payload, writes
    a marker and prints a line, so the command's exit code is real), a site owning the agents'
    subnet, Agent Settings that allow multicast (``minMulticastSize`` at most the package size,
    ``maxSessionsPerSubnet`` 1) and one task targeting N fresh computer GUIDs;
-2. ``mcast-ns serve`` as a child process, its URL read from its first line;
-3. N agents (``mcast-agent --server URL --guid G --state DIR --trust-key PUB --once --json``,
-   each its own process, with this run's own discovery channel so that no other run's sessions
-   count against the subnet's limit). Each agent first imports everything and says ``ready``;
-   the demo then releases all of them at the same moment, so they meet in one multicast
-   session: one master downloads over HTTP and multicasts, the others join it. Beside the
-   server, ``mcast sessions --json`` listens to that discovery channel from before the release
-   to the end: the sessions the demo reports are the ones it heard;
-4. live progress from the agents' JSON lines (a table redrawn in place on a terminal), then a
-   table per agent: route, bytes by multicast and by HTTP, payload verified (the demo re-hashes
-   the agent's cached files itself), exit code of the command, and the status the SERVER
-   recorded for that computer (read from its store once its event queue is drained).
+2. the WAN: unless ``--wan-rate 0``, a package server (:mod:`bench.http_serve`, all its
+   bodies together capped at ``--wan-rate``, default 20mbit) registered as the site's package
+   server, so every HTTP byte of the package crosses one link slower than the LAN, as it does
+   at a branch office; with ``--wan-rate 0`` the Notification Server serves the package;
+3. ``mcast-ns serve`` as a child process, its URL read from its first line;
+4. N agents (:mod:`bench.demo_agent`: ``mcast-agent --server URL --guid G --state DIR
+   --trust-key PUB --once --json``, each its own process, with this run's own discovery
+   channel so that no other run's sessions count against the subnet's limit). Each agent first
+   imports everything and says ``ready``; the demo then releases them: all at the same moment
+   (``--spread 0``, the default), so they meet in one multicast session (one master downloads
+   over HTTP and multicasts, the others join it), or ``--spread SECONDS`` apart. An agent that
+   has its package serves it from its cache (:mod:`mcast.peer_cache`) until the demo ends, so
+   a later agent joins a session fed from a peer's disk instead of crossing the WAN again.
+   Beside the server, ``mcast sessions --json`` listens to the discovery channel from before
+   the first release to the end: the sessions the demo reports are the ones it heard;
+5. with ``--kill-master-at FRACTION``: the first agent whose progress says it is a session's
+   master is SIGKILLed once that session has sent FRACTION of the package (the most any of its
+   receivers has verified, or the session's announced progress, whichever is more); a
+   receiver takes over and the others finish;
+6. live progress from the agents' JSON lines (a table redrawn in place on a terminal), then a
+   table per agent: route, where its copy came from, bytes by multicast and by HTTP, payload
+   verified (the demo re-hashes the agent's cached files itself), exit code of the command,
+   and the status the SERVER recorded for that computer (read from its store once its event
+   queue is drained).
 
-``--json`` prints one JSON object (the summary) as the last line of stdout: per agent its
-route (master/joined/http/cached), bytes by multicast and HTTP, verified, exit code and the
-server's recorded status (with the server's byte counts); totals ``package_size``,
-``bytes_http_total``, ``http_ratio`` (= bytes_http_total / package_size), ``sessions`` (the
-distinct session ids heard announcing data on the agents' discovery group by an
-``mcast sessions --json`` observer the demo runs beside the server; ``session_ids`` lists
-them, ``claims_only`` counts claims that never sent), ``masters`` (the agents whose route
-says they started one), ``wall_s`` (from the release of the agents to the last one's exit)
-and ``all_ok``. ``verified`` is the demo's own re-hash of each agent's cached files.
-Exit 0 only if every agent verified the package, ran the command
-with exit 0 and the server recorded ``succeeded`` for it; 1 otherwise; 2 for bad arguments or
-a missing prerequisite (``--lab`` without root); 130 when interrupted.
+``--json`` prints one JSON object (the summary) as the last line of stdout. Per agent
+(``per_agent``): ``index``, ``guid``, ``addr``, ``released_s`` (its release, from the
+first), ``done_s`` (the agent's exit, from the first release; null if it never got there),
+``route`` (master/joined/http/cached, as the agent reported it), ``session`` (the session it
+joined or led, as its fetch reported it), ``served_from`` (derived, never assumed: ``http``
+(route http), ``master`` (it fetched over HTTP and served a session), ``session`` (it joined
+a session an HTTP master led), ``peer-cache`` (it joined a session the demo heard claimed by a
+complete copy, i.e. served from a peer's cache), ``cache`` (it already had the package),
+``unknown`` (it joined a session the demo never heard), null for a killed agent),
+``bytes_multicast``, ``bytes_http`` (for a killed agent, the last its progress showed),
+``verified``, ``exit_code``, ``agent_rc``, ``killed``, ``server_status``,
+``server_exit_code``, ``server_bytes_multicast``, ``server_bytes_http``, ``cache`` (what its
+peer cache did: solicits, sessions served, claims lost, failures), ``ok``, ``problem``,
+``download_note``, ``output``, ``errors``. Totals: ``event`` (``summary``), ``mode``,
+``agents``, ``package_size``, ``package_hash``, ``bytes_http_total``,
+``bytes_multicast_total``, ``http_ratio`` and ``wan_copies`` (both bytes_http_total /
+package_size: how many copies crossed the WAN),
+``sessions`` (the distinct session ids heard announcing data on the agents' discovery group by
+an ``mcast sessions --json`` observer the demo runs beside the server; ``session_ids`` lists
+them, ``claims_only`` counts claims that never sent), ``cache_sessions`` (those whose claim
+said it held a complete copy: a peer cache), ``cache_sessions_served`` (the sessions the
+agents' peer caches say they served), ``masters`` (the agents whose route says they led a
+session), ``spread_s``, ``wan_rate_bps``, ``kill_master_at``, ``killed`` (indexes of agents
+the demo killed), ``kill`` (null without ``--kill-master-at``; else the victim's ``agent``
+and ``session``, the ``sent`` and ``master_verified`` fractions at the kill, and ``missed``:
+why no master was killed, or empty), ``takeover_s`` (from the kill to the first announce,
+its claim, of a session first heard after the kill that went on to send; null without a
+kill or a takeover), ``failed`` (indexes of agents not ok, killed
+ones apart), ``wall_s`` (from the first release to the last agent's exit), ``all_ok``,
+``server_url``, ``workdir``. ``verified`` is the demo's own re-hash of each agent's cached
+files.
+
+Exit 0 only if every agent not killed on purpose verified the package, ran the command with
+exit 0 and the server recorded ``succeeded`` for it (and a requested kill happened); 1
+otherwise; 2 for bad arguments or a missing prerequisite (``--lab`` without root); 130 when
+interrupted.
 
 ``--lab`` runs the same on the namespace lab of :mod:`bench.labnet` (100 Mbit/s links): the
-server in ``h0`` (198.18.0.1), agent i in host ``hi`` with that host's address as its multicast
-interface, the site owning 198.18.0.0/24. Nothing else leaves loopback or the lab.
+server and the WAN package server in ``h0`` (198.18.0.1), agent i in host ``hi`` with that
+host's address as its multicast interface, the site owning 198.18.0.0/24. Nothing else leaves
+loopback or the lab.
 
     python -m mcast.cli demo [--agents 4] [--size 16M] [--json] [--keep] [--timeout 120]
-                             [--fail-agents K] [--lab [--rate 100mbit]]
+                             [--spread SECONDS] [--kill-master-at FRACTION]
+                             [--wan-rate 20mbit] [--fail-agents K] [--lab [--rate 100mbit]]
 """
 
 from __future__ import annotations
@@ -116,6 +155,7 @@ class Setup:
     files: dict[str, str]  # relative path -> sha256 hex
     guids: list[str]
     session_key_file: Path  # the site's discovery key, for the session observer
+    www: Path  # the WAN package server's root: pkg/<hash>/content
 
 
 def _write_random(path: Path, size: int) -> str:
@@ -168,9 +208,35 @@ def prepare(work: Path, agents: int, size: int, subnet: str, fail: int) -> Setup
         store.close()
     key_file = work / "session.key"
     key_file.write_text(discovery_key.hex())
+    www = work / "www"
+    content = www / "pkg" / row.hash / "content"  # the package's files end to end
+    content.parent.mkdir(parents=True)
+    with open(content, "wb") as out:
+        for f in repo.load_snapshot(data, row.hash).files:
+            out.write((src / f.path).read_bytes())
     return Setup(
-        work, data, data / repo.PUB_NAME, task.task_id, row.hash, row.size, files, guids, key_file
-    )
+        work, data, data / repo.PUB_NAME, task.task_id, row.hash, row.size, files, guids,
+        key_file, www,
+    )  # fmt: skip
+
+
+def start_wan(net: Net, setup: Setup, rate_bps: int) -> str:
+    """The site's package server behind a ``rate_bps`` link; returns its URL, registered."""
+    from server_stub.store import Store
+
+    argv = [PY, "-m", "bench.http_serve", "--root", str(setup.www), "--bind", net.addr(0),
+            "--port", "0", "--rate", str(rate_bps)]  # fmt: skip
+    wan = net.spawn(0, argv)
+    ready = wan.wait_json(lambda o: o.get("event") == "ready", 30)
+    if ready is None:
+        raise LabError(f"the WAN package server did not start: {wan.describe()}")
+    url = f"http://{net.addr(0)}:{ready[1]['port']}/"
+    store = Store(setup.data)
+    try:
+        store.add_pkgserver("demo-lan", url)
+    finally:
+        store.close()
+    return url
 
 
 def wait_url(proc: Proc, timeout: float) -> str:
@@ -267,7 +333,8 @@ class OnLab:
 
 @dataclass
 class AgentView:
-    """One agent as seen from its JSON lines."""
+    """One agent as seen from its JSON lines (those of ``mcast-agent --json`` and those
+    :mod:`bench.demo_agent` adds: ready, fetched, serving-cache, agent-exit, cache)."""
 
     index: int
     guid: str
@@ -276,28 +343,34 @@ class AgentView:
     proc: Proc | None = None
     seen: int = 0
     ready: bool = False
+    released: float | None = None  # time.monotonic() of its "go"
     phase: str = "starting"
     state: str = ""
     verified_bytes: int = 0
     total: int = 0
     route: str = ""
+    session: str | None = None  # the session its fetch says it joined or led
     bytes_multicast: int = 0
     bytes_http: int = 0
     exit_code: int | None = None
+    agent_rc: int | None = None  # from its "agent-exit" line: the agent is done
+    exited: float | None = None  # time.monotonic() of that line
+    cache: dict[str, Any] | None = None  # what its peer cache did, from its last line
     download_note: str = ""  # the agent's "downloaded via ..." message
     output: str = ""  # the tail of the command's output, or why it failed
     errors: list[str] = field(default_factory=list)
     timed_out: bool = False
+    killed: bool = False
 
     def update(self) -> None:
         if self.proc is None:
             return
         new = self.proc.json_lines(self.seen)
         self.seen += len(new)
-        for _t, ev in new:
-            self._apply(ev)
+        for t, ev in new:
+            self._apply(t, ev)
 
-    def _apply(self, ev: dict[str, Any]) -> None:
+    def _apply(self, t: float, ev: dict[str, Any]) -> None:
         kind = ev.get("event")
         if kind == "ready":
             self.ready = True
@@ -307,6 +380,8 @@ class AgentView:
             self.verified_bytes = max(self.verified_bytes, int(ev.get("verified") or 0))
             self.bytes_multicast = int(ev.get("multicast") or 0)
             self.bytes_http = int(ev.get("http") or 0)
+        elif kind == "fetched":
+            self.session = ev.get("session")
         elif kind == "job":
             self.state = str(ev.get("state", ""))
             self.phase = self.state
@@ -324,14 +399,27 @@ class AgentView:
                 self.output = str(ev.get("message", ""))
         elif kind in ("retry", "dropped"):
             self.errors.append(str(ev.get("error") or ev.get("reason") or ev))
+        elif kind == "agent-exit":
+            self.agent_rc, self.exited = int(ev.get("rc", -1)), t
+            self.phase = self.state or "exited"
+        elif kind == "cache":
+            self.cache = {k: ev.get(k) for k in ("solicits", "sessions", "claims_lost",
+                                                 "failures", "error")}  # fmt: skip
 
     @property
     def finished(self) -> bool:
-        return self.proc is not None and self.proc.finished
+        """The agent is done (it may still serve its cache), or its process ended."""
+        return self.agent_rc is not None or (self.proc is not None and self.proc.finished)
 
     @property
     def rc(self) -> int | None:
+        if self.agent_rc is not None:
+            return self.agent_rc
         return None if self.proc is None else self.proc.popen.poll()
+
+    @property
+    def fraction(self) -> float:
+        return self.verified_bytes / self.total if self.total else 0.0
 
 
 def agent_argv(v: AgentView, url: str, setup: Setup, discovery: str) -> list[str]:
@@ -383,15 +471,18 @@ def final_table(summary: dict[str, Any]) -> Any:
         title=f"mcast demo ({summary['mode']}): {summary['agents']} agents, "
         f"{_mib(summary['package_size'])} MiB package: {ok}"
     )
-    cols = ("agent", "route", "MiB mcast", "MiB http", "verified", "exit", "server", "ok")
+    cols = ("agent", "route", "from", "MiB mcast", "MiB http", "verified", "exit", "server", "ok")
     for col in cols:
         table.add_column(col, no_wrap=col != "ok")
     for a in summary["per_agent"]:
         exit_code = "" if a["exit_code"] is None else str(a["exit_code"])
+        ok = "ok" if a["ok"] else f"FAILED: {a['problem']}"
+        if a["killed"]:
+            ok = "killed on purpose"
         table.add_row(
-            f"{a['index']} {a['guid'][:8]}", a["route"] or "-", _mib(a["bytes_multicast"]),
-            _mib(a["bytes_http"]), "yes" if a["verified"] else "NO", exit_code,
-            a["server_status"], "ok" if a["ok"] else f"FAILED: {a['problem']}",
+            f"{a['index']} {a['guid'][:8]}", a["route"] or "-", a["served_from"] or "-",
+            _mib(a["bytes_multicast"]), _mib(a["bytes_http"]), "yes" if a["verified"] else "NO",
+            exit_code, a["server_status"], ok,
         )  # fmt: skip
     return table
 
@@ -434,29 +525,138 @@ def start_observer(net: Net, setup: Setup, group: str, port: int) -> Proc:
     return observer
 
 
-def sessions_heard(observer: Proc) -> dict[str, Any]:
-    """Distinct session ids announced on the discovery group: those that sent data, and the
-    claims (a would-be master's announce before it sends) that never became a session."""
-    sending, claimed = set(), set()
-    for _t, ev in observer.json_lines(0):
-        if ev.get("event") == "announce":
-            (claimed if ev.get("claiming") else sending).add(str(ev.get("session")))
-    return {"sessions": len(sending), "session_ids": sorted(sending),
-            "claims_only": len(claimed - sending)}  # fmt: skip
+@dataclass
+class SessionSeen:
+    """One session id as the observer heard it announce."""
+
+    first_t: float  # time.monotonic() (of this process) of its first announce, claim or not
+    cache: bool  # its claim (or first announce) said it held a complete copy: a peer cache
+    first_send_t: float | None = None  # its first announce as a sending session
+    progress: int = 0  # the most of its first pass it announced sent, in %
+
+
+def observed(observer: Proc) -> dict[str, SessionSeen]:
+    """Every session id the observer heard, in the order first heard."""
+    seen: dict[str, SessionSeen] = {}
+    for t, ev in observer.json_lines(0):
+        if ev.get("event") != "announce":
+            continue
+        sid = str(ev.get("session"))
+        ss = seen.get(sid)
+        if ss is None:
+            ss = seen[sid] = SessionSeen(t, bool(ev.get("complete")))
+        if ev.get("claiming"):
+            ss.cache = ss.cache or bool(ev.get("complete"))
+        else:
+            if ss.first_send_t is None:
+                ss.first_send_t = t
+            ss.progress = max(ss.progress, int(ev.get("progress") or 0))
+    return seen
+
+
+def sessions_heard(seen: dict[str, SessionSeen]) -> dict[str, Any]:
+    """Distinct session ids announced on the discovery group: those that sent data, the claims
+    (a would-be master's announce before it sends) that never became a session, and the
+    sessions whose claim said they held a complete copy (served from a peer's cache)."""
+    sending = sorted(sid for sid, ss in seen.items() if ss.first_send_t is not None)
+    return {"sessions": len(sending), "session_ids": sending,
+            "claims_only": len(seen) - len(sending),
+            "cache_sessions": sum(1 for sid in sending if seen[sid].cache)}  # fmt: skip
+
+
+def served_from(v: AgentView, seen: dict[str, SessionSeen]) -> str | None:
+    """Where the agent's copy came from, from its route, the session its fetch named and what
+    the observer heard of that session; None for an agent the demo killed."""
+    if v.killed:
+        return None
+    if v.route in ("http", "master"):
+        return v.route
+    if v.route == "cached":
+        return "cache"
+    if v.route == "joined" and v.session in seen:
+        return "peer-cache" if seen[v.session].cache else "session"
+    return "unknown"
+
+
+@dataclass
+class Kill:
+    """``--kill-master-at``: SIGKILL the first master once its session has sent ``at``."""
+
+    at: float
+    victim: AgentView | None = None
+    t: float | None = None  # time.monotonic() of the kill
+    session: str | None = None  # the victim's session: the first heard sending
+    sent: float = 0.0
+    master_verified: float = 0.0
+    missed: str = ""
+
+    def step(self, views: list[AgentView], observer: Proc) -> None:
+        if self.t is not None or self.missed:
+            return
+        if self.victim is None:  # the first agent whose progress says it leads a session
+            self.victim = next((v for v in views if v.phase == "master"), None)
+            if self.victim is None:
+                return
+        v = self.victim
+        if v.finished:
+            self.missed = (f"agent {v.index}, the first master, finished before its session "
+                           f"had sent {self.at:g} of the package")  # fmt: skip
+            return
+        sending = [(ss.first_send_t, sid, ss) for sid, ss in observed(observer).items()
+                   if ss.first_send_t is not None]  # fmt: skip
+        announced = min(sending)[2].progress / 100 if sending else 0.0
+        received = max((w.fraction for w in views if w is not v and w.phase == "multicast"),
+                       default=0.0)  # fmt: skip
+        sent = max(announced, received)
+        if sent < self.at or v.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(v.proc.pid, signal.SIGKILL)  # no END, no status: a machine that died
+        self.t = time.monotonic()
+        v.killed, v.phase = True, "killed"
+        self.session = min(sending)[1] if sending else None
+        self.sent, self.master_verified = round(sent, 4), round(v.fraction, 4)
+
+    def report(self, seen: dict[str, SessionSeen]) -> tuple[dict[str, Any], float | None]:
+        """The kill as the summary shows it, and the takeover time: from the kill to the first
+        announce (its claim) of a session first heard after the kill that went on to send."""
+        if self.t is None:
+            why = self.missed or "no agent became a session's master"
+            return {"agent": None, "missed": why}, None
+        assert self.victim is not None
+        after = [ss.first_t for sid, ss in seen.items()
+                 if sid != self.session and ss.first_t > self.t and ss.first_send_t is not None]
+        takeover = round(min(after) - self.t, 3) if after else None
+        return {"agent": self.victim.index, "session": self.session, "sent": self.sent,
+                "master_verified": self.master_verified, "missed": ""}, takeover  # fmt: skip
+
+
+@dataclass
+class Run:
+    """What :func:`run_agents` measured."""
+
+    wall: float
+    seen: dict[str, SessionSeen]
+    released: dict[int, float]  # agent index -> seconds after the first release
+    done: dict[int, float]  # agent index -> its exit, in seconds after the first release
+    kill: dict[str, Any] | None = None
+    takeover_s: float | None = None
 
 
 def run_agents(
-    net: Net, setup: Setup, views: list[AgentView], url: str, timeout: float, live: Any
-) -> tuple[float, dict[str, Any]]:
-    """Start every agent, release them together, follow them to the end, listening to the
-    discovery group all along; returns the wall time and the sessions heard."""
+    net: Net, setup: Setup, views: list[AgentView], url: str, args: argparse.Namespace,
+    live: Any,
+) -> Run:
+    """Start every agent, release them (together or ``--spread`` apart), kill the first
+    master if asked, follow them to the end while listening to the discovery group, then tell
+    them to stop serving their caches."""
     group = f"{DISCOVERY_GROUP_PREFIX}{random.randint(1, 254)}"
     port = random.randint(47100, 47999)
     discovery = f"{group}:{port}"
     observer = start_observer(net, setup, group, port)
     for v in views:
         v.proc = net.spawn(v.index, agent_argv(v, url, setup, discovery))
-    deadline = time.monotonic() + max(60.0, timeout)
+    deadline = time.monotonic() + max(60.0, args.timeout)
     while not all(v.ready for v in views):  # imports done everywhere
         for v in views:
             v.update()
@@ -467,38 +667,67 @@ def run_agents(
         if time.monotonic() > deadline:
             raise LabError("agents did not get ready in time")
         time.sleep(0.05)
+    kill = Kill(args.kill_master_at) if args.kill_master_at is not None else None
     t0 = time.monotonic()
-    for v in views:
-        if v.proc is not None:
-            v.proc.send("go\n")
-            v.phase = "checking in"
-    deadline = t0 + timeout
+    deadline = t0 + args.spread * (len(views) - 1) + args.timeout
+    t_last = t0
     while True:
+        now = time.monotonic()
         for v in views:
+            if v.released is None and now >= t0 + args.spread * (v.index - 1):
+                if v.proc is not None:
+                    v.proc.send("go\n")
+                v.released, v.phase = now, "checking in"
             v.update()
+        if kill is not None:
+            kill.step(views, observer)
         if live is not None:
-            live.update(
-                live_table(views, f"mcast demo: {len(views)} agents, {time.monotonic() - t0:.1f} s")
-            )
-        if all(v.finished for v in views):
+            live.update(live_table(views, f"mcast demo: {len(views)} agents, {now - t0:.1f} s"))
+        if all(v.finished or v.killed for v in views):
+            t_last = now
             break
-        if time.monotonic() > deadline:
+        if now > deadline:
             for v in views:
-                if not v.finished and v.proc is not None:
+                if not v.finished and not v.killed and v.proc is not None:
                     v.timed_out = True
                     v.proc.kill()
+            t_last = now
             break
-        time.sleep(0.1)
-    for v in views:
-        v.update()
-    wall = time.monotonic() - t0
+        time.sleep(0.05)
+    stop_agents(views)
+    seen = observed(observer)
     observer.kill()
-    return wall, sessions_heard(observer)
+    if args.keep:  # what the demo heard and read, for a look afterwards
+        for name, proc in [("observer", observer)] + [(f"agent-{v.index}", v.proc) for v in views]:
+            if proc is not None:
+                with open(setup.work / f"{name}.jsonl", "w") as out:
+                    for t, ev in proc.json_lines(0):
+                        out.write(json.dumps({"t_demo": round(t - t0, 3), **ev}) + "\n")
+    run = Run(t_last - t0, seen, {v.index: round((v.released or t0) - t0, 3) for v in views},
+              {v.index: round(v.exited - t0, 3) for v in views if v.exited is not None})
+    if kill is not None:
+        run.kill, run.takeover_s = kill.report(seen)
+    return run
+
+
+def stop_agents(views: list[AgentView], timeout: float = 15.0) -> None:
+    """Tell every agent still serving its cache to stop, and wait for its last lines."""
+    for v in views:
+        if v.proc is not None and v.proc.popen.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                v.proc.send("stop\n")
+    deadline = time.monotonic() + timeout
+    for v in views:
+        if v.proc is None:
+            continue
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            v.proc.wait(max(0.1, deadline - time.monotonic()))
+        v.update()
 
 
 def summarize(
-    mode: str, setup: Setup, views: list[AgentView], status: dict[str, Any], wall: float,
-    heard: dict[str, Any],
+    args: argparse.Namespace, setup: Setup, views: list[AgentView], status: dict[str, Any],
+    run: Run,
 ) -> dict[str, Any]:
     per: list[dict[str, Any]] = []
     for v in views:
@@ -507,45 +736,65 @@ def summarize(
         verified = cache_verified(v, setup)
         ran = (v.state_dir / MARKER).is_file()
         problems = []
-        if v.timed_out:
-            problems.append("timed out")
-        if not verified:
-            problems.append("package not verified")
-        if v.exit_code != 0:
-            problems.append(f"command exit {v.exit_code}")
-        elif not ran:
-            problems.append("command left no marker")
-        if server != "succeeded":
-            problems.append(f"server recorded {server}")
-        if v.rc != 0:
-            problems.append(f"agent exit {v.rc}")
+        if v.killed:
+            problems.append("killed by the demo (--kill-master-at)")
+        else:
+            if v.timed_out:
+                problems.append("timed out")
+            if not verified:
+                problems.append("package not verified")
+            if v.exit_code != 0:
+                problems.append(f"command exit {v.exit_code}")
+            elif not ran:
+                problems.append("command left no marker")
+            if server != "succeeded":
+                problems.append(f"server recorded {server}")
+            if v.rc != 0:
+                problems.append(f"agent exit {v.rc}")
         per.append({
-            "index": v.index, "guid": v.guid, "addr": v.addr, "route": v.route,
+            "index": v.index, "guid": v.guid, "addr": v.addr,
+            "released_s": run.released.get(v.index), "done_s": run.done.get(v.index),
+            "route": v.route, "session": v.session,
+            "served_from": served_from(v, run.seen),
             "bytes_multicast": v.bytes_multicast, "bytes_http": v.bytes_http,
             "verified": verified, "exit_code": v.exit_code, "agent_rc": v.rc,
-            "server_status": server,
+            "killed": v.killed, "server_status": server,
             "server_exit_code": row.exit_code if row is not None else None,
             "server_bytes_multicast": row.bytes_multicast if row is not None else None,
             "server_bytes_http": row.bytes_http if row is not None else None,
+            "cache": v.cache,
             "ok": not problems, "problem": "; ".join(problems),
             "download_note": v.download_note, "output": v.output.strip()[-300:],
             "errors": v.errors[-3:],
         })  # fmt: skip
-    http_total = sum(a["bytes_http"] for a in per)
+    http_total = sum(a["bytes_http"] for a in per)  # a killed agent's too: it crossed the WAN
     masters = [a["index"] for a in per if a["route"] == "master"]
+    killed = [a["index"] for a in per if a["killed"]]
+    failed = [a["index"] for a in per if not a["ok"] and not a["killed"]]
+    kill_ok = run.kill is None or not run.kill.get("missed")
+    wan_copies = round(http_total / setup.package_size, 4)
     return {
         "event": "summary",
-        "mode": mode,
+        "mode": "lab" if args.lab else "loopback",
         "agents": len(views),
         "package_size": setup.package_size,
         "package_hash": setup.package_hash,
         "bytes_http_total": http_total,
         "bytes_multicast_total": sum(a["bytes_multicast"] for a in per),
-        "http_ratio": round(http_total / setup.package_size, 4),
-        **heard,  # sessions: distinct session ids heard announcing on the discovery group
+        "http_ratio": wan_copies,
+        "wan_copies": wan_copies,  # how many copies of the package crossed the WAN
+        **sessions_heard(run.seen),  # sessions: distinct ids heard announcing data
+        "cache_sessions_served": sum(int((a["cache"] or {}).get("sessions") or 0) for a in per),
         "masters": masters,  # agents whose route says they started a session
-        "wall_s": round(wall, 3),
-        "all_ok": bool(per) and all(a["ok"] for a in per),
+        "spread_s": args.spread,
+        "wan_rate_bps": args.wan_rate,
+        "kill_master_at": args.kill_master_at,
+        "killed": killed,
+        "kill": run.kill,
+        "takeover_s": run.takeover_s,
+        "failed": failed,
+        "wall_s": round(run.wall, 3),
+        "all_ok": len(killed) < len(per) and not failed and kill_ok,
         "per_agent": per,
     }
 
@@ -565,6 +814,8 @@ def run_demo(args: argparse.Namespace, live_ok: bool) -> dict[str, Any]:
         setup = prepare(work, args.agents, args.size, net.subnet, args.fail_agents)
         server_argv = [PY, "-m", "server_stub.cli", "serve", "--data", str(setup.data),
                        "--bind", f"{net.addr(0)}:0"]  # fmt: skip
+        if args.wan_rate:
+            start_wan(net, setup, args.wan_rate)
         server = net.spawn(0, server_argv)
         url = wait_url(server, 30)
         views = [
@@ -579,9 +830,9 @@ def run_demo(args: argparse.Namespace, live_ok: bool) -> dict[str, Any]:
                 live_table(views, "mcast demo: starting"), refresh_per_second=8, transient=True
             )
         with live_cm as live:
-            wall, heard = run_agents(net, setup, views, url, args.timeout, live)
+            run = run_agents(net, setup, views, url, args, live)
         status = server_status(setup.data, setup.task_id, setup.guids)
-        summary = summarize("lab" if args.lab else "loopback", setup, views, status, wall, heard)
+        summary = summarize(args, setup, views, status, run)
         summary["server_url"] = url
         summary["workdir"] = str(work) if args.keep else None
         return summary
@@ -617,6 +868,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="make the command exit 3 on the first K agents (a failure demo)",
     )
+    p.add_argument("--spread", type=float, default=0.0, metavar="SECONDS",
+                   help="release the agents this many seconds apart (default 0: together)")
+    p.add_argument("--kill-master-at", type=float, metavar="FRACTION",
+                   help="SIGKILL the first master once its session has sent this fraction "
+                   "of the package (0 < FRACTION < 1); a receiver takes over")
+    p.add_argument("--wan-rate", type=parse_rate, default="20mbit",
+                   help="the link to the site's package server (default 20mbit; 0 = the "
+                   "Notification Server serves the package, not shaped)")
     p.add_argument("--lab", action="store_true", help="on the namespace lab (root)")
     p.add_argument("--rate", type=parse_rate, default="100mbit",
                    help="lab link rate (default 100mbit; 0 = not shaped)")
@@ -637,6 +896,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--fail-agents must be 0..--agents")
     if args.timeout <= 0:
         parser.error("--timeout must be positive")
+    if not 0 <= args.spread <= 3600:  # (also refuses nan)
+        parser.error("--spread must be 0..3600 seconds")
+    if args.kill_master_at is not None:
+        if not 0 < args.kill_master_at < 1:
+            parser.error("--kill-master-at must be a fraction between 0 and 1 (exclusive)")
+        if args.agents < 2:
+            parser.error("--kill-master-at needs --agents 2 or more (a receiver takes over)")
     return args
 
 
@@ -653,7 +919,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
     from rich.console import Console
 
-    console = Console(width=None if sys.stdout.isatty() else 120)
+    console = Console(width=None if sys.stdout.isatty() else 160)
     live_ok = not args.json and sys.stdout.isatty()
     try:
         with _signals():
@@ -678,10 +944,22 @@ def main(argv: list[str] | None = None) -> int:
     else:
         console.print(final_table(summary))
         console.print(
-            f"HTTP bytes {summary['bytes_http_total']:,} = {summary['http_ratio']:.2f} x the "
-            f"package; multicast sessions: {summary['sessions']}; {summary['wall_s']:.1f} s",
+            f"HTTP bytes {summary['bytes_http_total']:,}: {summary['wan_copies']:.2f} copies of "
+            f"the package crossed the WAN; multicast sessions: {summary['sessions']} "
+            f"({summary['cache_sessions']} from a peer's cache); {summary['wall_s']:.1f} s",
             highlight=False,
         )
+        kill = summary["kill"]
+        if kill is not None:
+            if kill["agent"] is None:
+                console.print(f"no master was killed: {kill['missed']}", highlight=False)
+            else:
+                took = summary["takeover_s"]
+                console.print(
+                    f"agent {kill['agent']} (master) killed at {kill['sent']:.0%} sent; "
+                    + (f"a new session announced {took:.2f} s later" if took is not None
+                       else "no new session was heard"), highlight=False,
+                )  # fmt: skip
         if summary["workdir"]:
             console.print(f"kept {summary['workdir']}")
     return EXIT_OK if summary["all_ok"] else EXIT_FAILED

@@ -6,7 +6,11 @@ never held in memory. One thread per connection (stdlib ``ThreadingHTTPServer``)
 what a plain package server does. On start it prints one JSON line
 ``{"event": "ready", "host": ..., "port": ...}`` so the lab knows when to start clients.
 
-    python -m bench.http_serve --root DIR --bind 198.18.0.1 --port 8080
+``--rate`` caps the bytes of all bodies together (one token bucket shared by every
+connection) to stand in for a WAN link between the agents and their package server
+(``mcast demo``); without it, bodies go out with ``sendfile`` as fast as the link allows.
+
+    python -m bench.http_serve --root DIR --bind 198.18.0.1 --port 8080 [--rate 20mbit]
 """
 
 from __future__ import annotations
@@ -18,12 +22,37 @@ import posixpath
 import re
 import signal
 import sys
+import threading
+import time
 import urllib.parse
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import BinaryIO
+
+from mcast.units import parse_rate
 
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_CHUNK = 16 * 1024  # what a throttled body is sent in
+
+
+class Throttle:
+    """One token bucket for every connection of the server: ``take(n)`` returns once ``n``
+    more bytes fit under ``rate_bps`` (bits per second), with a burst of one chunk."""
+
+    def __init__(self, rate_bps: int) -> None:
+        self.bytes_per_s = rate_bps / 8
+        self._lock = threading.Lock()
+        self._next = time.monotonic()  # when the link is free again
+
+    def take(self, n: int) -> None:
+        with self._lock:
+            now = time.monotonic()
+            start = max(now - _CHUNK / self.bytes_per_s, self._next)
+            self._next = start + n / self.bytes_per_s
+            wait = self._next - now
+        if wait > 0:
+            time.sleep(wait)
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
@@ -49,6 +78,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "mcast-lab-http/1"
     root: Path = Path(".")
+    throttle: Throttle | None = None
 
     def log_message(self, format: str, *args: object) -> None:  # quiet: the lab measures
         pass
@@ -97,13 +127,29 @@ class Handler(BaseHTTPRequestHandler):
         if body and length > 0:
             with open(full, "rb") as f:
                 try:
-                    self.connection.sendfile(f, offset=start, count=length)
+                    if self.throttle is None:
+                        self.connection.sendfile(f, offset=start, count=length)
+                    else:
+                        self._send_throttled(f, start, length, self.throttle)
                 except (BrokenPipeError, ConnectionResetError):
                     self.close_connection = True
 
+    def _send_throttled(self, f: BinaryIO, start: int, length: int, throttle: Throttle) -> None:
+        f.seek(start)
+        while length > 0:
+            chunk = f.read(min(_CHUNK, length))
+            if not chunk:
+                break
+            throttle.take(len(chunk))
+            self.connection.sendall(chunk)
+            length -= len(chunk)
 
-def make_server(root: str | os.PathLike[str], bind: str, port: int) -> ThreadingHTTPServer:
-    handler = type("BoundHandler", (Handler,), {"root": Path(root).resolve()})
+
+def make_server(
+    root: str | os.PathLike[str], bind: str, port: int, rate_bps: int = 0
+) -> ThreadingHTTPServer:
+    throttle = Throttle(rate_bps) if rate_bps > 0 else None
+    handler = type("BoundHandler", (Handler,), {"root": Path(root).resolve(), "throttle": throttle})
     server = ThreadingHTTPServer((bind, port), handler)
     server.daemon_threads = True
     return server
@@ -114,8 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", required=True)
     ap.add_argument("--bind", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8080)
+    ap.add_argument("--rate", type=parse_rate, default=0,
+                    help="cap on all bodies together, e.g. 20mbit (default 0: no cap)")
     args = ap.parse_args(argv)
-    server = make_server(args.root, args.bind, args.port)
+    server = make_server(args.root, args.bind, args.port, args.rate)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     host, port = server.server_address[:2]
     print(json.dumps({"event": "ready", "host": host, "port": port}), flush=True)

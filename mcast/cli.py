@@ -559,7 +559,8 @@ def cmd_sessions(args: argparse.Namespace, out: Output) -> int:
             out.event("announce", t=round(time.monotonic(), 4), session=f"{msg.session:016x}",
                       hash=msg.package_hash.hex(), group=msg.group, port=msg.port,
                       claiming=msg.claiming, progress=msg.progress_pct, receivers=msg.receivers,
-                      rate_bps=msg.rate_bps)  # fmt: skip
+                      rate_bps=msg.rate_bps, complete=msg.complete,
+                      verified_units=msg.verified_units)  # fmt: skip
         elif isinstance(msg, End):
             table.ended(msg.session)
             out.event("end", t=round(time.monotonic(), 4), session=f"{msg.session:016x}",

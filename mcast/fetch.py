@@ -99,6 +99,7 @@ class FetchResult:
     codebase: str | None  # the codebase HTTP bytes came from, if any
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # why multicast was skipped or failed
+    session_id: int | None = None  # the session the package was completed in (joined or led)
 
 
 class FetchError(McastError):
@@ -243,7 +244,8 @@ class _Reporter:
         self._emit(self.phase, 0)
 
     def http_bytes(self, so_far: int) -> None:
-        self._emit("http", so_far)
+        # a master's HTTP download is its session's source: it stays in the "master" phase
+        self._emit("master" if self.phase == "master" else "http", so_far)
 
     def _emit(self, phase: str, http_so_far: int) -> None:
         if self.progress is not None:
@@ -302,7 +304,7 @@ async def _multicast(
             )  # fmt: skip
             result.bytes_multicast += got.bytes_received
             if got.complete:
-                result.route = Route.JOINED
+                result.route, result.session_id = Route.JOINED, a.session
                 return
             result.notes.append(f"session {a.session:x} failed: {got.reason}")
             disc.table.ended(a.session)
@@ -333,6 +335,7 @@ async def _master(
     hold: float,
 ) -> None:
     result.sessions_tried += 1
+    result.session_id = sid
     report.phase = "master"
     await _serve_as_master(snapshot, part, codebases, s, sid, result, report, hold)
     result.route = Route.MASTER

@@ -118,6 +118,9 @@ async def test_three_agents_asking_at_once_share_one_session(tmp_path: Path, cod
     routes = sorted(r.route.value for r in results.values())
     assert routes == ["joined", "joined", "master"], [r.notes for r in results.values()]
     assert sum(r.bytes_http for r in results.values()) == snap.total_size  # one HTTP copy
+    # each names the session it completed in: the master's, the one the watcher heard send
+    sent = {sid for _, sid, claiming in seen if claiming is False}
+    assert {r.session_id for r in results.values()} == sent and len(sent) == 1, sent
     for i, r in results.items():
         assert r.complete
         assert content_of(tmp_path / f"a{i}", snap) == content_of(src, snap)
