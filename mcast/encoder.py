@@ -53,12 +53,14 @@ class BlockEncoder:
         self._fresh = None
 
     def repair(self, b: int, seq: int) -> bytes:
-        parity = self.parity(b)
         kind, index = self.geometry.repair_symbol(b, seq)
         if kind == "parity":
-            return parity[index]
-        # the parity ran out for this block: cycle through the source shards
-        return fec.pad(self.source_shards(b)[index], self.geometry.packet_size)
+            return self.parity(b)[index]
+        # the parity ran out for this block: cycle through the source shards, reading only
+        # the one shard (a late joiner may need every one of a block's k: reading the whole
+        # block for each would read it k times)
+        offset, length = self.geometry.shard_span(b, index)
+        return fec.pad(self._source.read(offset, length), self.geometry.packet_size)
 
     def source_shards(self, b: int) -> list[bytes]:
         g = self.geometry

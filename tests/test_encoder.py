@@ -65,3 +65,27 @@ def test_parity_is_encoded_once_per_block_while_it_stays_in_the_cache():
     assert enc.encodes == 3
     enc.repair(0, 1)
     assert enc.encodes == 4
+
+
+class ByteCountingSource(BytesSource):
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.bytes_read = 0
+
+    def read(self, offset: int, length: int) -> bytes:
+        self.bytes_read += length
+        return super().read(offset, length)
+
+
+def test_repairs_of_source_shards_read_each_shard_once_not_the_whole_block_each_time():
+    """A late joiner can need all k source shards of a block after its parity ran out: the
+    sender must not read the block k times over (it did: 1.6 MB/s of repairs on loopback)."""
+    src = ByteCountingSource(DATA)
+    enc = BlockEncoder(src, GEOM, cache_blocks=2)
+    b = 0
+    r, k = GEOM.parity_count(b), GEOM.k(b)
+    sources = [enc.repair(b, seq) for seq in range(r, r + k)]  # the source half of the cycle
+    assert sources == [fec.pad(s, GEOM.packet_size) for s in BlockEncoder(
+        BytesSource(DATA), GEOM, cache_blocks=2).source_shards(b)]  # fmt: skip
+    block_bytes = sum(GEOM.unit_len(u) for u in GEOM.block_units(b))
+    assert src.bytes_read <= block_bytes  # each shard once; before: k whole blocks
