@@ -1,12 +1,13 @@
 """UDP multicast sockets under the network safety rules, with Linux GSO send and GRO receive.
 
-Owns: checking that a group and interface are allowed, and finding the interface that routes
-to a server (``--interface auto``) (groups in 239.255.0.0/16, TTL 1 at
-most, the interface pinned and, unless the operator opts out with MCAST_ALLOW_ANY_INTERFACE=1,
-on loopback or the 198.18.0.0/15 benchmarking range), opening one socket per endpoint bound to
-the group and joined on that interface, and moving batches of datagrams through it: a run of
-equal-sized datagrams leaves in one ``sendmsg`` with UDP_SEGMENT, and a GRO-coalesced read is
-split back into datagrams. Where the kernel lacks either, plain one-datagram calls are used.
+Owns: checking that a group and interface are allowed (the scope of :mod:`mcast.scope`:
+groups in 239.255.0.0/16, TTL 1 at most, the interface pinned and, unless the operator opts
+out with MCAST_ALLOW_ANY_INTERFACE=1, on loopback or the 198.18.0.0/15 benchmarking range);
+finding the interface that routes to a server (``--interface auto``: a UDP ``connect()``,
+which sends nothing); opening one socket per endpoint bound to the group and joined on that
+interface; and moving batches of datagrams through it: a run of equal-sized datagrams leaves
+in one ``sendmsg`` with UDP_SEGMENT, and a GRO-coalesced read is split back into datagrams.
+Where the kernel lacks either, plain one-datagram calls are used.
 """
 
 from __future__ import annotations
