@@ -1,1 +1,2 @@
-"""Benchmarks: virtual-time simulator, namespace lab, peer comparisons. Each prints JSON."""
+"""Benchmarks and the demo: virtual-time simulator, namespace lab, core speed, status queue,
+``mcast demo``. Each benchmark prints JSON. The engine never imports this package."""
