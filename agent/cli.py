@@ -11,17 +11,22 @@
 Without ``--once`` it checks in on the policy's interval (or ``--interval``) until SIGINT or
 SIGTERM, and serves its peer cache (packages it holds, to agents of its subnet that ask) all
 along. ``--once --serve-cache-for SECONDS`` serves the peer cache during the run and that long
-after it. ``--once``: one check-in, run what is due, flush the outbox, then exit 0 if the
-check-in worked, no task failed and every status event was acknowledged, else 1. Every
-argument is checked when given, and every expected failure is one line on stderr with the
-exit code of :mod:`mcast.errors`: 2 a bad argument, 3 a trust key that is not a key, 4 a
-file or state directory that cannot be used (a missing trust key), 5 an interface the
-network safety rules refuse (``--interface auto`` is the IPv4 address of the interface that
-routes to the server, found once at start-up by a UDP ``connect()`` that sends nothing, and
-checked by the same rules). ``--rank`` is what this machine weighs when the agents of a
-subnet elect a multicast session's master. ``--json`` prints one JSON object per line on stdout for
-everything the agent does; otherwise a short human line each. ``--fetcher`` picks the
-download function (default ``mcast.fetch:fetch``; ``agent.httpfetch:fetch`` is HTTP only).
+after it (or until SIGINT or SIGTERM; its exit code is still the run's); once the run is done
+it says so with a ``peer-cache`` event, ``action="serving-for"``, whose ``rc`` is that code.
+Whenever the peer cache served, its last event is ``peer-cache`` with ``action="stopped"`` and
+what it did: ``solicits``, ``sessions`` (served), ``claims_lost``, ``failures``, ``error``
+(empty unless the agent ended on an exception). ``--once``: one check-in, run what is due,
+flush the outbox, then exit 0 if the check-in worked, no task failed and every status event was
+acknowledged, else 1. Every argument is checked when given, and every expected failure is one
+line on stderr with the exit code of :mod:`mcast.errors`: 2 a bad argument, 3 a trust key that
+is not a key, 4 a file or state directory that cannot be used (a missing trust key), 5 an
+interface the network safety rules refuse (``--interface auto`` is the IPv4 address of the
+interface that routes to the server, found once at start-up by a UDP ``connect()`` that sends
+nothing, and checked by the same rules). ``--rank`` is what this machine weighs when the agents
+of a subnet elect a multicast session's master. ``--json`` prints one JSON object per line on
+stdout for everything the agent does (a ``job`` event for a finished download also names the
+multicast ``session`` it joined or led); otherwise a short human line each. ``--fetcher`` picks
+the download function (default ``mcast.fetch:fetch``; ``agent.httpfetch:fetch`` is HTTP only).
 """
 
 from __future__ import annotations
@@ -164,26 +169,37 @@ async def _main(agent: Agent, once: bool, serve_for: float | None) -> int:
         result = await agent.run_once()
         return 0 if result.ok else 1
     code = 0
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(agent.cache.serve)
-            if once:
-                assert serve_for is not None
+    error = ""
+    try:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(agent.cache.serve)
+                if once:
+                    assert serve_for is not None
 
-                async def once_then_serve() -> None:
-                    nonlocal code
-                    result = await agent.run_once()
-                    code = 0 if result.ok else 1
-                    agent.emit("peer-cache", action="serving-for", seconds=serve_for)
-                    await trio.sleep(serve_for)
+                    async def once_then_serve() -> None:
+                        nonlocal code
+                        result = await agent.run_once()
+                        code = 0 if result.ok else 1
+                        # the run is over (rc is the exit code it decided); the cache goes on
+                        agent.emit("peer-cache", action="serving-for", seconds=serve_for, rc=code)
+                        await trio.sleep(serve_for)
+                        nursery.cancel_scope.cancel()
+
+                    nursery.start_soon(once_then_serve)
+                else:
+                    nursery.start_soon(agent.run_forever)
+                async for _ in signals:
                     nursery.cancel_scope.cancel()
-
-                nursery.start_soon(once_then_serve)
-            else:
-                nursery.start_soon(agent.run_forever)
-            async for _ in signals:
-                nursery.cancel_scope.cancel()
-                break
+                    break
+    except BaseException as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        # what the peer cache did over this life of the agent, whichever way it ends
+        st = agent.cache.stats
+        agent.emit("peer-cache", action="stopped", solicits=st.solicits, sessions=st.sessions,
+                   claims_lost=st.claims_lost, failures=st.failures, error=error)  # fmt: skip
     return code
 
 

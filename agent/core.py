@@ -410,8 +410,13 @@ class Agent:
             return job, time.time()
         return await self._run(job), None
 
-    def _move(self, job: Job, new: JobState, report: Report, **kw: Any) -> Job:
+    def _move(
+        self, job: Job, new: JobState, report: Report, *, session: str | None = None, **kw: Any
+    ) -> Job:
+        """Record a transition and report it; ``session`` (the multicast session a download
+        joined or led, as 16 hex digits) goes into the event only, when there is one."""
         job = self.state.transition(job, new, report, **kw)
+        extra = {} if session is None else {"session": session}
         self._emit(
             "job",
             task=job.task_id,
@@ -421,6 +426,7 @@ class Agent:
             bytes_multicast=report.bytes_multicast,
             bytes_http=report.bytes_http,
             route=kw.get("route"),
+            **extra,
         )
         return job
 
@@ -577,6 +583,7 @@ class Agent:
                 bytes_multicast=result.bytes_multicast, bytes_http=result.bytes_http, message=msg
             ),
             route=result.route.value,
+            session=None if result.session_id is None else f"{result.session_id:016x}",
         ), None
 
     # -- steps 7-9: run and report -------------------------------------------------------

@@ -15,13 +15,14 @@ One run, everything it starts removed at the end (also on failure, Ctrl-C and SI
    at a branch office; with ``--wan-rate 0`` the Notification Server serves the package;
 3. ``mcast-ns serve`` as a child process, its URL read from its first line;
 4. N agents (:mod:`bench.demo_agent`: ``mcast-agent --server URL --guid G --state DIR
-   --trust-key PUB --once --json``, each its own process, with this run's own discovery
-   channel so that no other run's sessions count against the subnet's limit). Each agent first
-   imports everything and says ``ready``; the demo then releases them: all at the same moment
-   (``--spread 0``, the default), so they meet in one multicast session (one master downloads
-   over HTTP and multicasts, the others join it), or ``--spread SECONDS`` apart. An agent that
-   has its package serves it from its cache (:mod:`mcast.peer_cache`) until the demo ends, so
-   a later agent joins a session fed from a peer's disk instead of crossing the WAN again.
+   --trust-key PUB --once --serve-cache-for SECONDS --json``, each its own process, with this
+   run's own discovery channel so that no other run's sessions count against the subnet's
+   limit). Each agent first imports everything and says ``ready``; the demo then releases
+   them: all at the same moment (``--spread 0``, the default), so they meet in one multicast
+   session (one master downloads over HTTP and multicasts, the others join it), or ``--spread
+   SECONDS`` apart. Each agent serves its own peer cache (:mod:`agent.cache`) after its run
+   until the demo ends it with SIGTERM, so a later agent joins a session fed from a peer's disk
+   instead of crossing the WAN again.
    Beside the server, ``mcast sessions --json`` listens to the discovery channel from before
    the first release to the end: the sessions the demo reports are the ones it heard;
 5. with ``--kill-master-at FRACTION``: the first agent whose progress says it is a session's
@@ -35,36 +36,35 @@ One run, everything it starts removed at the end (also on failure, Ctrl-C and SI
    queue is drained).
 
 ``--json`` prints one JSON object (the summary) as the last line of stdout. Per agent
-(``per_agent``): ``index``, ``guid``, ``addr``, ``released_s`` (its release, from the
-first), ``done_s`` (the agent's exit, from the first release; null if it never got there),
+(``per_agent``): ``index``, ``guid``, ``addr``, ``released_s`` (its release, from the first),
+``done_s`` (the end of the agent's run, from the first release; null if it never got there),
 ``route`` (master/joined/http/cached, as the agent reported it), ``session`` (the session it
-joined or led, as its fetch reported it), ``served_from`` (derived, never assumed: ``http``
-(route http), ``master`` (it fetched over HTTP and served a session), ``session`` (it joined
-a session an HTTP master led), ``peer-cache`` (it joined a session the demo heard claimed by a
-complete copy, i.e. served from a peer's cache), ``cache`` (it already had the package),
-``unknown`` (it joined a session the demo never heard), null for a killed agent),
-``bytes_multicast``, ``bytes_http`` (for a killed agent, the last its progress showed),
-``verified``, ``exit_code``, ``agent_rc``, ``killed``, ``server_status``,
-``server_exit_code``, ``server_bytes_multicast``, ``server_bytes_http``, ``cache`` (what its
-peer cache did: solicits, sessions served, claims lost, failures), ``ok``, ``problem``,
-``download_note``, ``output``, ``errors``. Totals: ``event`` (``summary``), ``mode``,
-``agents``, ``package_size``, ``package_hash``, ``bytes_http_total``,
-``bytes_multicast_total``, ``http_ratio`` and ``wan_copies`` (both bytes_http_total /
-package_size: how many copies crossed the WAN),
-``sessions`` (the distinct session ids heard announcing data on the agents' discovery group by
-an ``mcast sessions --json`` observer the demo runs beside the server; ``session_ids`` lists
-them, ``claims_only`` counts claims that never sent), ``cache_sessions`` (those whose claim
-said it held a complete copy: a peer cache), ``cache_sessions_served`` (the sessions the
-agents' peer caches say they served), ``masters`` (the agents whose route says they led a
-session), ``spread_s``, ``wan_rate_bps``, ``kill_master_at``, ``killed`` (indexes of agents
-the demo killed), ``kill`` (null without ``--kill-master-at``; else the victim's ``agent``
-and ``session``, the ``sent`` and ``master_verified`` fractions at the kill, and ``missed``:
-why no master was killed, or empty), ``takeover_s`` (from the kill to the first announce,
-its claim, of a session first heard after the kill that went on to send; null without a
-kill or a takeover), ``failed`` (indexes of agents not ok, killed
-ones apart), ``wall_s`` (from the first release to the last agent's exit), ``all_ok``,
-``server_url``, ``workdir``. ``verified`` is the demo's own re-hash of each agent's cached
-files.
+joined or led, as the agent reported it with its download), ``served_from`` (derived, never
+assumed: ``http`` (route http), ``master`` (it fetched over HTTP and served a session),
+``session`` (it joined a session an HTTP master led), ``peer-cache`` (it joined a session the
+demo heard claimed by a complete copy, i.e. served from a peer's cache), ``cache`` (it already
+had the package), ``unknown`` (it joined a session the demo never heard), null for a killed
+agent), ``bytes_multicast``, ``bytes_http`` (for a killed agent, the last its progress showed),
+``verified``, ``exit_code``, ``agent_rc``, ``killed``, ``server_status``, ``server_exit_code``,
+``server_bytes_multicast``, ``server_bytes_http``, ``cache`` (what its peer cache did, as the
+agent reported it when it stopped: solicits, sessions served, claims lost, failures, error;
+null if it never said), ``ok``, ``problem``, ``download_note``, ``output``, ``errors``. Totals:
+``event`` (``summary``), ``mode``, ``agents``, ``package_size``, ``package_hash``,
+``bytes_http_total``, ``bytes_multicast_total``, ``http_ratio`` and ``wan_copies`` (both
+bytes_http_total / package_size: how many copies crossed the WAN), ``sessions`` (the distinct
+session ids heard announcing data on the agents' discovery group by an ``mcast sessions
+--json`` observer the demo runs beside the server; ``session_ids`` lists them, ``claims_only``
+counts claims that never sent), ``cache_sessions`` (those whose claim said it held a complete
+copy: a peer cache), ``cache_sessions_served`` (the sessions the agents' peer caches say they
+served), ``masters`` (the agents whose route says they led a session), ``spread_s``,
+``wan_rate_bps``, ``kill_master_at``, ``killed`` (indexes of agents the demo killed), ``kill``
+(null without ``--kill-master-at``; else the victim's ``agent`` and ``session``, the ``sent``
+and ``master_verified`` fractions at the kill, and ``missed``: why no master was killed, or
+empty), ``takeover_s`` (from the kill to the first announce, its claim, of a session first
+heard after the kill that went on to send; null without a kill or a takeover), ``failed``
+(indexes of agents not ok, killed ones apart), ``wall_s`` (from the first release to the end of
+the last agent's run), ``all_ok``, ``server_url``, ``workdir``. ``verified`` is the demo's own
+re-hash of each agent's cached files.
 
 Exit 0 only if every agent not killed on purpose verified the package, ran the command with
 exit 0 and the server recorded ``succeeded`` for it (and a requested kill happened); 1
@@ -333,8 +333,8 @@ class OnLab:
 
 @dataclass
 class AgentView:
-    """One agent as seen from its JSON lines (those of ``mcast-agent --json`` and those
-    :mod:`bench.demo_agent` adds: ready, fetched, serving-cache, agent-exit, cache)."""
+    """One agent as seen from its JSON lines: those of ``mcast-agent --json`` and the
+    ``ready`` that :mod:`bench.demo_agent` prints before it is released."""
 
     index: int
     guid: str
@@ -349,13 +349,13 @@ class AgentView:
     verified_bytes: int = 0
     total: int = 0
     route: str = ""
-    session: str | None = None  # the session its fetch says it joined or led
+    session: str | None = None  # the session its download says it joined or led
     bytes_multicast: int = 0
     bytes_http: int = 0
     exit_code: int | None = None
-    agent_rc: int | None = None  # from its "agent-exit" line: the agent is done
-    exited: float | None = None  # time.monotonic() of that line
-    cache: dict[str, Any] | None = None  # what its peer cache did, from its last line
+    agent_rc: int | None = None  # its run's exit code ("serving-for"), then its process's
+    exited: float | None = None  # time.monotonic() of "serving-for": its run is done
+    cache: dict[str, Any] | None = None  # what its peer cache did, from its "stopped" line
     download_note: str = ""  # the agent's "downloaded via ..." message
     output: str = ""  # the tail of the command's output, or why it failed
     errors: list[str] = field(default_factory=list)
@@ -380,12 +380,11 @@ class AgentView:
             self.verified_bytes = max(self.verified_bytes, int(ev.get("verified") or 0))
             self.bytes_multicast = int(ev.get("multicast") or 0)
             self.bytes_http = int(ev.get("http") or 0)
-        elif kind == "fetched":
-            self.session = ev.get("session")
         elif kind == "job":
             self.state = str(ev.get("state", ""))
             self.phase = self.state
             if self.state == "downloaded":
+                self.session = ev.get("session")
                 self.route = str(ev.get("route") or "")
                 if not self.route:  # an agent without the route field: read the message
                     msg = str(ev.get("message", ""))  # "downloaded via ROUTE (notes)"
@@ -399,34 +398,38 @@ class AgentView:
                 self.output = str(ev.get("message", ""))
         elif kind in ("retry", "dropped"):
             self.errors.append(str(ev.get("error") or ev.get("reason") or ev))
-        elif kind == "agent-exit":
-            self.agent_rc, self.exited = int(ev.get("rc", -1)), t
+        elif kind == "peer-cache" and ev.get("action") == "serving-for":
+            self.agent_rc, self.exited = int(ev.get("rc", -1)), t  # its run is done
             self.phase = self.state or "exited"
-        elif kind == "cache":
+        elif kind == "peer-cache" and ev.get("action") == "stopped":
             self.cache = {k: ev.get(k) for k in ("solicits", "sessions", "claims_lost",
-                                                 "failures", "error")}  # fmt: skip
+                                                 "failures")}  # fmt: skip
+            self.cache["error"] = str(ev.get("error") or "")
 
     @property
     def finished(self) -> bool:
-        """The agent is done (it may still serve its cache), or its process ended."""
+        """The agent's run is done (it may still serve its cache), or its process ended."""
         return self.agent_rc is not None or (self.proc is not None and self.proc.finished)
 
     @property
     def rc(self) -> int | None:
-        if self.agent_rc is not None:
-            return self.agent_rc
-        return None if self.proc is None else self.proc.popen.poll()
+        """The agent's exit code: its process's once it exited, else what its run said."""
+        polled = None if self.proc is None else self.proc.popen.poll()
+        return polled if polled is not None else self.agent_rc
 
     @property
     def fraction(self) -> float:
         return self.verified_bytes / self.total if self.total else 0.0
 
 
-def agent_argv(v: AgentView, url: str, setup: Setup, discovery: str) -> list[str]:
+def agent_argv(v: AgentView, url: str, setup: Setup, discovery: str, serve_for: float) -> list[str]:
+    """The agent serves its peer cache for ``serve_for`` seconds after its run: longer than
+    the demo lasts (it ends the agent with SIGTERM), a bound if the demo itself is killed."""
     args = [
         "--server", url, "--guid", v.guid, "--state", str(v.state_dir),
-        "--trust-key", str(setup.pub), "--once", "--json", "--ip", v.addr,
-        "--interface", v.addr, "--discovery", discovery, "--command-timeout", "60",
+        "--trust-key", str(setup.pub), "--once", "--serve-cache-for", f"{serve_for:g}",
+        "--json", "--ip", v.addr, "--interface", v.addr, "--discovery", discovery,
+        "--command-timeout", "60",
     ]  # fmt: skip
     return [PY, "-m", "bench.demo_agent", str(v.state_dir / MARKER), *args]
 
@@ -648,14 +651,15 @@ def run_agents(
     live: Any,
 ) -> Run:
     """Start every agent, release them (together or ``--spread`` apart), kill the first
-    master if asked, follow them to the end while listening to the discovery group, then tell
-    them to stop serving their caches."""
+    master if asked, follow them to the end while listening to the discovery group, then stop
+    the agents serving their caches (SIGTERM)."""
     group = f"{DISCOVERY_GROUP_PREFIX}{random.randint(1, 254)}"
     port = random.randint(47100, 47999)
     discovery = f"{group}:{port}"
     observer = start_observer(net, setup, group, port)
+    serve_for = args.spread * (len(views) - 1) + args.timeout + 120
     for v in views:
-        v.proc = net.spawn(v.index, agent_argv(v, url, setup, discovery))
+        v.proc = net.spawn(v.index, agent_argv(v, url, setup, discovery, serve_for))
     deadline = time.monotonic() + max(60.0, args.timeout)
     while not all(v.ready for v in views):  # imports done everywhere
         for v in views:
@@ -711,11 +715,12 @@ def run_agents(
 
 
 def stop_agents(views: list[AgentView], timeout: float = 15.0) -> None:
-    """Tell every agent still serving its cache to stop, and wait for its last lines."""
+    """SIGTERM every agent still running (serving its cache, or one the demo let go before it
+    was released), and wait for its last lines: its peer cache's stats and its exit code."""
     for v in views:
         if v.proc is not None and v.proc.popen.poll() is None:
-            with contextlib.suppress(OSError, ValueError):
-                v.proc.send("stop\n")
+            with contextlib.suppress(ProcessLookupError):
+                v.proc.popen.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + timeout
     for v in views:
         if v.proc is None:
@@ -751,6 +756,8 @@ def summarize(
                 problems.append(f"server recorded {server}")
             if v.rc != 0:
                 problems.append(f"agent exit {v.rc}")
+            if v.proc is not None and v.proc.popen.poll() is None:
+                problems.append("agent still running after SIGTERM")
         per.append({
             "index": v.index, "guid": v.guid, "addr": v.addr,
             "released_s": run.released.get(v.index), "done_s": run.done.get(v.index),

@@ -54,6 +54,10 @@ async def test_once_json(ns: NS, url: str, tmp_path: Path) -> None:
     lines = [json.loads(x) for x in proc.stdout.decode().splitlines()]
     states = [e["state"] for e in lines if e["event"] == "job"]
     assert states == ["received", "downloading", "downloaded", "scheduled", "running", "succeeded"]
+    (downloaded,) = [e for e in lines if e["event"] == "job" and e["state"] == "downloaded"]
+    assert downloaded["route"] == "http" and "session" not in downloaded  # no session: none
+    # without --serve-cache-for the peer cache never ran: it has nothing to say
+    assert not [e for e in lines if e["event"] == "peer-cache"]
     assert sum(1 for e in lines if e["event"] == "posted") == 6
     assert len(ns.runs(guid)) == 1
     await ns.processed()

@@ -179,7 +179,8 @@ async def test_once_with_serve_cache_for_keeps_serving_after_its_run(
     ns: NS, url: str, tmp_path: Path
 ) -> None:
     """``mcast-agent --once --serve-cache-for S`` (as the demo runs agents): it downloads and
-    runs the package, says it keeps serving, and a later agent gets the package from it."""
+    runs the package, says it keeps serving (with its run's exit code), a later agent gets the
+    package from it, and on SIGTERM it says what its cache served and exits with that code."""
     root = ROOT
     task = ns.add_task()
     port = random.randint(47100, 47999)
@@ -204,6 +205,12 @@ async def test_once_with_serve_cache_for_keeps_serving_after_its_run(
                 *lines, buf = buf.split(b"\n")
                 events += [json.loads(x) for x in lines if x.strip()]
         assert any(e.get("action") == "serving" for e in events)
+        (done,) = [e for e in events if e.get("action") == "serving-for"]
+        assert done["rc"] == 0 and done["seconds"] == 60
+        (downloaded,) = [e for e in events if e["event"] == "job" and e["state"] == "downloaded"]
+        # the session its download led, named as the discovery group announces it
+        assert downloaded["route"] == "master", downloaded
+        assert len(downloaded["session"]) == 16 and int(downloaded["session"], 16) > 0
         assert len(ns.runs(first)) == 1
         _codebases_unreachable(ns)
         rec = RecordingFetch()
@@ -215,6 +222,12 @@ async def test_once_with_serve_cache_for_keeps_serving_after_its_run(
         proc.send_signal(signal.SIGTERM)
         with trio.fail_after(20):
             assert await proc.wait() == 0  # its own run succeeded
+            while chunk := await proc.stdout.receive_some(65536):
+                buf += chunk
+        events = [json.loads(x) for x in buf.split(b"\n") if x.strip()]
+        (stopped,) = [e for e in events if e.get("action") == "stopped"]
+        assert stopped["sessions"] == 1 and stopped["solicits"] >= 1, stopped
+        assert stopped["failures"] == 0 and stopped["error"] == "", stopped
     finally:
         if proc.returncode is None:
             proc.kill()
