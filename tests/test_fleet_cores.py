@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mcast.events import SessionFailed
@@ -177,6 +177,7 @@ def test_a_held_session_is_not_slow_and_not_silent() -> None:
 
 
 @settings(max_examples=30, deadline=None)
+@example(crash_at=0.015625, ranks=[0, 0, 0, 0], losses=[0.0, 0.0, 0.3, 0.05])  # one never joins
 @given(crash_at=st.floats(0.01, 0.12), ranks=st.lists(st.integers(0, 3), min_size=4,
                                                        max_size=4),
        losses=st.lists(st.sampled_from([0.0, 0.05, 0.3]), min_size=4, max_size=4))  # fmt: skip
@@ -187,7 +188,12 @@ def test_when_the_master_dies_the_best_receiver_takes_over(crash_at, ranks, loss
     net, ends = run_fleet(crash_at=crash_at, receivers=4, ranks=ranks, losses=losses,
                           sender_cfg={"rate_bps": 1_000_000}, until=30)  # fmt: skip
     assert len(ends) == 4
-    failed = {n: e for n, e in ends.items() if isinstance(e, SessionFailed)}
+    ended = {n: e for n, e in ends.items() if isinstance(e, SessionFailed)}
+    # a receiver that lost every announce before the crash never joined: no session, no heir
+    never = {n for n, e in ended.items() if e.kind is FailureKind.NO_SESSION}
+    assert all(not ended[n].take_over and net.core(n).verified_units == 0  # type: ignore[attr-defined]
+               for n in never)  # fmt: skip
+    failed = {n: e for n, e in ended.items() if n not in never}
     if not failed:
         return  # everyone completed before the crash
     assert all(e.kind is FailureKind.SILENT for e in failed.values())

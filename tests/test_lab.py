@@ -152,8 +152,11 @@ def test_lab_tears_down_when_body_raises() -> None:
 
 
 _SIGNAL_CHILD = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
     from bench.labnet import Lab
+    # a user's process: Ctrl-C raises, even when started from a shell that ignores SIGINT
+    # for background jobs (as CI runners and nohup do)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with Lab(receivers=1) as lab:
         lab.popen("h1", ["sleep", "60"])
         print(lab.prefix, flush=True)
