@@ -6,15 +6,12 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import trio
 
 from agent.cli import main
-from server_stub.app import create_app
-from server_stub.testing import running_server
 from tests.harness import WAIT_S, within
 from tests.test_agent_support import NS, make_ns
 
@@ -24,12 +21,6 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def ns(tmp_path: Path) -> NS:
     return make_ns(tmp_path, computers=2)
-
-
-@pytest.fixture
-async def url(ns: NS) -> AsyncIterator[str]:
-    async with running_server(create_app(ns.data)) as base:
-        yield base
 
 
 def argv(ns: NS, url: str, guid: str, state: Path, *extra: str) -> list[str]:

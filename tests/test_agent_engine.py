@@ -11,7 +11,7 @@ discovery port (``AgentConfig.discovery_port``) so that no other run's sessions 
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,9 +20,7 @@ import trio
 from agent import Agent, JobState
 from mcast.fetch import FetchProgress, FetchResult, FetchSettings, Route, fetch
 from mcast.snapshot import Snapshot
-from server_stub.app import create_app
 from server_stub.store import Store
-from server_stub.testing import running_server
 from tests.harness import WAIT_S, within
 from tests.test_agent_support import NS, agent_config, make_ns
 
@@ -40,12 +38,6 @@ def ns(tmp_path: Path) -> NS:
     finally:
         store.close()
     return ns
-
-
-@pytest.fixture
-async def url(ns: NS) -> AsyncIterator[str]:
-    async with running_server(create_app(ns.data)) as base:
-        yield base
 
 
 class RecordingFetch:

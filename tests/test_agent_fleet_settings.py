@@ -8,7 +8,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,9 +21,7 @@ from mcast.errors import ExitCode, NetworkError, UsageError
 from mcast.fetch import FetchProgress, FetchResult, FetchSettings
 from mcast.snapshot import Snapshot
 from mcast.udp import DISCOVERY_GROUP, UnsafeAddress, resolve_interface
-from server_stub.app import create_app
 from server_stub.store import Store
-from server_stub.testing import running_server
 from tests.test_agent_support import NS, agent_config, make_ns
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,12 +30,6 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def ns(tmp_path: Path) -> NS:
     return make_ns(tmp_path, computers=1)
-
-
-@pytest.fixture
-async def url(ns: NS) -> AsyncIterator[str]:
-    async with running_server(create_app(ns.data)) as base:
-        yield base
 
 
 class Recording:

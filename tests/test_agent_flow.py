@@ -10,7 +10,6 @@ from __future__ import annotations
 import socket
 import sqlite3
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +40,6 @@ from tests.test_agent_support import (
 @pytest.fixture
 def ns(tmp_path: Path) -> NS:
     return make_ns(tmp_path, computers=3)
-
-
-@pytest.fixture
-async def url(ns: NS) -> AsyncIterator[str]:
-    async with running_server(create_app(ns.data)) as base:
-        yield base
 
 
 def make_agent(ns: NS, url: str, guid: str, tmp: Path, **kw: Any) -> Agent:

@@ -17,16 +17,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import trio
 
 from agent import Agent
-from server_stub.app import create_app
 from server_stub.store import Store
-from server_stub.testing import running_server
 from tests.test_agent_engine import RecordingFetch
 from tests.test_agent_support import NS, agent_config, make_ns
 
@@ -46,12 +43,6 @@ def ns(tmp_path: Path) -> NS:
     finally:
         store.close()
     return ns
-
-
-@pytest.fixture
-async def url(ns: NS) -> AsyncIterator[str]:
-    async with running_server(create_app(ns.data)) as base:
-        yield base
 
 
 def _setting(ns: NS, key: str, value: str) -> None:

@@ -7,7 +7,7 @@ fell back to HTTP is in the ``downloaded`` event."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,9 +17,7 @@ from agent import Agent, JobState
 from agent.httpfetch import fetch as http_fetch
 from mcast.fetch import FetchError, FetchProgress, FetchResult, FetchSettings, fetch
 from mcast.snapshot import Snapshot
-from server_stub.app import create_app
 from server_stub.store import Store
-from server_stub.testing import running_server
 from tests.test_agent_flow import Recording
 from tests.test_agent_support import NS, agent_config, make_ns, wait_until
 
@@ -29,12 +27,6 @@ REASON = "no session and no codebase answered: connection refused"
 @pytest.fixture
 def ns(tmp_path: Path) -> NS:
     return make_ns(tmp_path, computers=1)
-
-
-@pytest.fixture
-async def url(ns: NS) -> AsyncIterator[str]:
-    async with running_server(create_app(ns.data)) as base:
-        yield base
 
 
 class Failing:
