@@ -117,7 +117,7 @@ BAD_ARGUMENTS = [
     (["--command-timeout=-inf"], 2, "finite number of seconds"),
     (["--interface", "notanip"], 2, "not an IPv4 address"),
     (["--interface", "::1"], 2, "not an IPv4 address"),
-    (["--interface", "10.1.2.3"], 5, "neither loopback nor a lab address"),
+    (["--interface", "192.0.2.7"], 5, "neither loopback nor a lab address"),
     (["--interface", "automatic"], 2, "not an IPv4 address"),
     (["--rank", "fast"], 2, "is not a rank (package-server, wired, laptop, wireless)"),
     (["--rank", ""], 2, "is not a rank"),

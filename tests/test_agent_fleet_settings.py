@@ -101,14 +101,14 @@ def test_interface_auto_on_a_real_lan_is_refused_and_says_how_to_allow_it(
     import mcast.udp
 
     monkeypatch.delenv("MCAST_ALLOW_ANY_INTERFACE", raising=False)
-    monkeypatch.setattr(mcast.udp, "interface_towards", lambda host, port: "10.20.30.40")
+    monkeypatch.setattr(mcast.udp, "interface_towards", lambda host, port: "192.0.2.40")
     with pytest.raises(UnsafeAddress) as info:
         resolve_interface("auto", DISCOVERY_GROUP, "ns.example", 80)
     text = str(info.value)
-    assert "10.20.30.40" in text and "MCAST_ALLOW_ANY_INTERFACE=1" in text
+    assert "192.0.2.40" in text and "MCAST_ALLOW_ANY_INTERFACE=1" in text
     assert info.value.exit_code == ExitCode.NET and isinstance(info.value, NetworkError)
     monkeypatch.setenv("MCAST_ALLOW_ANY_INTERFACE", "1")
-    assert resolve_interface("auto", DISCOVERY_GROUP, "ns.example", 80) == "10.20.30.40"
+    assert resolve_interface("auto", DISCOVERY_GROUP, "ns.example", 80) == "192.0.2.40"
 
 
 async def test_agent_cli_interface_auto_and_rank(ns: NS, url: str, tmp_path: Path) -> None:

@@ -155,7 +155,7 @@ async def test_why_multicast_fell_back_to_http_reaches_the_server(
         store.close()
     task = ns.add_task()
     # a real LAN interface, not allowed: the engine refuses multicast and HTTP takes over
-    cfg = agent_config(ns, url, ns.guids[0], tmp_path / "a", interface="10.1.2.3")
+    cfg = agent_config(ns, url, ns.guids[0], tmp_path / "a", interface="192.0.2.7")
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MCAST_ALLOW_ANY_INTERFACE", raising=False)
         with Agent(cfg, fetcher=fetch) as agent:

@@ -101,7 +101,7 @@ BAD = [
     ("snapshot {pkg} -o {missing}/s.xml --key {sign_pem}", 4, "cannot write"),
     ("snapshot {pkg} -o {pkg} --key {sign_pem}", 4, "it is a directory"),
     ("sessions --duration 0", 2, "argument --duration"),
-    ("sessions --interface 10.0.0.256", 2, "not an IPv4 address"),
+    ("sessions --interface 198.18.0.256", 2, "not an IPv4 address"),
     ("frobnicate", 2, "invalid choice: 'frobnicate'"),
     ("", 2, "required: COMMAND"),
 ]

@@ -39,7 +39,7 @@ def good_announce(session: int = 7, **kw: object) -> Announce:
 
 
 def test_an_announce_for_a_group_outside_the_scope_is_not_followed() -> None:
-    for bad in ({"group": "224.0.0.1"}, {"group": "127.0.0.1"}, {"group": "10.1.2.3"},
+    for bad in ({"group": "224.0.0.1"}, {"group": "127.0.0.1"}, {"group": "192.0.2.7"},
                 {"group": "not an address"}, {"group": "239.254.1.1"}, {"port": 0},
                 {"port": 70000}):  # fmt: skip
         a = good_announce(**bad)

@@ -49,7 +49,7 @@ async def test_the_discovery_key_is_per_site(pop: Populated, client: httpx.Async
     lab = (await _policy(client, guid, "127.0.0.5")).discovery_key
     lab_again = (await _policy(client, guid, "127.9.9.9")).discovery_key
     branch = (await _policy(client, guid, "198.18.5.7")).discovery_key
-    nowhere = (await _policy(client, guid, "10.1.2.3")).discovery_key
+    nowhere = (await _policy(client, guid, "192.0.2.7")).discovery_key
     nowhere_too = (await _policy(client, guid, "192.0.2.1")).discovery_key
     assert lab is not None and branch is not None and nowhere is not None
     assert len(lab) == len(branch) == len(nowhere) == 32
