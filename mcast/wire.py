@@ -185,13 +185,8 @@ def reseal(datagram: bytes, key: bytes | None) -> bytes:
 def reseal_untrusted(data: bytes, from_key: bytes | None, to_key: bytes | None) -> bytes:
     """A datagram heard under ``from_key``, checked, and sealed again for ``to_key``;
     raises only BadPacket (a wrong tag, or not one of our datagrams)."""
-    peek_session_untrusted(data)
-    if len(data) > MAX_DATAGRAM:
-        raise BadPacket("datagram too long")
-    signed = data[:-TAG_LEN]
-    if from_key and not hmac.compare_digest(compute_tag(from_key, signed), data[-TAG_LEN:]):
-        raise BadPacket("authentication tag mismatch")
-    return _seal(signed, to_key)
+    _kind, _session, signed = _authentic_untrusted(data, from_key)
+    return _seal(bytes(signed), to_key)
 
 
 # ---------------------------------------------------------------------------------------
@@ -423,8 +418,9 @@ def decode_shard_untrusted(
     return kind, session, block, index, data[_SHARD_HEADER.size : -TAG_LEN]
 
 
-def decode_untrusted(data: bytes, key: bytes | None = None) -> Message:
-    """Parse one datagram. With ``key``, the tag must match; raises only BadPacket."""
+def _authentic_untrusted(data: bytes, key: bytes | None) -> tuple[MsgType, int, memoryview]:
+    """Type, session and the signed part (header and body) of a datagram whose header is
+    well formed and, with ``key``, whose tag matches; raises only BadPacket."""
     kind, session = peek_session_untrusted(data)
     if len(data) > MAX_DATAGRAM:
         raise BadPacket("datagram too long")
@@ -432,4 +428,10 @@ def decode_untrusted(data: bytes, key: bytes | None = None) -> Message:
     signed, tag = view[:-TAG_LEN], view[-TAG_LEN:]
     if key and not hmac.compare_digest(compute_tag(key, signed), tag):
         raise BadPacket("authentication tag mismatch")
+    return kind, session, signed
+
+
+def decode_untrusted(data: bytes, key: bytes | None = None) -> Message:
+    """Parse one datagram. With ``key``, the tag must match; raises only BadPacket."""
+    kind, session, signed = _authentic_untrusted(data, key)
     return _DECODERS[kind](session, signed[HEADER.size :])

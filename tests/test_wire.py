@@ -517,3 +517,16 @@ RAW_BAD_BODIES = {
 def test_malformed_msgpack_body_is_refused(case: str, kind: MsgType):
     with pytest.raises(BadPacket):
         decode_untrusted(_raw(kind, RAW_BAD_BODIES[case], key=KEY), KEY)
+
+
+def test_a_datagram_is_resealed_only_when_its_tag_is_good() -> None:
+    """The discovery group's datagrams are checked under the site key and handed to a core
+    that knows only the session key: a wrong tag or a broken header stays refused."""
+    site, session = b"S" * 32, b"P" * 32
+    heard = encode(End(7, "bye"), site)
+    assert decode_untrusted(wire.reseal_untrusted(heard, site, session), session) == End(7, "bye")
+    with pytest.raises(BadPacket):
+        wire.reseal_untrusted(encode(End(7, "bye"), b"X" * 32), site, session)
+    with pytest.raises(BadPacket):
+        wire.reseal_untrusted(b"junk", site, session)
+    assert decode_untrusted(wire.reseal(heard, session), session) == End(7, "bye")
