@@ -40,8 +40,8 @@ from mcast.http_fetch import HttpFetchError, fetch_missing
 from mcast.partial import DownloadError, PartialDownload
 from mcast.receiver import ReceiverConfig
 from mcast.recv_driver import Channel, receive
-from mcast.send_driver import send
-from mcast.sender import SenderConfig
+from mcast.send_driver import SendResult, send
+from mcast.sender import PackageSource, SenderConfig
 from mcast.snapshot import Snapshot
 from mcast.source import FileSource, SourceMismatch
 from mcast.udp import DEFAULT_INTERFACE, DISCOVERY_GROUP, DISCOVERY_PORT
@@ -354,16 +354,10 @@ async def _serve_as_master(
     """Start the session: stream the package from HTTP into ``part`` and, as blocks of it
     verify, multicast them to whoever joined; return when both are done. The session holds
     its first data ``hold`` seconds (announcing), so agents that ask together start together."""
-    group, port = data_channel(snapshot.package_hash)
-    config = SenderConfig(group=group, port=port, rate_bps=s.rate_bps, linger=s.serve_after_s,
-                          hold_s=hold, rank=s.rank)  # fmt: skip
-    source = _PartialSource(part)
-    discovery = Channel(s.discovery_group, s.discovery_port, s.interface)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(partial(
-            send, snapshot, source, channel=Channel(group, port, s.interface), key=s.session_key,
-            config=config, session_id=session_id, discovery=discovery,
-            discovery_key=s.discovery_key, available=part.verified_prefix,
+            serve_session, snapshot, _PartialSource(part), s, session_id, key=s.session_key,
+            hold=hold, available=part.verified_prefix,
         ))  # fmt: skip
         if not part.complete:
             try:
@@ -374,6 +368,30 @@ async def _serve_as_master(
                 raise FetchError(f"as the session's master: {exc}") from exc
             result.bytes_http += http.bytes_http
             result.codebase = http.codebase_used
+
+
+async def serve_session(
+    snapshot: Snapshot,
+    source: Path | PackageSource,
+    s: FetchSettings,
+    session_id: int,
+    *,
+    key: bytes | None,
+    hold: float,
+    available: Callable[[], int] | None = None,
+) -> SendResult:
+    """Master a won session of ``snapshot`` from ``source``: on the package's data channel,
+    announced on the subnet's discovery group under the discovery key, holding its first data
+    ``hold`` seconds, with this agent's rank, rate and linger. A fetch master streams its own
+    download (``available``); a peer cache serves from disk."""
+    group, port = data_channel(snapshot.package_hash)
+    config = SenderConfig(group=group, port=port, rate_bps=s.rate_bps, linger=s.serve_after_s,
+                          hold_s=hold, rank=s.rank)  # fmt: skip
+    return await send(
+        snapshot, source, channel=Channel(group, port, s.interface), key=key, config=config,
+        session_id=session_id, discovery=Channel(s.discovery_group, s.discovery_port, s.interface),
+        discovery_key=s.discovery_key, available=available,
+    )  # fmt: skip
 
 
 class _PartialSource:

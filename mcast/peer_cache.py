@@ -20,13 +20,10 @@ from pathlib import Path
 
 import trio
 
-from mcast.discovery import Claim, data_channel
+from mcast.discovery import Claim
 from mcast.discovery_driver import Discovery
 from mcast.errors import McastError
-from mcast.fetch import FetchSettings
-from mcast.recv_driver import Channel
-from mcast.send_driver import send
-from mcast.sender import SenderConfig
+from mcast.fetch import FetchSettings, serve_session
 from mcast.snapshot import Snapshot
 from mcast.wire import Solicit
 
@@ -93,15 +90,7 @@ async def _serve_one(
             st.claims_lost += 1
             return
         st.sessions += 1
-        group, port = data_channel(snap.package_hash)
-        config = SenderConfig(group=group, port=port, rate_bps=s.rate_bps,
-                              linger=s.serve_after_s, hold_s=s.hold_s, rank=s.rank)  # fmt: skip
-        await send(
-            snap, cached.root, channel=Channel(group, port, s.interface),
-            key=cached.session_key, config=config, session_id=sid,
-            discovery=Channel(s.discovery_group, s.discovery_port, s.interface),
-            discovery_key=s.discovery_key,
-        )  # fmt: skip
+        await serve_session(snap, cached.root, s, sid, key=cached.session_key, hold=s.hold_s)
     except (McastError, OSError) as exc:  # a cached file changed, a socket error: not fatal
         st.failures += 1
         log.warning("peer cache: serving %s failed: %s", snap.package_hash.hex()[:12], exc)
