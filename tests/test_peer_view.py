@@ -30,11 +30,23 @@ def test_finished_and_stale_receivers_do_not_take_over() -> None:
     assert v.successor(9, 1, 0, 3.5) == 9  # 6 not heard for longer than stale_after
 
 
-def test_the_table_is_bounded_and_keeps_the_newest() -> None:
+def test_the_table_is_bounded_and_keeps_the_best_candidates() -> None:
     v = PeerView(stale_after=3.0, capacity=3)
     for rid in range(10):
         v.heard(status(rid, rid), 0.0)
     assert len(v) == 3 and v.successor(100, 0, 0, 0.0) == 9
+    for rid in range(20, 30):  # later, but holding less: the best are kept
+        v.heard(status(rid, 1), 0.5)
+    assert len(v) == 3 and v.successor(100, 0, 0, 1.0) == 9
+    v.heard(status(40, 2), 3.6)  # 7, 8, 9 went stale: room is made, and 40 is the one
+    assert len(v) == 3 and v.successor(100, 0, 0, 3.6) == 40
+
+
+def test_a_receiver_that_finished_is_forgotten() -> None:
+    v = PeerView(stale_after=3.0)
+    v.heard(status(5, 99), 0.0)
+    v.heard(status(5, 100, done=True), 0.5)
+    assert len(v) == 0 and v.successor(9, 1, 0, 1.0) == 9
 
 
 @given(st.lists(st.tuples(st.integers(1, 20), st.integers(0, 100), st.integers(0, 3)),
