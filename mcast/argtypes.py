@@ -73,35 +73,30 @@ def at_least(low: int) -> Callable[[str], int]:
     return check
 
 
-def _positive(text: str, unit: str) -> float:
+def _finite(text: str, unit: str, *, zero_ok: bool = False) -> float:
     try:
         value = float(text)
     except ValueError:
         bad(f"{text!r} is not a number of {unit}")
-    if not math.isfinite(value) or value <= 0:
-        bad(f"{text!r} must be a finite number of {unit} greater than 0")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+        bad(f"{text!r} must be a finite number of {unit}, 0 or more" if zero_ok
+            else f"{text!r} must be a finite number of {unit} greater than 0")  # fmt: skip
     return value
 
 
 def positive_seconds(text: str) -> float:
     """A finite number of seconds greater than 0."""
-    return _positive(text, "seconds")
+    return _finite(text, "seconds")
 
 
 def non_negative_seconds(text: str) -> float:
     """A finite number of seconds, 0 or more."""
-    try:
-        value = float(text)
-    except ValueError:
-        bad(f"{text!r} is not a number of seconds")
-    if not math.isfinite(value) or value < 0:
-        bad(f"{text!r} must be a finite number of seconds, 0 or more")
-    return value
+    return _finite(text, "seconds", zero_ok=True)
 
 
 def positive_days(text: str) -> float:
     """A finite number of days greater than 0."""
-    return _positive(text, "days")
+    return _finite(text, "days")
 
 
 # ---------------------------------------------------------------------------------------
