@@ -67,7 +67,7 @@ class MCastShard(Packet):
 
 
 class MCastControl(Packet):
-    """A control body (ANNOUNCE, NAK, STATUS, END): one msgpack array, kept as raw bytes."""
+    """A control body (ANNOUNCE, NAK, STATUS, END, SOLICIT): one msgpack array, kept raw."""
 
     name = "MCast control"
     fields_desc = [StrField("body", b"")]  # noqa: RUF012
@@ -113,6 +113,7 @@ def bind_port(port: int) -> None:
 
 for _kind in (wire.MsgType.DATA, wire.MsgType.PARITY):
     bind_layers(MCastHeader, MCastShard, type=int(_kind))
-for _kind in (wire.MsgType.ANNOUNCE, wire.MsgType.NAK, wire.MsgType.STATUS, wire.MsgType.END):
-    bind_layers(MCastHeader, MCastControl, type=int(_kind))
+for _kind in wire.MsgType:
+    if _kind not in (wire.MsgType.DATA, wire.MsgType.PARITY):
+        bind_layers(MCastHeader, MCastControl, type=int(_kind))
 bind_port(DEFAULT_PORT)

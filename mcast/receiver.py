@@ -23,6 +23,12 @@ loss recovery:
   goes silent the failure says whether this receiver is the one to take the session over;
 - ``EarlyBuffer`` (``mcast/early.py``): datagrams from before the join, replayed on it.
 
+It joins only a session whose announce echoes one of its SOLICIT nonces (``Reports``
+remembers them): a recorded announce of a session that is over cannot pin it. Announces it
+cannot trust yet make it ask again at once. After that, every control message must carry a
+counter newer than the last from its origin (``ReplayGuard``, ``mcast/freshness.py``), so a
+replay from earlier in the session changes nothing.
+
 ``get_timer()`` is the earliest deadline of the parts the phase runs. No clock, no socket, no
 trio: the driver passes ``now`` into ``receive_datagram`` and ``handle_timer``, sends what
 ``datagrams_to_send`` returns, re-arms ``get_timer()`` and handles ``next_event()``
@@ -42,6 +48,7 @@ from typing import Any
 from mcast.assembler import Assembler
 from mcast.early import EarlyBuffer
 from mcast.events import Completed, Event, FailureKind, SessionFailed, SessionJoined
+from mcast.freshness import ReplayGuard
 from mcast.geometry import Geometry
 from mcast.liveness import Liveness
 from mcast.nak_schedule import NakSchedule
@@ -139,6 +146,8 @@ class ReceiverStats:
     decode_failures: int = 0
     units_verified: int = 0
     verify_failures: int = 0
+    replays: int = 0  # authentic control messages dropped as not newer than their origin's last
+    unconfirmed_announces: int = 0  # announces that echoed none of our nonces (not joined)
     naks_sent: int = 0
     nak_entries_sent: int = 0
     naks_suppressed: int = 0
@@ -191,6 +200,8 @@ class Receiver:
         )  # fmt: skip
         self._early = EarlyBuffer(cfg.early_buffer)  # datagrams from before the join
         self._peers = PeerView(stale_after=3 * cfg.status_interval)
+        self._sender_guard = ReplayGuard(max_origins=64)  # by session id
+        self._peer_guard = ReplayGuard()  # other receivers, by receiver id
         if self._assembler.complete:
             self._finish(now)
 
@@ -232,6 +243,9 @@ class Receiver:
         if self.session_id is not None and msg.session != self.session_id:
             self.stats.other_session += 1
             return
+        if not self._fresh(msg):
+            self.stats.replays += 1
+            return
         if self.phase is Phase.WAITING and not isinstance(msg, Announce):
             self._early.keep(data)  # shards need the session's geometry: keep for later
             return
@@ -246,7 +260,7 @@ class Receiver:
         if dead is not None:
             self._fail(*dead, now)
             return
-        self._reports.naks(self._naks.fire(now))
+        self._reports.naks(self._naks.fire(now), now)
         if self.phase is Phase.WAITING:
             self._reports.solicit(now)
         else:  # a window that says "too fast" is reported at once
@@ -331,6 +345,10 @@ class Receiver:
             self.stats.other_session += 1
             return
         if self.phase is Phase.WAITING:
+            if not self._reports.nonces.echoed(msg.echoes):
+                self.stats.unconfirmed_announces += 1  # live, or a recording? ask it
+                self._reports.solicit_soon(now)
+                return
             geometry = _geometry_of(self.snapshot, msg)
             if geometry is None:
                 self.stats.bad_packets += 1
@@ -350,6 +368,16 @@ class Receiver:
         self._naks.advance(min(frontier, self.geometry.block_count), now)
         for data in self._early.drain():
             self.receive_datagram(data, None, now)
+
+    def _fresh(self, msg: Message) -> bool:
+        """Whether a control message is newer than the last from its origin: the sender
+        (its announces and END share one counter) or another receiver. Shards carry no
+        counter: a replayed shard is a duplicate, and its bytes are verified anyway."""
+        if isinstance(msg, Announce | End):
+            return self._sender_guard.fresh(msg.session, msg.seq)
+        if isinstance(msg, Nak | Status):
+            return self._peer_guard.fresh(msg.receiver_id, msg.seq)
+        return True
 
     def _handle_data(self, msg: Data, now: float) -> None:
         g = self.geometry

@@ -6,9 +6,12 @@ either way) while no session is heard; a STATUS every ``status_interval`` while 
 at once when the overrun monitor closes a window that says the sender is too fast; and the
 final STATUS, which goes out ``done_status_repeats`` times ``done_status_spacing`` apart when
 complete (the sender may lose one) and once when failed. A STATUS carries the verified-unit
-count and the overrun signals. Datagrams go to ``send`` in the order they are made; the
-receiver core reads ``next_solicit``, ``next_status`` or ``final_deadline()`` as its phase
-selects.
+count and the overrun signals. Every datagram carries this receiver's counter (the sender
+drops one that is not newer: a replay), and every SOLICIT a new nonce, which ``nonces``
+remembers: the receiver joins only a session whose announce echoes one of them; an announce
+that echoes none brings the next SOLICIT forward (``solicit_soon``). Datagrams go to ``send``
+in the order they are made; the receiver core reads ``next_solicit``, ``next_status`` or
+``final_deadline()`` as its phase selects.
 """
 
 from __future__ import annotations
@@ -17,8 +20,12 @@ import random
 from collections.abc import Callable
 from typing import Protocol
 
+from mcast.freshness import Counter, Nonces
 from mcast.overrun import OverrunMonitor
 from mcast.wire import Nak, NakEntry, Solicit, Status, encode
+
+_SOON = 0.02  # an announce we cannot trust yet is answered with a SOLICIT within this
+_MIN_GAP = 0.05  # and no more often than this, however many such announces arrive
 
 
 class ReportStats(Protocol):
@@ -76,59 +83,71 @@ class Reports:
         self.next_status = now
         self.next_solicit = now
         self._repeats_left = 0
+        self._last_solicit = float("-inf")
+        self._seq = Counter()
+        self.nonces = Nonces(rng)
 
     # -- while no session is heard ---------------------------------------------------------------
     def solicit(self, now: float) -> None:
         if now >= self.next_solicit:
-            msg = Solicit(self.session_id or 0, self._package_hash, self._receiver_id)
+            sid, rid = self.session_id or 0, self._receiver_id
+            msg = Solicit(sid, self._package_hash, rid, self._seq.next(now), self.nonces.new())
             self._send(encode(msg, self._key))
+            self._last_solicit = now
             self.next_solicit = now + self._solicit_interval * self._rng.uniform(0.5, 1.5)
+
+    def solicit_soon(self, now: float) -> None:
+        """An announce we cannot trust yet (it echoes none of our nonces) was heard: ask
+        again within ``_SOON`` rather than at the next interval, but never in a flood."""
+        soon = max(now + self._rng.uniform(0, _SOON), self._last_solicit + _MIN_GAP)
+        self.next_solicit = min(self.next_solicit, soon)
 
     # -- while receiving -------------------------------------------------------------------------
     def joined(self, session_id: int, now: float) -> None:
         self.session_id = session_id
-        self.status(done=False)
+        self.status(now, done=False)
         self.next_status = now + self._status_interval
 
     def periodic(self, now: float, *, urgent: bool) -> None:
         if urgent or now >= self.next_status:
-            self.status(done=False)
+            self.status(now, done=False)
             self.next_status = now + self._status_interval
 
-    def naks(self, entries: list[NakEntry]) -> None:
+    def naks(self, entries: list[NakEntry], now: float) -> None:
         """The NAK entries the schedule says are due, ``max_nak_entries`` to a datagram."""
         if not entries or self.session_id is None:
             return
         n = self._nak_entries
         for i in range(0, len(entries), n):
             chunk = tuple(entries[i : i + n])
-            self._send(encode(Nak(self.session_id, self._receiver_id, chunk), self._key))
+            nak = Nak(self.session_id, self._receiver_id, chunk, self._seq.next(now))
+            self._send(encode(nak, self._key))
             self._stats.naks_sent += 1
             self._stats.nak_entries_sent += len(chunk)
 
     # -- after the end ---------------------------------------------------------------------------
     def final(self, now: float, *, done: bool) -> None:
         """The session is over for us: complete (``done``) or failed."""
-        self.status(done=done, failed=not done)
+        self.status(now, done=done, failed=not done)
         self._repeats_left = self._final_repeats - 1 if done else 0
         self.next_status = now + self._final_spacing
 
     def repeat_final(self, now: float, *, done: bool) -> None:
         if self._repeats_left and now >= self.next_status:
-            self.status(done=done, failed=not done)
+            self.status(now, done=done, failed=not done)
             self._repeats_left -= 1
             self.next_status = now + self._final_spacing
 
     def final_deadline(self) -> float | None:
         return self.next_status if self._repeats_left else None
 
-    def status(self, done: bool, failed: bool = False) -> None:
+    def status(self, now: float, done: bool, failed: bool = False) -> None:
         if self.session_id is None:
             return
         o = self._overrun
         msg = Status(
             self.session_id, self._receiver_id, self._verified(), done, failed,
-            o.loss_permille, o.socket_drops, o.backlog_pct, self._rank,
+            o.loss_permille, o.socket_drops, o.backlog_pct, self._rank, self._seq.next(now),
         )  # fmt: skip
         self._send(encode(msg, self._key))
         self._stats.status_sent += 1

@@ -25,8 +25,14 @@ through ``_set_phase`` and its table. It hands the rest to parts that each own o
 
 The session ends when the pass is done, no repair is queued, and every receiver heard from is
 done or has gone silent for ``receiver_timeout``, after ``linger`` seconds without activity;
-``get_timer()`` is the earliest of the parts' deadlines that matter in the phase. Feedback is
-rate-limited per source address. No clock, socket or trio: ``now`` is passed in.
+``get_timer()`` is the earliest of the parts' deadlines that matter in the phase.
+
+Feedback is authenticated first (the session's tag key), then checked for freshness (each
+receiver's counter must grow: a replayed NAK or STATUS changes nothing, see
+:mod:`mcast.freshness`), then rate-limited per receiver id: a host that spoofs a receiver's
+address cannot use up that receiver's share. The nonce of each SOLICIT is echoed by the next
+announces, which is how receivers tell this live session from a recording of another. No
+clock, socket or trio: ``now`` is passed in.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from mcast.announce_schedule import AnnounceSchedule, EndSchedule
 from mcast.encoder import BlockEncoder, BytesSource, PackageSource
 from mcast.events import Event, SenderFinished
 from mcast.first_pass import FirstPass
+from mcast.freshness import Counter, Echoes, ReplayGuard
 from mcast.geometry import Geometry
 from mcast.pacing import Pacer, SourceLimiter
 from mcast.peers import PeerTable
@@ -82,7 +89,7 @@ class SenderConfig:
     repair_holdoff: float = 0.05  # parity sent this recently may still be on its way
     linger: float = 1.0
     receiver_timeout: float = 5.0
-    feedback_rate: float = 200.0  # NAK/status datagrams per second per source address
+    feedback_rate: float = 200.0  # NAK/status datagrams per second per receiver
     feedback_burst: float = 100.0
     parity_cache_blocks: int = 8
     max_batch: int = 256
@@ -116,6 +123,7 @@ class SenderStats:
     feedback_refused: int = 0
     bad_packets: int = 0
     other_session: int = 0
+    replays: int = 0  # authentic feedback dropped as not newer than its receiver's last
     receivers_heard: int = 0
     rate_cuts: int = 0
     rate_bps: int = 0
@@ -157,6 +165,9 @@ class Sender:
         self._pacer = Pacer(cfg.rate_bps, cfg.start_rate_bps, cfg.burst_bytes, now)
         self._sync_rate()
         self._limiter = SourceLimiter(cfg.feedback_rate, cfg.feedback_burst)
+        self._guard = ReplayGuard()
+        self._seq = Counter()
+        self._echoes = Echoes()
         self._pass = FirstPass(g, hold_until=now + cfg.hold_s if cfg.hold_s > 0 else 0.0)
         self._repairs_in_row = 0
         self._pending: bytes | None = None  # built, waiting for pacing tokens
@@ -174,16 +185,20 @@ class Sender:
             return
         if kind not in _FEEDBACK:
             return  # our own multicast looped back, or another sender's
-        if session != self.session_id and kind is not MsgType.SOLICIT:
+        if session != self.session_id and (kind is not MsgType.SOLICIT or session != 0):
             self.stats.other_session += 1
-            return
-        if not self._limiter.allow(addr, now):
-            self.stats.feedback_refused += 1
             return
         try:
             msg = decode_untrusted(data, self._key)
         except BadPacket:
             self.stats.bad_packets += 1
+            return
+        assert isinstance(msg, Nak | Status | Solicit)
+        if not self._guard.fresh(msg.receiver_id, msg.seq):
+            self.stats.replays += 1
+            return
+        if not self._limiter.allow(msg.receiver_id, now):
+            self.stats.feedback_refused += 1
             return
         _HANDLERS[type(msg)](self, msg, addr, now)
 
@@ -222,7 +237,8 @@ class Sender:
             return out
         if self.phase is SenderPhase.ENDING:
             if self._ends.due(now):
-                out.append(encode(End(self.session_id, self._ends.reason), self._key))
+                end = End(self.session_id, self._ends.reason, self._seq.next(now))
+                out.append(encode(end, self._key))
             return out
         self._pass.end_hold(now)
         if self._announces.due(now):
@@ -306,6 +322,7 @@ class Sender:
         if not wanted or msg.session not in (0, self.session_id):
             return
         self.peers.heard(msg.receiver_id, now, solicit=True)  # waiting: do not end without it
+        self._echoes.add(msg.nonce)
         self._announces.solicited()
 
     def _handle_status(self, msg: Status, addr: object, now: float) -> None:
@@ -371,6 +388,8 @@ class Sender:
             rank=cfg.rank,
             verified_units=units,
             hold_ms=min(round(self._pass.hold_left(now) * 1000), MAX_HOLD_MS),
+            seq=self._seq.next(now),
+            echoes=self._echoes.take(),
         )
         self.stats.announces_sent += 1
         return encode(msg, self._key)

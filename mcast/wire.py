@@ -1,11 +1,19 @@
-"""Every datagram of the protocol, wire version 1: formats, encoders, ``*_untrusted`` decoders.
+"""Every datagram of the protocol, wire version 2: formats, encoders, ``*_untrusted`` decoders.
 
 Layout of every datagram::
 
     header (12 B)  magic b"MC" | version u8 | type u8 | session id u64       (network order)
     body           DATA/PARITY: block u32 | index u32 | payload
                    control messages: one msgpack array (fields in a fixed order)
-    tag (16 B)     HMAC-SHA-256(session key, header + body), truncated; zeros when unkeyed
+    tag (16 B)     HMAC-SHA-256(tag key, header + body), truncated; zeros when unkeyed
+
+The tag key is never the key a caller holds (a package's key, or a site's discovery key) but
+one derived from it for the session in the header (:func:`session_key`, HKDF-SHA-256): a
+datagram recorded in one session is not authentic in any other, and whoever learns one
+session's tag key can forge nothing elsewhere. Every control message carries ``seq``, its
+origin's counter (strictly increasing: :mod:`mcast.freshness`), so a recipient drops a replay
+from earlier in the same session; a SOLICIT carries a ``nonce`` that the answering ANNOUNCE
+echoes, which is how a receiver knows a session is live now and not a recording.
 
 DATA carries source shard ``index`` of FEC block ``block``; PARITY carries repair sequence
 number ``index``, which ``Geometry.repair_symbol`` maps to a Reed-Solomon recovery shard or,
@@ -15,7 +23,7 @@ the overrun signals for rate control), END and SOLICIT (who sends this package?)
 path uses fixed ``struct`` formats; control bodies are msgpack, decoded with size limits.
 
 The decoders take bytes from the network and raise only :class:`BadPacket`. A receiver that
-holds the session key drops any datagram whose tag does not match before parsing the body.
+holds the key drops any datagram whose tag does not match before parsing the body.
 """
 
 from __future__ import annotations
@@ -26,14 +34,17 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
+from functools import lru_cache
 from typing import Any
 
 import msgpack
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from mcast.errors import McastError
 
 MAGIC = b"MC"
-VERSION = 1
+VERSION = 2
 TAG_LEN = 16
 HEADER = struct.Struct("!2sBBQ")
 SHARD = struct.Struct("!II")
@@ -46,6 +57,7 @@ _HASH_LEN = 32
 _MAX_NAK_ENTRIES = 256
 MAX_RANK = 3
 MAX_HOLD_MS = 60_000
+MAX_ECHOES = 64  # SOLICIT nonces one ANNOUNCE echoes
 
 
 class BadPacket(McastError):
@@ -105,6 +117,8 @@ class Announce:
     rank: int = 0  # the master's Rank: package server > wired > laptop > wireless
     verified_units: int = 0  # units the master itself holds verified: grows while it is live
     hold_ms: int = 0  # a new session holds its first data this long, so arrivals start together
+    seq: int = 0  # the sender's counter: an older or repeated one is a replay
+    echoes: tuple[int, ...] = ()  # nonces of the SOLICITs this answers: proof it is live now
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +133,7 @@ class Nak:
     session: int
     receiver_id: int
     entries: tuple[NakEntry, ...]
+    seq: int = 0  # the receiver's counter (shared with its STATUS and SOLICIT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,12 +147,14 @@ class Status:
     socket_drops: int = 0  # datagrams the receiver's own socket dropped (too fast for it)
     backlog_pct: int = 0  # how full the receiver's socket queue got over the last interval
     rank: int = 0  # the receiver's Rank: weighed, after its verified units, in a takeover
+    seq: int = 0  # the receiver's counter
 
 
 @dataclass(frozen=True, slots=True)
 class End:
     session: int
     reason: str
+    seq: int = 0  # the sender's counter (shared with its ANNOUNCEs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +164,8 @@ class Solicit:
     session: int  # 0 unless the receiver already knows the session it wants
     package_hash: bytes
     receiver_id: int
+    seq: int = 0  # the receiver's counter
+    nonce: int = 0  # echoed by the ANNOUNCE that answers: a recorded announce cannot
 
 
 Message = Data | Parity | Announce | Nak | Status | End | Solicit
@@ -166,10 +185,21 @@ def check_key(key: bytes | None) -> bytes | None:
     return key
 
 
+@lru_cache(maxsize=1024)
+def session_key(key: bytes, session: int) -> bytes:
+    """The tag key of one session: HKDF-SHA-256 of the package's (or site's) key, with the
+    session id as context. Cached: the hot path derives it for every datagram."""
+    info = b"mcast session tag key" + session.to_bytes(8, "big")
+    return HKDF(SHA256(), 32, salt=b"mcast wire v2", info=info).derive(key)
+
+
 def compute_tag(key: bytes | None, signed_part: bytes | memoryview) -> bytes:
+    """The tag of a datagram's header and body under ``key`` (None: unkeyed, zeros); the
+    tag key is derived for the session id in the header (:func:`session_key`)."""
     if not key:
         return _ZERO_TAG
-    return hmac.digest(key, signed_part, hashlib.sha256)[:TAG_LEN]
+    session = int.from_bytes(signed_part[4 : HEADER.size], "big")
+    return hmac.digest(session_key(key, session), signed_part, hashlib.sha256)[:TAG_LEN]
 
 
 def _seal(header_and_body: bytes, key: bytes | None) -> bytes:
@@ -218,30 +248,31 @@ def _enc_announce(m: Announce, key: bytes | None) -> bytes:
     fields = [
         m.package_hash, m.sender_id, m.packet_size, m.units_per_block, m.parity_ratio_pct,
         m.rate_bps, m.group, m.port, m.next_block, m.pass_done, m.receivers, m.progress_pct,
-        m.claiming, m.complete, m.rank, m.verified_units, m.hold_ms,
+        m.claiming, m.complete, m.rank, m.verified_units, m.hold_ms, m.seq, list(m.echoes),
     ]  # fmt: skip
     return _control(MsgType.ANNOUNCE, m.session, fields, key)
 
 
 def _enc_nak(m: Nak, key: bytes | None) -> bytes:
     flat = [[e.block, e.need, e.horizon] for e in m.entries]
-    return _control(MsgType.NAK, m.session, [m.receiver_id, flat], key)
+    return _control(MsgType.NAK, m.session, [m.receiver_id, flat, m.seq], key)
 
 
 def _enc_status(m: Status, key: bytes | None) -> bytes:
     fields = [
         m.receiver_id, m.verified_units, m.done, m.failed, m.loss_permille, m.socket_drops,
-        m.backlog_pct, m.rank,
+        m.backlog_pct, m.rank, m.seq,
     ]  # fmt: skip
     return _control(MsgType.STATUS, m.session, fields, key)
 
 
 def _enc_end(m: End, key: bytes | None) -> bytes:
-    return _control(MsgType.END, m.session, [m.reason], key)
+    return _control(MsgType.END, m.session, [m.reason, m.seq], key)
 
 
 def _enc_solicit(m: Solicit, key: bytes | None) -> bytes:
-    return _control(MsgType.SOLICIT, m.session, [m.package_hash, m.receiver_id], key)
+    fields = [m.package_hash, m.receiver_id, m.seq, m.nonce]
+    return _control(MsgType.SOLICIT, m.session, fields, key)
 
 
 _ENCODERS: dict[type, Callable[[Any, bytes | None], bytes]] = {
@@ -301,7 +332,7 @@ def _fields(body: bytes | memoryview, count: int) -> list[Any]:
 
 
 def _dec_announce(session: int, body: memoryview) -> Announce:
-    f = _fields(body, 17)
+    f = _fields(body, 19)
     _hash(f[0])
     packet_size = _u(f[2], 65_000)
     if packet_size < 2 or packet_size % 2:
@@ -314,11 +345,12 @@ def _dec_announce(session: int, body: memoryview) -> Announce:
         session, f[0], _u(f[1], _MAX_U64), packet_size, units, ratio, _u(f[5], _MAX_U64),
         _text(f[6]), _u(f[7], 65535), _u(f[8]), _flag(f[9]), _u(f[10]), _u(f[11], 100),
         _flag(f[12]), _flag(f[13]), _u(f[14], MAX_RANK), _u(f[15]), _u(f[16], MAX_HOLD_MS),
+        _u(f[17], _MAX_U64), _echoes(f[18]),
     )  # fmt: skip
 
 
 def _dec_nak(session: int, body: memoryview) -> Nak:
-    f = _fields(body, 2)
+    f = _fields(body, 3)
     if type(f[1]) is not list or not f[1]:
         raise BadPacket("nak: no entries")
     entries = []
@@ -326,24 +358,31 @@ def _dec_nak(session: int, body: memoryview) -> Nak:
         if type(item) is not list or len(item) != 3:
             raise BadPacket("nak: bad entry")
         entries.append(NakEntry(_u(item[0]), _u(item[1]), _u(item[2])))
-    return Nak(session, _u(f[0], _MAX_U64), tuple(entries))
+    return Nak(session, _u(f[0], _MAX_U64), tuple(entries), _u(f[2], _MAX_U64))
 
 
 def _dec_status(session: int, body: memoryview) -> Status:
-    f = _fields(body, 8)
+    f = _fields(body, 9)
     return Status(
         session, _u(f[0], _MAX_U64), _u(f[1]), _flag(f[2]), _flag(f[3]), _u(f[4], 1000),
-        _u(f[5]), _u(f[6], 100), _u(f[7], MAX_RANK),
+        _u(f[5]), _u(f[6], 100), _u(f[7], MAX_RANK), _u(f[8], _MAX_U64),
     )  # fmt: skip
 
 
 def _dec_end(session: int, body: memoryview) -> End:
-    return End(session, _text(_fields(body, 1)[0], 200))
+    f = _fields(body, 2)
+    return End(session, _text(f[0], 200), _u(f[1], _MAX_U64))
 
 
 def _dec_solicit(session: int, body: memoryview) -> Solicit:
-    f = _fields(body, 2)
-    return Solicit(session, _hash(f[0]), _u(f[1], _MAX_U64))
+    f = _fields(body, 4)
+    return Solicit(session, _hash(f[0]), _u(f[1], _MAX_U64), _u(f[2], _MAX_U64), _u(f[3], _MAX_U64))
+
+
+def _echoes(value: Any) -> tuple[int, ...]:
+    if type(value) is not list or len(value) > MAX_ECHOES:
+        raise BadPacket("announce: bad echo list")
+    return tuple(_u(n, _MAX_U64) for n in value)
 
 
 def _hash(value: Any) -> bytes:
@@ -411,10 +450,10 @@ def decode_shard_untrusted(
     magic, version, kind, session, block, index = _SHARD_HEADER.unpack_from(data)
     if kind not in _SHARD_KINDS or magic != MAGIC or version != VERSION:
         return None
-    if key and not hmac.compare_digest(
-        hmac.digest(key, memoryview(data)[:-TAG_LEN], hashlib.sha256)[:TAG_LEN], data[-TAG_LEN:]
-    ):
-        raise BadPacket("authentication tag mismatch")
+    if key:
+        tag = hmac.digest(session_key(key, session), memoryview(data)[:-TAG_LEN], hashlib.sha256)
+        if not hmac.compare_digest(tag[:TAG_LEN], data[-TAG_LEN:]):
+            raise BadPacket("authentication tag mismatch")
     return kind, session, block, index, data[_SHARD_HEADER.size : -TAG_LEN]
 
 

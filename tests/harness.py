@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +21,7 @@ from mcast.receiver import Receiver, ReceiverConfig
 from mcast.sender import BytesSource, Sender, SenderConfig
 from mcast.simnet import Link, SimNet
 from mcast.snapshot import Snapshot, build_snapshot, generate_key
+from mcast.wire import Announce, Solicit, decode_untrusted, encode
 
 KEY = generate_key()
 T = TypeVar("T")
@@ -32,6 +33,20 @@ def make_snapshot(data: bytes, block_size: int = 4096, name: str = "pkg") -> Sna
         path.write_bytes(data)
         os.utime(path, (1_700_000_000, 1_700_000_000))
         return build_snapshot(path, name, block_size=block_size, now=1_700_000_000).signed(KEY)
+
+
+def answered(rcv: Receiver, ann: Announce, now: float = 0.0, key: bytes | None = None) -> bytes:
+    """``ann`` as the live sender sends it once it has heard ``rcv``'s SOLICIT: echoing its
+    nonce, the only kind of announce a receiver joins on. Lets ``rcv`` send that SOLICIT
+    (its first is due at once); what else it sends now is dropped."""
+    rcv.handle_timer(now)
+    nonces = tuple(
+        m.nonce
+        for d in rcv.datagrams_to_send(now)
+        if isinstance(m := decode_untrusted(d, key), Solicit)
+    )
+    assert nonces, "the receiver sent no SOLICIT"
+    return encode(replace(ann, echoes=nonces), key)
 
 
 @dataclass

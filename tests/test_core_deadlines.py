@@ -8,7 +8,7 @@ import random
 from mcast import wire
 from mcast.receiver import Receiver, ReceiverConfig
 from mcast.sender import BytesSource, Sender, SenderConfig
-from tests.harness import make_snapshot
+from tests.harness import answered, make_snapshot
 
 DATA = random.Random(11).randbytes(40_000)
 SNAP = make_snapshot(DATA, 4096)
@@ -19,7 +19,7 @@ def joined(pass_done: bool) -> Receiver:
     rcv = Receiver(SNAP, receiver_id=5, now=0.0, rng=random.Random(1))
     ann = wire.Announce(9, SNAP.package_hash, 1, 1024, 2, 50, 1, "239.255.1.1", 1, 0, pass_done,
                         0, 0)  # fmt: skip
-    rcv.receive_datagram(wire.encode(ann), None, 0.0)
+    rcv.receive_datagram(answered(rcv, ann), None, 0.0)
     rcv.datagrams_to_send(0.0)  # the join's status
     return rcv
 

@@ -181,11 +181,16 @@ def test_feedback_flood_from_one_source_is_rate_limited():
         config=SenderConfig(packet_size=256),
     )
     s.datagrams_to_send(0.0)
-    nak = wire.encode(wire.Nak(1, 66, (wire.NakEntry(0, 3, 0),)))
-    for _ in range(10_000):
+    for seq in range(1, 10_001):  # each one new: replays are dropped before the limiter
+        nak = wire.encode(wire.Nak(1, 66, (wire.NakEntry(0, 3, 0),), seq))
         s.receive_datagram(nak, ("198.18.0.66", 1), 0.001)
     assert s.stats.feedback_refused > 9_000
     assert s.stats.naks_received <= 101
+    # the same NAK again and again is a replay: dropped before it costs a token
+    again = wire.encode(wire.Nak(1, 67, (wire.NakEntry(0, 3, 0),), 5))
+    for _ in range(1_000):
+        s.receive_datagram(again, ("198.18.0.67", 1), 0.002)
+    assert s.stats.replays == 999 and s.stats.naks_received <= 102
 
 
 def test_nak_cannot_ask_for_more_than_a_block():
@@ -231,22 +236,23 @@ def test_a_receiver_overrun_report_slows_the_sender():
     s = _started_sender(0)  # uncapped: it starts at start_rate and follows the receivers
     start = s.rate_bps
     s.datagrams_to_send(0.0)
-    ok = wire.encode(wire.Status(1, 5, 0, False, socket_drops=0))
+    ok = wire.encode(wire.Status(1, 5, 0, False, socket_drops=0, seq=1))
     s.receive_datagram(ok, ("r", 1), 0.2)
     assert s.rate_bps == start
-    overrun = wire.encode(wire.Status(1, 5, 0, False, socket_drops=40))
+    overrun = wire.encode(wire.Status(1, 5, 0, False, socket_drops=40, seq=2))
     s.receive_datagram(overrun, ("r", 1), 0.3)
     assert s.rate_bps < start and s.stats.rate_cuts == 1
-    backlog = wire.encode(wire.Status(1, 5, 0, False, socket_drops=40, backlog_pct=90))
+    backlog = wire.encode(wire.Status(1, 5, 0, False, socket_drops=40, backlog_pct=90, seq=3))
     s.receive_datagram(backlog, ("r", 1), 0.5)
     assert s.stats.rate_cuts == 2
 
 
 def test_random_wire_loss_does_not_slow_the_sender():
     s = _started_sender(100_000_000)
-    lossy = wire.encode(wire.Status(1, 5, 0, False, loss_permille=50))  # 5%: parity's job
-    for i in range(20):
+    for i in range(20):  # 5% loss: parity's job
+        lossy = wire.encode(wire.Status(1, 5, 0, False, loss_permille=50, seq=i + 1))
         s.receive_datagram(lossy, ("r", 1), 0.1 * (i + 1))
+    assert s.stats.status_received == 20
     assert s.rate_bps == 100_000_000 and s.stats.rate_cuts == 0
 
 

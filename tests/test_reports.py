@@ -41,8 +41,28 @@ def test_solicits_are_jittered_around_their_interval():
     assert len(sent) == 50
     assert all(0.5 * CFG.solicit_interval <= g <= 1.5 * CFG.solicit_interval for g in gaps)
     assert len(set(gaps)) > 40  # jittered: receivers that start together do not stay in step
-    msg = decoded(sent)[0]
-    assert msg == wire.Solicit(0, HASH, 77)
+    msgs = decoded(sent)
+    assert msgs[0] == wire.Solicit(0, HASH, 77, msgs[0].seq, msgs[0].nonce)
+    seqs = [m.seq for m in msgs]
+    assert seqs == sorted(set(seqs))  # strictly increasing: the sender drops a repeat
+    assert len({m.nonce for m in msgs}) == 50 and all(m.nonce for m in msgs)
+    assert reports.nonces.echoed([msgs[-1].nonce]) and not reports.nonces.echoed([msgs[0].nonce])
+
+
+def test_an_announce_we_cannot_trust_brings_the_next_solicit_forward_but_not_a_flood():
+    reports, sent, *_ = make(seed=4)
+    reports.solicit(0.0)
+    assert reports.next_solicit >= 0.5 * CFG.solicit_interval
+    reports.solicit_soon(0.01)
+    assert reports.next_solicit <= 0.05 + 1e-9  # the gap after the last solicit, at most
+    now, n = 0.01, 0
+    while now < 1.0:  # an announce heard every millisecond
+        reports.solicit_soon(now)
+        before = len(sent)
+        reports.solicit(now)
+        n += len(sent) - before
+        now += 0.001
+    assert 10 <= n <= 20  # one per 50 ms
 
 
 def test_a_solicit_is_not_sent_before_it_is_due():
@@ -54,7 +74,7 @@ def test_a_solicit_is_not_sent_before_it_is_due():
 
 def test_no_status_goes_out_before_a_session_is_known():
     reports, sent, stats, *_ = make()
-    reports.status(done=False)
+    reports.status(0.5, done=False)
     reports.final(1.0, done=True)
     assert sent == [] and stats.status_sent == 0
 
@@ -64,7 +84,8 @@ def test_joining_reports_at_once_then_every_interval_or_when_urgent():
     verified[0] = 4
     overrun.note_socket_drops(9)
     reports.joined(0xABC, 1.0)
-    assert decoded(sent) == [wire.Status(0xABC, 77, 4, False, False, 0, 9, 0)]
+    (first,) = decoded(sent)
+    assert first == wire.Status(0xABC, 77, 4, False, False, 0, 9, 0, seq=first.seq)
     assert reports.next_status == 1.0 + CFG.status_interval
     reports.periodic(1.5, urgent=False)
     assert len(sent) == 1
@@ -100,13 +121,14 @@ def test_a_failed_status_goes_out_once():
 def test_nak_entries_are_packed_max_nak_entries_to_a_datagram():
     reports, sent, stats, *_ = make()
     entries = [wire.NakEntry(b, 3, 0) for b in range(CFG.max_nak_entries * 2 + 1)]
-    reports.naks(entries)
+    reports.naks(entries, 1.0)
     assert sent == []  # no session yet: nobody to NAK
     reports.session_id = 9
-    reports.naks(entries)
+    reports.naks(entries, 1.0)
     msgs = decoded(sent)
     assert [len(m.entries) for m in msgs] == [CFG.max_nak_entries, CFG.max_nak_entries, 1]
     assert [e for m in msgs for e in m.entries] == entries
     assert stats.naks_sent == 3 and stats.nak_entries_sent == len(entries)
-    reports.naks([])
+    assert len({m.seq for m in msgs}) == 3  # one counter, even within one instant
+    reports.naks([], 1.0)
     assert len(sent) == 3

@@ -19,7 +19,7 @@ from mcast.geometry import Geometry
 from mcast.receiver import Phase, Receiver
 from mcast.sender import BytesSource, Sender, SenderConfig
 from mcast.simnet import Link
-from tests.harness import make_snapshot, simulate
+from tests.harness import answered, make_snapshot, simulate
 from tests.test_hostile import Forger
 
 SMALL = SenderConfig(
@@ -59,7 +59,9 @@ def test_receiver_nak_after_max_seq_parity_still_decodes_at_the_sender():
     sender = Sender(snap, BytesSource(data), session_id=5, sender_id=1, now=0.0, config=cfg)
     rcv = Receiver(snap, receiver_id=9, now=0.0, rng=random.Random(0))
     first = sender.datagrams_to_send(0.0)
-    rcv.receive_datagram(first[0], None, 0.0)  # the genuine announce
+    genuine = wire.decode_untrusted(first[0])
+    assert isinstance(genuine, wire.Announce)
+    rcv.receive_datagram(answered(rcv, genuine), None, 0.0)  # the genuine announce
     forged = wire.encode_shard(wire.MsgType.PARITY, 5, 0, 0xFFFFFFFF, bytes(256), None)
     rcv.receive_datagram(forged, None, 0.0)
     for d in first[1:]:
@@ -124,8 +126,8 @@ def _forged_first_announce(run, session: int, **changes) -> None:
                 group=SMALL.group, port=SMALL.port, next_block=0, pass_done=False,
                 receivers=0, progress_pct=0,
             )  # fmt: skip
-            fields.update(changes)
-            core.receive_datagram(wire.encode(wire.Announce(**fields)), "mallory", now)
+            fields.update(changes)  # unkeyed, the attacker hears the SOLICIT and echoes it
+            core.receive_datagram(answered(core, wire.Announce(**fields), now), "mallory", now)
             return core
 
         node.factory = factory
@@ -190,9 +192,10 @@ def test_a_replayed_keyed_announce_of_an_ended_session_does_not_hold_a_receiver(
     # The old session ended long ago; a new agent wants the package and hears the replay.
     rcv = Receiver(snap, receiver_id=3, now=0.0, rng=random.Random(1), key=key)
     _drive(rcv, 60.0, lambda now: [captured] if round(now * 100) % 200 == 0 else [])
-    assert rcv.session_id == 77  # it joined the replayed session (authentic tag)
-    assert rcv.verified_units == 0
-    # Silence of data for 60 s (12 x silence_timeout) must end the session for this receiver.
+    # The tag is authentic, but the announce echoes none of the receiver's SOLICIT nonces:
+    # it never joins the dead session, and fails (to fetch's next try, or HTTP) on time.
+    assert rcv.session_id is None and rcv.stats.unconfirmed_announces == 1
+    assert rcv.stats.replays >= 2  # the same announce again: dropped before anything
     assert rcv.phase is Phase.FAILED, rcv.phase
 
 
@@ -206,7 +209,10 @@ def test_a_replayed_genuine_shard_of_another_session_is_not_data_for_this_one():
     cur = Sender(snap, BytesSource(data), session_id=2, sender_id=1, now=0.0, key=key,
                  config=SMALL)  # fmt: skip
     rcv = Receiver(snap, receiver_id=3, now=0.0, rng=random.Random(1), key=key)
-    rcv.receive_datagram(cur.datagrams_to_send(0.0)[0], None, 0.0)
+    ann = wire.decode_untrusted(cur.datagrams_to_send(0.0)[0], key)
+    assert isinstance(ann, wire.Announce)
+    rcv.receive_datagram(answered(rcv, ann, key=key), None, 0.0)
+    assert rcv.session_id == 2
     replay = wire.encode_shard(wire.MsgType.DATA, 1, 0, 0, data[:256], key)
     rcv.receive_datagram(replay, None, 0.0)
     assert rcv.stats.other_session == 1 and rcv.stats.data_shards == 0
@@ -321,10 +327,15 @@ forged_shard = st.builds(
 )
 forged_control = st.one_of(
     st.builds(
-        lambda nb, pd, ps, upb, pr: wire.encode(wire.Announce(
-            _SID, _PROP_SNAP.package_hash, 1, ps, upb, pr, 1, "239.255.1.1", 1, nb, pd, 0, 0
-        )),
-        u32, st.booleans(), st.sampled_from([2, 256, 512, 64_000]), st.integers(1, 4096),
+        lambda nb, pd, ps, upb, pr: wire.encode(
+            wire.Announce(
+                _SID, _PROP_SNAP.package_hash, 1, ps, upb, pr, 1, "239.255.1.1", 1, nb, pd, 0, 0
+            )
+        ),
+        u32,
+        st.booleans(),
+        st.sampled_from([2, 256, 512, 64_000]),
+        st.integers(1, 4096),
         st.integers(1, 400),
     ),
     st.builds(
@@ -335,7 +346,9 @@ forged_control = st.one_of(
     st.builds(lambda: wire.encode(wire.End(_SID, "forged"))),
     st.builds(
         lambda rid, n, d: wire.encode(wire.Status(_SID, rid, n, d)),
-        st.integers(0, 2**64 - 1), u32, st.booleans(),
+        st.integers(0, 2**64 - 1),
+        u32,
+        st.booleans(),
     ),
     st.binary(max_size=80),
 )
@@ -460,7 +473,7 @@ def test_forged_parity_held_in_memory_is_bounded():
     # the genuine sender has not sent block 0 yet (next_block 0, pass not done)
     ann = wire.Announce(5, snap.package_hash, 1, 1432, 16, 100, 1, "239.255.1.1", 1, 0, False,
                         0, 0)  # fmt: skip
-    rcv.receive_datagram(wire.encode(ann), None, 0.0)
+    rcv.receive_datagram(answered(rcv, ann), None, 0.0)
     g = rcv.geometry
     for b in range(g.block_count):
         for seq in range(g.k(b) - 1):

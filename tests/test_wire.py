@@ -70,20 +70,34 @@ announces = st.builds(
     receivers=u32,
     progress_pct=st.integers(0, 100),
     claiming=st.booleans(),
+    seq=u64,
+    echoes=st.lists(u64, max_size=64).map(tuple),
 )
 naks = st.builds(
     Nak,
     u64,
     u64,
     st.lists(st.builds(NakEntry, u32, u32, u32), min_size=1, max_size=256).map(tuple),
+    u64,
 )
-statuses = st.builds(Status, u64, u64, u32, st.booleans(), st.booleans(),
-                     st.integers(0, 1000), u32, st.integers(0, 100))
-solicits = st.builds(Solicit, u64, st.binary(min_size=32, max_size=32), u64)
+statuses = st.builds(
+    Status,
+    u64,
+    u64,
+    u32,
+    st.booleans(),
+    st.booleans(),
+    st.integers(0, 1000),
+    u32,
+    st.integers(0, 100),
+    st.integers(0, 3),
+    u64,
+)
+solicits = st.builds(Solicit, u64, st.binary(min_size=32, max_size=32), u64, u64, u64)
 # The decoder allows 200 code points; ASCII keeps them under msgpack's 256-byte str limit.
 # (Non-ASCII reasons are pinned separately: see test_end_reason_limit_counts_characters.)
 ascii_text = st.text(st.characters(max_codepoint=127), max_size=200)
-ends = st.builds(End, u64, st.one_of(st.text(max_size=64), ascii_text))
+ends = st.builds(End, u64, st.one_of(st.text(max_size=64), ascii_text), u64)
 messages = st.one_of(datas, parities, announces, naks, statuses, ends, solicits)
 
 
@@ -97,11 +111,25 @@ def _decode_or_none(data: bytes, key: bytes | None = None) -> wire.Message | Non
     return msg
 
 
-def _raw(kind: int, body: bytes, session: int = 7, key: bytes | None = None,
-         version: int = 1, magic: bytes = b"MC") -> bytes:
+def _tag_key(key: bytes, session: int) -> bytes:
+    """The session's tag key, by RFC 5869 written out here (HKDF-SHA-256, one block), so the
+    tests pin the derivation independently of wire.session_key."""
+    prk = hmac.new(b"mcast wire v2", key, hashlib.sha256).digest()
+    info = b"mcast session tag key" + session.to_bytes(8, "big")
+    return hmac.new(prk, info + b"\x01", hashlib.sha256).digest()
+
+
+def _raw(
+    kind: int,
+    body: bytes,
+    session: int = 7,
+    key: bytes | None = None,
+    version: int = 2,
+    magic: bytes = b"MC",
+) -> bytes:
     """A datagram built by hand, independent of wire's encoders (tag computed here too)."""
     head = magic + struct.pack("!BBQ", version, kind, session) + body
-    tag = hmac.new(key, head, hashlib.sha256).digest()[:16] if key else bytes(16)
+    tag = hmac.new(_tag_key(key, session), head, hashlib.sha256).digest()[:16] if key else bytes(16)
     return head + tag
 
 
@@ -113,8 +141,9 @@ def _examples() -> list[wire.Message]:
     return [
         Data(1, 2, 3, b"payload bytes"),
         Parity(2**64 - 1, 2**32 - 1, 2**32 - 1, b"\x00"),
-        Announce(5, bytes(range(32)), 9, 1400, 16, 25, 10**8, "239.255.1.2", 47000, 3, False,
-                 4, 50),
+        Announce(
+            5, bytes(range(32)), 9, 1400, 16, 25, 10**8, "239.255.1.2", 47000, 3, False, 4, 50
+        ),
         Nak(6, 11, (NakEntry(1, 2, 3), NakEntry(2**32 - 1, 0, 7))),
         Status(7, 12, 99, True, False),
         End(8, "done"),
@@ -149,10 +178,24 @@ def test_type_codes_are_the_documented_ones():
 
 
 def test_largest_valid_values_round_trip():
-    big = Announce(2**64 - 1, b"\xff" * 32, 2**64 - 1, 65_000, 4096, 400, 2**64 - 1, "g" * 64,
-                   65535, 2**32 - 1, True, 2**32 - 1, 100)
-    nak = Nak(2**64 - 1, 2**64 - 1, tuple(NakEntry(2**32 - 1, 2**32 - 1, 2**32 - 1)
-                                          for _ in range(256)))
+    big = Announce(
+        2**64 - 1,
+        b"\xff" * 32,
+        2**64 - 1,
+        65_000,
+        4096,
+        400,
+        2**64 - 1,
+        "g" * 64,
+        65535,
+        2**32 - 1,
+        True,
+        2**32 - 1,
+        100,
+    )
+    nak = Nak(
+        2**64 - 1, 2**64 - 1, tuple(NakEntry(2**32 - 1, 2**32 - 1, 2**32 - 1) for _ in range(256))
+    )
     status = Status(2**64 - 1, 2**64 - 1, 2**32 - 1, True, True)
     for msg in (big, nak, status, End(0, "r" * 200)):
         assert decode_untrusted(encode(msg, KEY), KEY) == msg
@@ -170,10 +213,15 @@ def test_end_reason_limit_counts_characters():
 def test_data_layout_is_header_shard_payload_tag():
     payload = b"\xab" * 10
     data = encode(Data(0x0102030405060708, 0x0A0B0C0D, 0x11121314, payload), KEY)
-    expected_head = (b"MC\x01\x01" + bytes.fromhex("0102030405060708")
-                     + bytes.fromhex("0a0b0c0d11121314") + payload)
+    expected_head = (
+        b"MC\x02\x01"
+        + bytes.fromhex("0102030405060708")
+        + bytes.fromhex("0a0b0c0d11121314")
+        + payload
+    )
     assert data[:-16] == expected_head
-    assert data[-16:] == hmac.new(KEY, expected_head, hashlib.sha256).digest()[:16]
+    tag_key = _tag_key(KEY, 0x0102030405060708)
+    assert data[-16:] == hmac.new(tag_key, expected_head, hashlib.sha256).digest()[:16]
 
 
 def test_unkeyed_tag_is_sixteen_zero_bytes():
@@ -219,20 +267,32 @@ def test_decode_of_arbitrary_bytes_returns_message_or_raises_badpacket(data: byt
 
 
 @FUZZ
-@given(kind=st.integers(0, 255), body=st.binary(max_size=300), key=keys,
-       version=st.sampled_from([0, 1, 2, 255]))
+@given(
+    kind=st.integers(0, 255),
+    body=st.binary(max_size=300),
+    key=keys,
+    version=st.sampled_from([0, 1, 2, 255]),
+)
 def test_decode_of_arbitrary_body_behind_valid_header_is_message_or_badpacket(
-        kind: int, body: bytes, key, version: int):
+    kind: int, body: bytes, key, version: int
+):
     msg = _decode_or_none(_raw(kind, body, key=key, version=version), key)
-    if version != 1 or kind not in range(1, 7):
+    if version != 2 or kind not in range(1, 8):
         assert msg is None
 
 
 msgpack_values = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(),
-              st.text(max_size=300), st.binary(max_size=300)),
-    lambda inner: st.one_of(st.lists(inner, max_size=20),
-                            st.dictionaries(st.text(max_size=5), inner, max_size=5)),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**63), 2**64 - 1),
+        st.floats(),
+        st.text(max_size=300),
+        st.binary(max_size=300),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=20), st.dictionaries(st.text(max_size=5), inner, max_size=5)
+    ),
     max_leaves=40,
 )
 
@@ -284,7 +344,7 @@ def test_peek_of_mutated_datagram_is_header_or_badpacket(case):
     except BadPacket:
         return
     assert isinstance(kind, MsgType) and 0 <= session < 2**64
-    assert data[:2] == b"MC" and data[2] == 1 and kind == data[3]
+    assert data[:2] == b"MC" and data[2] == 2 and kind == data[3]
 
 
 @FUZZ
@@ -300,8 +360,13 @@ def test_peek_of_arbitrary_bytes_is_header_or_badpacket(data: bytes):
 def test_peek_refuses_short_bad_magic_bad_version_unknown_type():
     good = encode(End(3, "x"))
     assert peek_session_untrusted(good) == (MsgType.END, 3)
-    for bad in (good[:27], b"XC" + good[2:], good[:2] + b"\x02" + good[3:],
-                good[:3] + b"\x00" + good[4:], good[:3] + b"\x08" + good[4:]):
+    for bad in (
+        good[:27],
+        b"XC" + good[2:],
+        good[:2] + b"\x01" + good[3:],
+        good[:3] + b"\x00" + good[4:],
+        good[:3] + b"\x08" + good[4:],
+    ):
         with pytest.raises(BadPacket):
             peek_session_untrusted(bad)
 
@@ -400,8 +465,27 @@ def test_type_confusion_is_refused_by_keyed_receiver():
 # control-body limits and types
 
 H32 = bytes(32)
-GOOD_ANNOUNCE = [H32, 9, 1400, 16, 25, 10**8, "239.255.1.2", 47000, 3, False, 4, 50, False,
-                 True, 3, 77, 3000]
+GOOD_ANNOUNCE = [
+    H32,
+    9,
+    1400,
+    16,
+    25,
+    10**8,
+    "239.255.1.2",
+    47000,
+    3,
+    False,
+    4,
+    50,
+    False,
+    True,
+    3,
+    77,
+    3000,
+    5,
+    [1, 2**64 - 1],
+]
 
 
 def _announce_with(i: int, value: Any) -> list[Any]:
@@ -412,8 +496,10 @@ def _announce_with(i: int, value: Any) -> list[Any]:
 
 BAD_BODIES: dict[str, tuple[MsgType, Any]] = {
     # shape
-    "announce-as-map": (MsgType.ANNOUNCE, dict(zip("abcdefghijklmnopq", GOOD_ANNOUNCE,
-                                                   strict=True))),
+    "announce-as-map": (
+        MsgType.ANNOUNCE,
+        dict(zip("abcdefghijklmnopqrs", GOOD_ANNOUNCE, strict=True)),
+    ),
     "announce-too-few": (MsgType.ANNOUNCE, GOOD_ANNOUNCE[:-1]),
     "announce-too-many": (MsgType.ANNOUNCE, [*GOOD_ANNOUNCE, 0]),
     "announce-257-array": (MsgType.ANNOUNCE, [0] * 257),
@@ -477,7 +563,17 @@ BAD_BODIES: dict[str, tuple[MsgType, Any]] = {
     "announce-verified-over-u32": (MsgType.ANNOUNCE, _announce_with(15, 2**32)),
     "announce-hold-over-a-minute": (MsgType.ANNOUNCE, _announce_with(16, 60_001)),
     "announce-old-13-fields": (MsgType.ANNOUNCE, GOOD_ANNOUNCE[:13]),
-    "status-rank-4": (MsgType.STATUS, [1, 2, True, False, 0, 0, 0, 4]),
+    "status-rank-4": (MsgType.STATUS, [1, 2, True, False, 0, 0, 0, 4, 1]),
+    "announce-v1-17-fields": (MsgType.ANNOUNCE, GOOD_ANNOUNCE[:17]),
+    "announce-65-echoes": (MsgType.ANNOUNCE, [*GOOD_ANNOUNCE[:18], [1] * 65]),
+    "announce-echo-negative": (MsgType.ANNOUNCE, [*GOOD_ANNOUNCE[:18], [-1]]),
+    "announce-echoes-not-list": (MsgType.ANNOUNCE, [*GOOD_ANNOUNCE[:18], 7]),
+    "announce-seq-negative": (MsgType.ANNOUNCE, [*GOOD_ANNOUNCE[:17], -1, []]),
+    "status-seq-float": (MsgType.STATUS, [1, 2, True, False, 0, 0, 0, 1, 1.5]),
+    "end-v1-reason-only": (MsgType.END, ["r"]),
+    "nak-seq-float": (MsgType.NAK, [1, [[1, 2, 3]], 1.0]),
+    "solicit-v1-two-fields": (MsgType.SOLICIT, [H32, 1]),
+    "solicit-nonce-negative": (MsgType.SOLICIT, [H32, 1, 2, -3]),
 }
 
 
@@ -493,8 +589,9 @@ def test_the_bad_body_table_is_built_on_a_valid_announce():
     """Guards the table above: its base announce is accepted, so each row tests one change."""
     msg = decode_untrusted(_control(MsgType.ANNOUNCE, GOOD_ANNOUNCE))
     assert isinstance(msg, Announce) and msg.packet_size == 1400
-    assert isinstance(decode_untrusted(_control(MsgType.NAK, [1, [[1, 2, 3]] * 256])), Nak)
-    assert isinstance(decode_untrusted(_control(MsgType.END, ["r" * 200])), End)
+    assert isinstance(decode_untrusted(_control(MsgType.NAK, [1, [[1, 2, 3]] * 256, 9])), Nak)
+    assert isinstance(decode_untrusted(_control(MsgType.END, ["r" * 200, 9])), End)
+    assert isinstance(decode_untrusted(_control(MsgType.SOLICIT, [H32, 1, 2, 2**64 - 1])), Solicit)
 
 
 RAW_BAD_BODIES = {
