@@ -31,36 +31,59 @@ class Heard:
     announce: Announce
     first_heard: float
     last_heard: float
+    fresh: bool = True  # an announce of it echoed one of our nonces: live now, no recording
+
+
+MAX_UNCONFIRMED = 64  # sessions heard but not yet shown to be live, kept at once
 
 
 class SessionTable:
-    """Live sessions by id, from announces (and END) heard on the discovery group."""
+    """Live sessions by id, from announces (and END) heard on the discovery group.
+
+    Only sessions shown to be live now count (``fresh``: the caller saw an announce of it
+    echo one of its SOLICIT nonces); the others wait, bounded, until they are, so a recording
+    of sessions that are over neither fills the subnet's limit nor wins an election."""
 
     def __init__(self, ttl: float = SESSION_TTL) -> None:
         self.ttl = ttl
         self._sessions: dict[int, Heard] = {}
         self.rejected = 0  # announces not followed (see announce_problem)
 
-    def heard(self, announce: Announce, now: float) -> bool:
+    def heard(self, announce: Announce, now: float, *, fresh: bool = True) -> bool:
         """Record an announce; False (and counted in ``rejected``) when it must not be
-        followed: a session whose data group is outside the safe scope is no session."""
+        followed: a session whose data group is outside the safe scope is no session.
+        ``fresh`` says the announce proved it is live (once is enough for a session)."""
         if announce_problem(announce) is not None:
             self.rejected += 1
             return False
         entry = self._sessions.get(announce.session)
         if entry is None:
-            self._sessions[announce.session] = Heard(announce, now, now)
+            if not fresh:
+                self._bound_unconfirmed()
+            self._sessions[announce.session] = Heard(announce, now, now, fresh)
         else:
             entry.announce, entry.last_heard = announce, now
+            entry.fresh = entry.fresh or fresh
         return True
+
+    def _bound_unconfirmed(self) -> None:
+        waiting = [h for h in self._sessions.values() if not h.fresh]
+        if len(waiting) >= MAX_UNCONFIRMED:
+            oldest = min(waiting, key=lambda h: h.last_heard)
+            del self._sessions[oldest.announce.session]
 
     def ended(self, session: int) -> None:
         self._sessions.pop(session, None)
 
+    def is_fresh(self, session: int) -> bool:
+        entry = self._sessions.get(session)
+        return entry is not None and entry.fresh
+
     def live(self, now: float) -> list[Heard]:
         for sid in [s for s, h in self._sessions.items() if now - h.last_heard > self.ttl]:
             del self._sessions[sid]
-        return sorted(self._sessions.values(), key=lambda h: h.announce.session)
+        fresh = (h for h in self._sessions.values() if h.fresh)
+        return sorted(fresh, key=lambda h: h.announce.session)
 
     def get(self, session: int, now: float) -> Heard | None:
         """The live session ``session``, if it is one."""

@@ -65,3 +65,43 @@ def test_a_fetch_sees_a_session_only_under_its_sites_discovery_key(
         assert done["route"] == "joined" and done["bytes_http"] == 0, done
     else:  # it never heard the session: it mastered its own, over HTTP
         assert done["route"] == "master" and done["bytes_http"] == snap.total_size, done
+
+
+async def test_a_replayed_announce_of_an_ended_session_is_neither_joined_nor_counted() -> None:
+    """A host that recorded a session's announce on the discovery group replays it after the
+    session ended: its tag is authentic, but it echoes none of our nonces, so the agent asks
+    that session to confirm, hears nothing back, and neither joins it nor counts it towards
+    the subnet's limit (before, it joined a dead session and waited out its silence)."""
+    import dataclasses
+
+    import trio
+
+    from mcast.discovery import Action
+    from mcast.discovery_driver import Discovery
+    from mcast.udp import Endpoint
+    from mcast.wire import Announce, encode
+    from tests.harness import await_for
+
+    key = os.urandom(32)
+    s = dataclasses.replace(settings(), session_key=key)
+    wanted, other = b"\x11" * 32, b"\x22" * 32
+    recorded = encode(Announce(0xDEAD, wanted, 7, 1432, 16, 100, 10**8, "239.255.1.9", 47000, 3,
+                               False, 2, 10, seq=5), key)  # fmt: skip
+    async with Discovery.open(s) as disc:
+        replayer = Endpoint.open(s.discovery_group, s.discovery_port, s.interface)
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def replay() -> None:
+                    while True:
+                        await replayer.send_many([recorded])
+                        await trio.sleep(0.02)
+
+                nursery.start_soon(replay)
+                await await_for(lambda: 0xDEAD in disc._asked, "the agent to ask it to confirm")
+                assert (await disc.decide(wanted, 1))[0] is Action.START
+                assert (await disc.decide(other, 1))[0] is Action.START  # limit not filled
+                assert disc.table.live(trio.current_time()) == []
+                nursery.cancel_scope.cancel()
+        finally:
+            replayer.close()
