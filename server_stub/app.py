@@ -25,7 +25,15 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from mcast.snapshot import Snapshot, SnapshotError, TrustStore, UnsafePath, safe_relpath
+from mcast.snapshot import (
+    Snapshot,
+    SnapshotError,
+    TrustStore,
+    UnsafePath,
+    load_private_key,
+    safe_relpath,
+)
+from mcast.task_sig import sign_task
 
 from . import docs, repo
 from .events import EventProcessor
@@ -65,6 +73,10 @@ class Server:
         if not (self.data_dir / repo.KEY_NAME).exists() and mode == "notification":
             raise FileNotFoundError(f"{self.data_dir} is not initialised (run `mcast-ns init`)")
         self.store = Store(self.data_dir) if mode == "notification" else None
+        # signs every task of a policy (mcast.task_sig): the key that signs snapshots
+        self.signing_key = (
+            load_private_key(self.data_dir / repo.KEY_NAME) if mode == "notification" else None
+        )
         self.processor = EventProcessor(self.store) if self.store else None
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
@@ -113,8 +125,15 @@ async def get_client_policies(request: Request) -> Response:
     discovery_key = await srv.db(store.discovery_key, site)
     settings = await srv.db(store.settings)
     tasks = await srv.db(store.tasks_for, guid)
+    assert srv.signing_key is not None
     items = [
-        docs.policy_task(t, await srv.db(partial(store.latest_package, package_id=t.package_id)))
+        sign_task(
+            srv.signing_key,
+            guid,
+            docs.policy_task(
+                t, await srv.db(partial(store.latest_package, package_id=t.package_id))
+            ),
+        )
         for t in tasks
     ]
     return Response(docs.policy_xml(guid, settings, items, discovery_key), media_type=XML)
