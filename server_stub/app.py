@@ -38,7 +38,8 @@ from mcast.task_sig import sign_task
 from . import docs, repo
 from .events import EventProcessor
 from .ranges import RangeError, parse_range
-from .replica import ReplicaError, replicate
+from .replica import replicate
+from .replica_gate import ReplicaGate
 from .store import SERVER_SITE, Store, StoreError
 
 log = logging.getLogger("server_stub")
@@ -66,7 +67,7 @@ class Server:
         self.data_dir = Path(data_dir)
         self.upstream = upstream
         self.trust = trust
-        self._replicating: dict[str, anyio.Lock] = {}
+        self.replicas = ReplicaGate()  # bounds what replication may cost
         self.mode = mode
         self.site = site
         self.public_url = public_url.rstrip("/") + "/" if public_url else None
@@ -86,22 +87,16 @@ class Server:
         return self.public_url or str(request.base_url)
 
     async def snapshot(self, hash_hex: str) -> Snapshot | None:
-        """The snapshot of a stored package; a package server replicates it on first use."""
+        """The snapshot of a stored package; a package server replicates it on first use,
+        within the bounds of :class:`ReplicaGate`."""
         snap = await self.db(_snapshot_of, self, hash_hex)
         if snap is not None or self.upstream is None or self.trust is None:
             return snap
-        lock = self._replicating.setdefault(hash_hex, anyio.Lock())
-        async with lock:
-            snap = await self.db(_snapshot_of, self, hash_hex)
-            if snap is None:
-                try:
-                    snap = await self.db(
-                        replicate, self.data_dir, self.upstream, hash_hex, self.trust
-                    )
-                except ReplicaError as exc:
-                    log.warning("replication of %s failed: %s", hash_hex, exc)
-                    return None
-        return snap
+        return await self.replicas.fetch(
+            hash_hex,
+            partial(self.db, _snapshot_of, self, hash_hex),
+            partial(replicate, self.data_dir, self.upstream, hash_hex, self.trust),
+        )
 
     def ns(self) -> Store:
         assert self.store is not None
