@@ -239,3 +239,20 @@ def test_an_agent_that_is_not_root_runs_only_as_itself(monkeypatch: pytest.Monke
         runas.resolve("root", "nobody")
     assert runas.resolve("system", "nobody").is_self
     assert runas.resolve("nobody", "nobody").uid == nobody.pw_uid
+
+
+def test_task_add_run_as_sets_the_run_as_user(ns: NS, capsys: pytest.CaptureFixture[str]) -> None:
+    from server_stub.cli import main
+    from server_stub.store import Store
+
+    d = ["--data", str(ns.data)]
+    g = ns.guids[0]
+    base = ["task", "add", "--package", ns.package_name, "--command", "x", "--targets", g, *d]
+    assert main([*base, "--run-as", "nobody"]) == 0
+    assert main(base) == 0
+    capsys.readouterr()
+    store = Store(ns.data)
+    try:
+        assert [t.credentials for t in store.tasks_for(g)] == ["nobody", "system"]
+    finally:
+        store.close()
