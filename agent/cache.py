@@ -14,6 +14,9 @@ the WAN. What is offered is the Agent Settings' policy:
 - the package's files are all there at their sizes (a cheap check per request); the sender
   re-hashes every unit it reads, so a file changed since it verified ends that session.
 
+:func:`rehash` re-checks every unit of a cached package against its snapshot right before
+the package runs (the size check of :func:`cached_snapshot` is only the cheap one).
+
 The peer cache needs the site's discovery key from the policy (it hears solicits with it);
 without one it serves nothing. Its sessions use the package's session key from
 getPackageInfo, stored with the package.

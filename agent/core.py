@@ -21,6 +21,12 @@ again: nothing lost, nothing run twice" true:
   past that limit (when the server hands out its fallback codebases). A refusal (4xx, a
   snapshot that does not verify) fails the job at once.
 - the package cache doubles as the subnet's peer cache (:mod:`agent.cache`).
+- a task whose signature does not verify with the trust key (:mod:`mcast.task_sig`) is
+  refused at check-in (logged, a ``task-refused`` event): never stored, downloaded or run.
+- right before a command runs, its run-as user is resolved (:mod:`agent.runas`) and every
+  unit of the cached package is re-hashed against its snapshot (:func:`agent.cache.rehash`);
+  either failing fails the job and runs nothing, and a changed package leaves the cache so
+  that the next job downloads it again.
 - ``running`` is committed before the command starts. A job found ``running`` when the agent
   starts was interrupted (the agent died while the command ran, or before it recorded the
   result): it is reported ``failed`` ("interrupted") and **never re-run**, because installers
