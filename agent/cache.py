@@ -14,6 +14,9 @@ the WAN. What is offered is the Agent Settings' policy:
 - the package's files are all there at their sizes (a cheap check per request); the sender
   re-hashes every unit it reads, so a file changed since it verified ends that session.
 
+:func:`rehash` re-checks every unit of a cached package against its snapshot right before
+the package runs (the size check of :func:`cached_snapshot` is only the cheap one).
+
 The peer cache needs the site's discovery key from the policy (it hears solicits with it);
 without one it serves nothing. Its sessions use the package's session key from
 getPackageInfo, stored with the package.
@@ -34,6 +37,7 @@ from mcast.fetch import FetchSettings
 from mcast.fleet import AgentSettings
 from mcast.peer_cache import Cached, CacheStats, serve_cache
 from mcast.snapshot import Snapshot, SnapshotError, parse_snapshot_xml
+from mcast.source import FileSource, SourceMismatch
 
 from .config import AgentConfig
 from .state import AgentState, CacheEntry
@@ -61,6 +65,34 @@ def cached_snapshot(state: AgentState, package_hash: str) -> Snapshot | None:
         if not p.is_file() or p.stat().st_size != f.size:
             return None
     return snap
+
+
+def rehash(state: AgentState, package_hash: str) -> str | None:
+    """Re-hash every unit of a cached package against its snapshot, right before it runs:
+    ``None`` if the files are the package ``package_hash`` names, else what is wrong. The
+    snapshot must hash to ``package_hash`` (the hash the signed task names), so a changed
+    snapshot file is caught as well as a changed package file. Blocking: it reads the whole
+    package."""
+    try:
+        snap = parse_snapshot_xml(snapshot_path(state, package_hash).read_bytes())
+    except (OSError, SnapshotError) as exc:
+        return f"cannot read the package's snapshot: {exc}"
+    if snap.package_hash_hex != package_hash:
+        return f"the cached snapshot is of package {snap.package_hash_hex[:12]}"
+    try:
+        source = FileSource(snap, state.cache_dir(package_hash))
+    except SourceMismatch as exc:
+        return str(exc)
+    try:
+        for unit in range(snap.block_count):
+            source.read(*snap.block_range(unit))  # raises at the first unit that differs
+    except SourceMismatch as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"cannot read the package: {exc.strerror or exc}"
+    finally:
+        source.close()
+    return None
 
 
 class PeerCache:
@@ -118,12 +150,16 @@ class PeerCache:
         for e in self.state.cache_entries():
             if e.hash in kept or e.hash in needed:
                 continue
-            self.state.forget_package(e.hash)  # first: a crash leaves no "complete" claim
-            shutil.rmtree(self.state.cache_dir(e.hash), ignore_errors=True)
-            snapshot_path(self.state, e.hash).unlink(missing_ok=True)
+            self.remove(e.hash)
             gone.append(e.hash)
             self._emit("peer-cache", action="pruned", hash=e.hash)
         return gone
+
+    def remove(self, package_hash: str) -> None:
+        """Take a package out of the cache and off the disk."""
+        self.state.forget_package(package_hash)  # first: a crash leaves no "complete" claim
+        shutil.rmtree(self.state.cache_dir(package_hash), ignore_errors=True)
+        snapshot_path(self.state, package_hash).unlink(missing_ok=True)
 
     # -- serving ---------------------------------------------------------------------------
     def fetch_settings(self) -> FetchSettings | None:

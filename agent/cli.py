@@ -51,6 +51,7 @@ from mcast.udp import DISCOVERY_GROUP, DISCOVERY_PORT, UnsafeAddress, resolve_in
 
 from .config import AgentConfig, ConfigError
 from .core import Agent, Fetcher
+from .runas import DEFAULT_USER
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=argtypes.positive_seconds,
         default=3600.0,
         help="seconds a command may run before it is killed (default 3600)",
+    )
+    p.add_argument(
+        "--run-as-default",
+        default=DEFAULT_USER,
+        type=argtypes.name,
+        metavar="USER",
+        help="the user a task's command runs as when the task names none (credentials "
+        f"'system'); never root (default {DEFAULT_USER})",
     )
     p.add_argument(
         "--fetcher",
@@ -235,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             discovery_port=port,
             command_timeout_s=args.command_timeout,
             check_in_interval_s=args.interval,
+            run_as_default=args.run_as_default,
         )
         show = _printer(args.json)
         agent = Agent(config, fetcher=args.fetcher, on_event=show)

@@ -15,6 +15,8 @@ from mcast.errors import UsageError
 from mcast.scope import SAFE_GROUPS
 from mcast.udp import DISCOVERY_GROUP, DISCOVERY_PORT
 
+from .runas import DEFAULT_USER, RunAsError, check_default
+
 
 class ConfigError(UsageError, ValueError):
     """A configuration value is unusable; the message says which and why."""
@@ -39,6 +41,8 @@ class AgentConfig:
     rank: Rank = Rank.WIRED  # what this machine weighs in a multicast master election
     download_attempts: int = 8  # failed download attempts before a job fails (see core) ...
     download_retry_base_s: float = 30.0  # ... backing off from this (capped at retry_cap_s)
+    # whom a task that names no run-as user (``system``) runs as; never root (agent.runas)
+    run_as_default: str = DEFAULT_USER
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.server_url)
@@ -75,6 +79,10 @@ class AgentConfig:
             safe = False
         if not safe:
             raise ConfigError(f"discovery group {self.discovery_group!r} is not in {SAFE_GROUPS}")
+        try:
+            check_default(self.run_as_default)
+        except RunAsError as exc:
+            raise ConfigError(str(exc)) from None
         object.__setattr__(self, "server_url", self.server_url.rstrip("/"))
         object.__setattr__(self, "state_dir", Path(self.state_dir))
         object.__setattr__(self, "trust_key", Path(self.trust_key))

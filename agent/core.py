@@ -21,6 +21,12 @@ again: nothing lost, nothing run twice" true:
   past that limit (when the server hands out its fallback codebases). A refusal (4xx, a
   snapshot that does not verify) fails the job at once.
 - the package cache doubles as the subnet's peer cache (:mod:`agent.cache`).
+- a task whose signature does not verify with the trust key (:mod:`mcast.task_sig`) is
+  refused at check-in (logged, a ``task-refused`` event): never stored, downloaded or run.
+- right before a command runs, its run-as user is resolved (:mod:`agent.runas`) and every
+  unit of the cached package is re-hashed against its snapshot (:func:`agent.cache.rehash`);
+  either failing fails the job and runs nothing, and a changed package leaves the cache so
+  that the next job downloads it again.
 - ``running`` is committed before the command starts. A job found ``running`` when the agent
   starts was interrupted (the agent died while the command ran, or before it recorded the
   result): it is reported ``failed`` ("interrupted") and **never re-run**, because installers
@@ -71,9 +77,12 @@ from mcast.snapshot import (
     load_trust_key,
     load_verified,
 )
+from mcast.task_sig import TaskSignatureError, verify_task
 
-from .cache import PeerCache, cached_snapshot, snapshot_path
+from .cache import PeerCache, cached_snapshot, rehash, snapshot_path
 from .config import AgentConfig, ConfigError
+from .runas import RunAs, RunAsError, grant_read
+from .runas import resolve as resolve_run_as
 from .runner import run_command
 from .state import AgentState, Job, JobState, Report, StateError
 
@@ -335,6 +344,13 @@ class Agent:
         self.cache.policy_changed()
         wanted: set[tuple[str, str]] = set()
         for t in policy.tasks:
+            try:
+                verify_task(self._public, self.config.guid, t)
+            except TaskSignatureError as exc:
+                # refused before it is stored: never run; the rest of the policy applies
+                log.warning("task refused: %s", exc)
+                self._emit("task-refused", task=t.task_id, reason=str(exc))
+                continue
             if not t.package_hash:
                 log.warning("task %s: the server knows no version of its package", t.task_id)
                 continue
@@ -408,7 +424,20 @@ class Agent:
             self.state.forget_package(job.package_hash)
             job = self._move(job, JobState.DOWNLOADING, Report(message="package left the cache"))
             return job, time.time()
-        return await self._run(job), None
+        try:
+            user = resolve_run_as(job.credentials, self.config.run_as_default)
+        except RunAsError as exc:
+            return self._fail(job, f"not run: {exc}"), None
+        problem = await trio.to_thread.run_sync(rehash, self.state, job.package_hash)
+        if problem is not None:
+            # never run what the snapshot does not describe; the next job downloads it again
+            self.cache.remove(job.package_hash)
+            return self._fail(job, f"package changed in the cache, not run: {problem}"), None
+        try:
+            grant_read(self.state.cache_dir(job.package_hash), user)
+        except OSError as exc:
+            return self._fail(job, f"not run: cannot open the package to {user.name}: {exc}"), None
+        return await self._run(job, user), None
 
     def _move(
         self, job: Job, new: JobState, report: Report, *, session: str | None = None, **kw: Any
@@ -587,10 +616,13 @@ class Agent:
         ), None
 
     # -- steps 7-9: run and report -------------------------------------------------------
-    async def _run(self, job: Job) -> Job:
+    async def _run(self, job: Job, user: RunAs) -> Job:
         # committed before the process starts: a crash from here on is never re-run
         job = self._move(
-            job, JobState.RUNNING, Report(message=f"running {job.command}"), count_run=True
+            job,
+            JobState.RUNNING,
+            Report(message=f"running {job.command} as {user.name}"),
+            count_run=True,
         )
         env = {
             "MCAST_AGENT_GUID": self.config.guid,
@@ -604,6 +636,7 @@ class Agent:
             timeout_s=self.config.command_timeout_s,
             env=env,
             tail_bytes=self.config.output_tail_bytes,
+            run_as=user,
         )
         self.state.touch_package(job.package_hash)  # the peer cache counts from the run
         report_bytes = {"bytes_multicast": job.bytes_multicast, "bytes_http": job.bytes_http}

@@ -1,11 +1,17 @@
-"""Running a task's command line (step 8): a timeout, the exit code, a bounded output tail.
+"""Running a task's command line (step 8): as its run-as user, a timeout, the exit code, a
+bounded output tail.
 
-The command line is a string written for a shell (``msiexec /i app.msi /qn``,
-``python3 setup.py --quiet``), so on POSIX it runs as ``/bin/sh -c COMMAND`` (acceptable for
-this stub agent; a production agent would split it and run it under the task's credentials).
-It runs in the package's cache directory, with stdin closed and stdout and stderr merged into
-one pipe of which only the last ``tail_bytes`` are kept. On timeout the whole process group is
-killed (the shell and anything it started).
+The command line is a string written for a shell (``python3 setup.py --quiet && rm -f x``;
+administrators and existing tasks use ``&&``, ``;`` and redirections), so it runs as
+``/bin/sh -c COMMAND`` rather than split with :mod:`shlex`. That hands the shell only text the
+server signed: the agent refuses a task whose signature does not verify before it stores it
+(:mod:`mcast.task_sig`), so no one between the server and the agent can add to the command.
+It runs as the task's run-as user (:mod:`agent.runas`: uid, primary group and supplementary
+groups set in the child, with ``HOME``, ``USER`` and ``LOGNAME`` of that user), in the
+package's cache directory (entered before the user changes, so the directories above it need
+not be open to that user), with stdin closed and stdout and stderr merged into one pipe of
+which only the last ``tail_bytes`` are kept. On timeout the whole process group is killed (the
+shell and anything it started).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import trio
+
+from .runas import RunAs
 
 DEFAULT_TAIL_BYTES = 2048
 
@@ -57,12 +65,17 @@ async def run_command(
     timeout_s: float,
     env: Mapping[str, str] | None = None,
     tail_bytes: int = DEFAULT_TAIL_BYTES,
+    run_as: RunAs | None = None,
 ) -> RunResult:
-    """Run ``command`` via ``/bin/sh -c`` in ``cwd``; never raises for a failing command."""
+    """Run ``command`` via ``/bin/sh -c`` in ``cwd`` as ``run_as`` (None or the agent's own
+    user: unchanged); never raises for a failing command."""
     start = trio.current_time()
     tail = _Tail(tail_bytes)
     full_env = dict(os.environ)
     full_env.update(env or {})
+    switch = run_as if run_as is not None and not run_as.is_self else None
+    if switch is not None:
+        full_env.update(HOME=switch.home, USER=switch.name, LOGNAME=switch.name)
     try:
         proc = await trio.lowlevel.open_process(
             ["/bin/sh", "-c", command],
@@ -72,6 +85,9 @@ async def run_command(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, so a timeout kills it all
+            user=None if switch is None else switch.uid,
+            group=None if switch is None else switch.gid,
+            extra_groups=None if switch is None else list(switch.groups),
         )
     except OSError as exc:
         return RunResult(None, "", False, 0.0, f"cannot start {command!r}: {exc.strerror}")

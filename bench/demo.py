@@ -8,7 +8,9 @@ One run, everything it starts removed at the end (also on failure, Ctrl-C and SI
    ``payload.bin`` of ``--size`` bytes and an ``install.py`` that re-hashes the payload, writes
    a marker and prints a line, so the command's exit code is real), a site owning the agents'
    subnet, Agent Settings that allow multicast (``minMulticastSize`` at most the package size,
-   ``maxSessionsPerSubnet`` 1) and one task targeting N fresh computer GUIDs;
+   ``maxSessionsPerSubnet`` 1) and one task targeting N fresh computer GUIDs, signed like
+   every task and run as the demo's own user (its install.py writes a marker into the agent's
+   state directory, which only that user may enter);
 2. the WAN: unless ``--wan-rate 0``, a package server (:mod:`bench.http_serve`, all its
    bodies together capped at ``--wan-rate``, default 20mbit) registered as the site's package
    server, so every HTTP byte of the package crosses one link slower than the LAN, as it does
@@ -88,6 +90,7 @@ import contextlib
 import hashlib
 import json
 import os
+import pwd
 import random
 import shlex
 import shutil
@@ -200,7 +203,7 @@ def prepare(work: Path, agents: int, size: int, subnet: str, fail: int) -> Setup
             row.package_id,
             f"{shlex.quote(PY)} install.py",
             "asap",
-            "system",
+            pwd.getpwuid(os.geteuid()).pw_name,  # run as the demo's user: it reads its files
             "agent",
         )
         store.add_task(task, guids)

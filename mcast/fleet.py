@@ -293,7 +293,10 @@ class PolicyTask:
 
     ``package_*`` describe the newest version of the package, informative only; when the
     server knows no version, ``package_hash`` is ``""`` and the other three are ``""``/0.
-    ``command`` has no surrounding whitespace (the parser strips it).
+    ``command`` has no surrounding whitespace (the parser strips it). ``credentials`` names
+    the user the command runs as (see PROTOCOL.md). ``signature`` is the server's Ed25519
+    signature of the task for one computer (:mod:`mcast.task_sig`), ``b""`` when the
+    ``<Signature>`` element is absent or not hex.
     """
 
     task_id: str
@@ -306,6 +309,7 @@ class PolicyTask:
     schedule: str  # the raw ``when`` text; see mcast.schedule
     credentials: str  # a reference; secrets never travel in a policy
     run_from: str  # one of RUN_FROM
+    signature: bytes = b""  # see mcast.task_sig
 
 
 @dataclass(frozen=True)
@@ -341,6 +345,8 @@ def policy_xml(policy: Policy) -> bytes:
         SubElement(task_el, "Schedule", _attrs("Schedule", when=t.schedule))
         SubElement(task_el, "Credentials", _attrs("Credentials", ref=t.credentials))
         SubElement(task_el, "Execution", _attrs("Execution", runFrom=t.run_from))
+        if t.signature:
+            SubElement(task_el, "Signature").text = t.signature.hex()
     if policy.discovery_key:
         SubElement(root, "Multicast", {"discoveryKey": policy.discovery_key.hex()})
     return _xml(root)
@@ -380,7 +386,17 @@ def _policy_task(t: Element) -> PolicyTask:
         schedule=(sched.get("when") if sched is not None else None) or "asap",
         credentials=(cred.get("ref") if cred is not None else None) or "system",
         run_from=run_from,
+        signature=_signature(t.findtext("Signature") or ""),
     )
+
+
+def _signature(raw: str) -> bytes:
+    """The bytes of a ``<Signature>`` text; ``b""`` (unsigned) when it is not hex, so that
+    one bad task is refused on its own instead of making the whole policy malformed."""
+    try:
+        return bytes.fromhex(raw.strip())
+    except ValueError:
+        return b""
 
 
 def parse_policy(data: bytes) -> Policy:

@@ -25,12 +25,21 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from mcast.snapshot import Snapshot, SnapshotError, TrustStore, UnsafePath, safe_relpath
+from mcast.snapshot import (
+    Snapshot,
+    SnapshotError,
+    TrustStore,
+    UnsafePath,
+    load_private_key,
+    safe_relpath,
+)
+from mcast.task_sig import sign_task
 
 from . import docs, repo
 from .events import EventProcessor
 from .ranges import RangeError, parse_range
-from .replica import ReplicaError, replicate
+from .replica import replicate
+from .replica_gate import ReplicaGate
 from .store import SERVER_SITE, Store, StoreError
 
 log = logging.getLogger("server_stub")
@@ -58,13 +67,17 @@ class Server:
         self.data_dir = Path(data_dir)
         self.upstream = upstream
         self.trust = trust
-        self._replicating: dict[str, anyio.Lock] = {}
+        self.replicas = ReplicaGate()  # bounds what replication may cost
         self.mode = mode
         self.site = site
         self.public_url = public_url.rstrip("/") + "/" if public_url else None
         if not (self.data_dir / repo.KEY_NAME).exists() and mode == "notification":
             raise FileNotFoundError(f"{self.data_dir} is not initialised (run `mcast-ns init`)")
         self.store = Store(self.data_dir) if mode == "notification" else None
+        # signs every task of a policy (mcast.task_sig): the key that signs snapshots
+        self.signing_key = (
+            load_private_key(self.data_dir / repo.KEY_NAME) if mode == "notification" else None
+        )
         self.processor = EventProcessor(self.store) if self.store else None
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
@@ -74,22 +87,16 @@ class Server:
         return self.public_url or str(request.base_url)
 
     async def snapshot(self, hash_hex: str) -> Snapshot | None:
-        """The snapshot of a stored package; a package server replicates it on first use."""
+        """The snapshot of a stored package; a package server replicates it on first use,
+        within the bounds of :class:`ReplicaGate`."""
         snap = await self.db(_snapshot_of, self, hash_hex)
         if snap is not None or self.upstream is None or self.trust is None:
             return snap
-        lock = self._replicating.setdefault(hash_hex, anyio.Lock())
-        async with lock:
-            snap = await self.db(_snapshot_of, self, hash_hex)
-            if snap is None:
-                try:
-                    snap = await self.db(
-                        replicate, self.data_dir, self.upstream, hash_hex, self.trust
-                    )
-                except ReplicaError as exc:
-                    log.warning("replication of %s failed: %s", hash_hex, exc)
-                    return None
-        return snap
+        return await self.replicas.fetch(
+            hash_hex,
+            partial(self.db, _snapshot_of, self, hash_hex),
+            partial(replicate, self.data_dir, self.upstream, hash_hex, self.trust),
+        )
 
     def ns(self) -> Store:
         assert self.store is not None
@@ -113,8 +120,15 @@ async def get_client_policies(request: Request) -> Response:
     discovery_key = await srv.db(store.discovery_key, site)
     settings = await srv.db(store.settings)
     tasks = await srv.db(store.tasks_for, guid)
+    assert srv.signing_key is not None
     items = [
-        docs.policy_task(t, await srv.db(partial(store.latest_package, package_id=t.package_id)))
+        sign_task(
+            srv.signing_key,
+            guid,
+            docs.policy_task(
+                t, await srv.db(partial(store.latest_package, package_id=t.package_id))
+            ),
+        )
         for t in tasks
     ]
     return Response(docs.policy_xml(guid, settings, items, discovery_key), media_type=XML)

@@ -306,7 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="asap, an ISO 8601 time, a window START/END (ISO 8601) or a daily HH:MM/HH:MM",
     )
     a.add_argument(
-        "--credentials", default="system", type=argtypes.name, help="credentials reference"
+        "--credentials",
+        "--run-as",
+        dest="credentials",
+        default="system",
+        type=argtypes.name,
+        help="the user the command runs as on the agent: 'system' (default) for the agent's "
+        "--run-as-default (nobody), 'root' only when named",
     )
     a.add_argument("--run-from", default="agent", choices=["agent", "server"])
     a.set_defaults(fn=cmd_task_add)

@@ -18,10 +18,10 @@ import pytest
 import trio
 
 import agent.httpfetch
-from agent import Agent, AgentConfig, JobState
+from agent import Agent, JobState
 from agent.core import INTERRUPTED
 from mcast.fetch import FetchError, FetchResult, FetchSettings
-from mcast.snapshot import Snapshot, generate_key, public_key_pem
+from mcast.snapshot import Snapshot, generate_key, parse_snapshot_xml
 from server_stub.app import create_app
 from server_stub.serve import serve
 from server_stub.store import Store
@@ -330,17 +330,13 @@ async def test_schedules(ns: NS, url: str, tmp_path: Path, monkeypatch: pytest.M
 
 
 async def test_untrusted_snapshot_fails_the_task(ns: NS, url: str, tmp_path: Path) -> None:
+    """The task is signed by the server's key, but the snapshot it serves is not."""
     guid = ns.guids[0]
     task = ns.add_task()
-    other = tmp_path / "other.pub"
-    other.write_bytes(public_key_pem(generate_key().public_key()))
+    stored = ns.data / "packages" / ns.package_hash / "snapshot.xml"
+    stored.write_bytes(parse_snapshot_xml(stored.read_bytes()).signed(generate_key()).to_xml())
     fetcher = CountingFetcher()
-    a = Agent(
-        AgentConfig(
-            server_url=url, guid=guid, state_dir=tmp_path / "a", trust_key=other, ip="127.0.0.1"
-        ),
-        fetcher=fetcher,
-    )
+    a = make_agent(ns, url, guid, tmp_path, fetcher=fetcher)
     with a:
         result = await a.run_once()
     assert result.finished == {task: "failed"} and fetcher.calls == 0

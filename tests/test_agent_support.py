@@ -4,6 +4,7 @@ runnable package, agent configs, fetchers that fail or die on cue, status pollin
 from __future__ import annotations
 
 import os
+import pwd
 import sys
 import uuid
 from collections.abc import Callable
@@ -32,6 +33,9 @@ if code:
     print("error: installer failed", file=sys.stderr)
 sys.exit(code)
 """
+# the tests' tasks run as the user running the tests (the agent in the test runs as that user
+# too); tests of the run-as rules name their users themselves
+ME = pwd.getpwuid(os.geteuid()).pw_name
 
 
 @dataclass
@@ -58,6 +62,7 @@ class NS:
         schedule: str = "asap",
         guids: tuple[str, ...] | None = None,
         run_from: str = "agent",
+        run_as: str = ME,
     ) -> str:
         store = Store(self.data)
         try:
@@ -68,7 +73,7 @@ class NS:
                     self.package_id,
                     command or self.command(),
                     schedule,
-                    "system",
+                    run_as,
                     run_from,
                 ),
                 list(guids or self.guids),
