@@ -571,6 +571,58 @@ def cmd_sessions(args: argparse.Namespace, out: Output) -> int:
     return ExitCode.OK
 
 
+def cmd_dissect(args: argparse.Namespace, out: Output) -> int:
+    """Every datagram of ours in a capture, with its verdict (see mcast.dissect)."""
+    from mcast.dissect import Judge
+
+    try:
+        from scapy.layers.inet import IP, UDP
+        from scapy.utils import PcapReader
+    except ImportError:  # pragma: no cover - scapy is a dependency
+        raise UsageError("mcast dissect needs scapy (pip install scapy)") from None
+    keys = {}
+    if args.session_key is not None:
+        keys["session key"] = args.session_key
+    if args.discovery_key is not None:
+        keys["discovery key"] = args.discovery_key
+    judge = Judge(keys, args.session)
+    seen = 0
+    try:
+        reader = PcapReader(str(args.capture))
+    except Exception as exc:  # OSError, or scapy's Scapy_Exception for a non-capture
+        raise StorageError(f"cannot read capture {args.capture}: {exc}") from None
+    with reader:
+        for pkt in reader:
+            if UDP not in pkt or IP not in pkt:
+                continue
+            data = bytes(pkt[UDP].payload)
+            if not data.startswith(b"MC"):
+                continue  # not ours (the magic); everything that claims to be is judged
+            seen += 1
+            v = judge.judge(data)
+            ip, udp = pkt[IP], pkt[UDP]
+            where = f"{ip.src}:{udp.sport} > {ip.dst}:{udp.dport}"
+            if args.json:
+                out.event("datagram", t=float(pkt.time), path=where, **v.as_dict())
+            elif not args.summary:
+                sid = "-" if v.session is None else f"{v.session:016x}"
+                print(f"{float(pkt.time):.6f} {where} {v.kind} {sid} {v.detail} [{v.verdict}]")
+    counts = ", ".join(f"{n} {verdict}" for verdict, n in judge.tally.most_common())
+    out.event("summary", datagrams=seen, verdicts=dict(judge.tally))
+    out.say(f"{seen} datagrams" + (f": {counts}" if counts else ""))
+    return ExitCode.OK
+
+
+def _session_id(text: str) -> int:
+    try:
+        sid = int(text.removeprefix("0x"), 16)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a session id (hex)") from None
+    if not 0 <= sid < 2**64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a session id (64-bit hex)")
+    return sid
+
+
 # ---------------------------------------------------------------------------------------
 # parser, plug-ins and entry point
 
@@ -663,6 +715,16 @@ def build_parser(plugins: dict[str, EntryPoint] | None = None) -> argparse.Argum
     _channel_args(p, DISCOVERY_GROUP, DISCOVERY_PORT)
     p.set_defaults(func=cmd_sessions)
 
+    p = sub.add_parser("dissect", help="each datagram of a capture (pcap) with its verdict")
+    p.add_argument("capture", type=argtypes.existing_path, help="a pcap file (tcpdump -w)")
+    p.add_argument("--session-key-file", dest="session_key", type=session_key,
+                   help="the package's key: tags are checked under it")  # fmt: skip
+    _discovery_key_arg(p)
+    p.add_argument("--session", type=_session_id, help="the session of interest (hex id)")
+    p.add_argument("--summary", action="store_true", help="only the count of each verdict")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_dissect)
+
     for name, ep in sorted((plugins or {}).items()):
         # listed in ``mcast --help``; main() runs them before argparse sees their options
         sub.add_parser(name, help=f"plug-in command ({ep.value}; mcast {name} --help)")
@@ -691,7 +753,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         plugins = plugin_commands()
         command = words[0] if words else ""
-        builtin = command in ("snapshot", "send", "recv", "fetch", "sessions")
+        builtin = command in ("snapshot", "send", "recv", "fetch", "sessions", "dissect")
         if not builtin and (command in plugins or command in DOCUMENTED_PLUGINS):
             return run_plugin(command, plugins, words[1:])
         args = build_parser(plugins).parse_args(words)

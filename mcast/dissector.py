@@ -30,6 +30,7 @@ from scapy.layers.inet import UDP
 from scapy.packet import Packet, bind_layers
 
 from mcast import wire
+from mcast.udp import DISCOVERY_PORT
 
 DEFAULT_PORT = 47000
 
@@ -117,3 +118,4 @@ for _kind in wire.MsgType:
     if _kind not in (wire.MsgType.DATA, wire.MsgType.PARITY):
         bind_layers(MCastHeader, MCastControl, type=int(_kind))
 bind_port(DEFAULT_PORT)
+bind_port(DISCOVERY_PORT)

@@ -174,6 +174,13 @@ def test_default_port_dissects_either_direction(sport: int, dport: int):
     assert bytes(frame[MCastHeader]) == datagram
 
 
+def test_the_discovery_port_dissects_too():
+    solicit = encode(EXAMPLES[-1], KEY)
+    frame = _over_udp(solicit, 40000, 47077)
+    assert frame[MCastHeader].sprintf("%MCastHeader.type%") == "SOLICIT"
+    assert frame[MCastControl].decoded() == CONTROL_FIELDS[wire.Solicit]
+
+
 def test_ethernet_padding_stays_out_of_the_tag():
     datagram = encode(wire.Data(1, 2, 3, b"x"), KEY)  # 37 bytes: Ethernet pads the frame
     frame = Ether(
