@@ -1,0 +1,22 @@
+"""bench.core_speed measures a receiver that really joins and completes, not one that drops
+every datagram (a result of 'fast' from a receiver that never joined would mean nothing)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_core_speed_receiver_completes_the_package() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.core_speed", "--size", "1M"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["complete"] is True and result["units_verified"] == 16
+    assert result["receiver_us_per_datagram"] > 0
