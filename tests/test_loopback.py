@@ -299,7 +299,10 @@ def test_cli_exit_codes_say_what_went_wrong(tmp_path: Path) -> None:
         _cli("snapshot", str(src), "-o", str(tmp_path / "o.xml"), "--key", str(other)).returncode
         == 0
     )
-    base = ["recv", "--snapshot", str(snapshot), "--out", str(tmp_path / "o"), "--timeout", "0.3"]
+    sk = tmp_path / "session.key"
+    sk.write_text(os.urandom(32).hex())
+    base = ["recv", "--snapshot", str(snapshot), "--out", str(tmp_path / "o"), "--timeout", "0.3",
+            "--session-key-file", str(sk)]  # fmt: skip
     assert _cli("recv", "--snapshot", str(snapshot)).returncode == 2  # missing arguments
     untrusted = _cli(*base, "--trust-key", f"{other}.pub")
     assert untrusted.returncode == 3 and "unknown key" in untrusted.stderr
