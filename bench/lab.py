@@ -10,7 +10,10 @@ receiver in one of two modes and prints ONE JSON object:
 * ``multicast``: the engine. ``mcast.cli snapshot`` signs the package, every receiver runs
   ``mcast.cli recv`` (started first; the lab waits until each has joined the group, seen in
   ``ip maddr``), then h0 runs ``mcast.cli send``; ``wall_s`` is from the sender's start to
-  the last receiver's ``done`` line.
+  the last receiver's ``done`` line. ``--restart-sender-at F``: the sender is SIGKILLed once
+  every receiver reports F of the package verified (their JSON progress lines) and a new one
+  starts 1 s later; each receiver's entry says what it kept (``units_kept``) and how many
+  sessions it followed (``sessions_followed``), and ``restart`` when and where the kill fell.
 
 Every figure is observed: a receiver is ``verified`` only if its last JSON line is ``done``
 with ``complete: true`` (HTTP: the whole body) and the lab itself re-hashes its files equal
@@ -65,6 +68,8 @@ HTTP_PORT = 8080
 MCAST_GROUP = "239.255.77.1"
 MCAST_PORT = 47000
 WORKDIR_PREFIX = "mcast-lab-"
+RESTART_DELAY_S = 1.0  # --restart-sender-at: the sender host is back this long after the kill
+RESTART_RECV_TIMEOUT = "2"  # ... and its receivers judge it dead after this much silence
 
 
 # ---------------------------------------------------------------- helpers
@@ -110,7 +115,8 @@ def _receiver_entry(lab: Lab, host: str, proc: Proc, final: tuple[float, dict[st
     entry["completed"] = bool(final) and obj.get("event") == "done"
     entry["done_after_s"] = round(final[0] - t0, 4) if final else None
     for key in ("bytes", "wall_s", "peak_rss_mb", "complete", "sha256", "status", "timeline",
-                "naks_sent", "repairs", "bad_packets", "verify_failures", "reason"):
+                "naks_sent", "repairs", "bad_packets", "verify_failures", "reason",
+                "authenticated", "units_kept", "sessions_followed"):
         if key in obj:
             entry[key] = obj[key]
     if not entry["completed"]:
@@ -160,10 +166,45 @@ def run_http(lab: Lab, pkg: Package, work: Path, timeout: float,
             "sender_tx_packets": after["tx_packets"] - before["tx_packets"]}
 
 
+def _progress_at_least(proc: Proc, fraction: float) -> bool:
+    """Whether a receiver's JSON lines show ``fraction`` of the package verified (or done)."""
+    for _, obj in reversed(proc.json_lines()):
+        if obj.get("event") == "done":
+            return True
+        if obj.get("event") == "progress" and obj.get("total"):
+            return bool(obj["units"] >= fraction * obj["total"])
+    return False
+
+
+def _restart_sender(lab: Lab, receivers: dict[str, Proc], sender: Proc, argv: list[str],
+                    fraction: float, deadline: float) -> tuple[Proc, dict[str, Any]]:
+    """SIGKILL ``sender`` once every receiver reports ``fraction`` verified, and start a new
+    one (``argv``) RESTART_DELAY_S later: the scenario of a sender host that reboots."""
+    while not all(_progress_at_least(p, fraction) for p in receivers.values()):
+        if time.monotonic() > deadline or any(p.finished for p in receivers.values()):
+            raise LabError(f"receivers did not reach {fraction:.0%} before the restart: "
+                           f"{[p.last_json() for p in receivers.values()]}")
+        time.sleep(0.02)
+    seen = {h: p.last_json() for h, p in receivers.items()}
+    at = {h: round(o[1]["units"] / o[1]["total"], 4) if o and "units" in o[1] else 1.0
+          for h, o in seen.items()}
+    sender.kill()  # SIGKILL: no END, the receivers see the session fall silent
+    killed = time.monotonic()
+    time.sleep(RESTART_DELAY_S)  # the scenario's gap, not a wait for anything
+    new = lab.popen("h0", argv)
+    return new, {"fraction": fraction, "progress_at_kill": at, "delay_s": RESTART_DELAY_S,
+                 "kill_t": killed}
+
+
 def run_multicast(lab: Lab, pkg: Package, work: Path, timeout: float, keep_going: bool,
                   sender_rate: str | None,
-                  mcast_cmd: Sequence[str] | None = None) -> dict[str, Any]:
-    """The engine run via its CLI contract (``mcast_cmd`` replaces ``python -m mcast.cli``)."""
+                  mcast_cmd: Sequence[str] | None = None,
+                  restart_sender_at: float | None = None) -> dict[str, Any]:
+    """The engine run via its CLI contract (``mcast_cmd`` replaces ``python -m mcast.cli``).
+
+    With ``restart_sender_at`` the sender is SIGKILLed once every receiver has verified that
+    fraction and started again a second later; the receivers follow the new session with
+    what they kept (a shorter silence timeout, ``RESTART_RECV_TIMEOUT``, lets them notice)."""
     if mcast_cmd is None:
         ok, why = mcast_cli_has_send()
         if not ok:
@@ -179,32 +220,38 @@ def run_multicast(lab: Lab, pkg: Package, work: Path, timeout: float, keep_going
     common = ["--snapshot", str(snap), "--group", MCAST_GROUP, "--port", str(MCAST_PORT),
               "--session-key-file", str(session_key), "--json"]
     receivers: dict[str, Proc] = {}
+    silence = ["--timeout", RESTART_RECV_TIMEOUT] if restart_sender_at is not None else []
     for host in lab.receiver_hosts:
         out = work / host
         out.mkdir()
         receivers[host] = lab.popen(host, [*RECEIVER_NICE, *cli, "recv", "--trust-key",
                                            str(pub), "--out", str(out), "--interface",
-                                           lab.addr(host), *common])
+                                           lab.addr(host), *silence, *common])
     failed = _wait_joined(lab, receivers, MCAST_GROUP, 60)
     active = {h: p for h, p in receivers.items() if h not in failed}
     rate = ["--rate", sender_rate] if sender_rate else []
     before = lab.link_stats("h0")
     t0 = time.monotonic()
     sender: Proc | None = None
+    restart: dict[str, Any] | None = None
     finals: dict[str, tuple[float, dict[str, Any]] | None] = {}
     startup_s = None
     if active and (keep_going or not failed):
         # Like the HTTP baseline (server up, clients started on "go"), the sender loads first
         # and the clock starts at "go"; its start-up time is reported on its own.
-        sender = lab.popen("h0", [*cli, "send", str(pkg.root), "--trust-key", str(pub),
-                                  "--interface", lab.addr("h0"), "--wait-go", *rate, *common],
-                           stdin=True)
+        send_argv = [*cli, "send", str(pkg.root), "--trust-key", str(pub),
+                     "--interface", lab.addr("h0"), *rate, *common]
+        sender = lab.popen("h0", [*send_argv, "--wait-go"], stdin=True)
         if sender.wait_json(lambda o: o.get("event") in ("ready", "error"), 60) is None:
             raise LabError(f"sender did not start: {sender.describe()}")
         startup_s = round(time.monotonic() - t0, 3)
         before = lab.link_stats("h0")
         t0 = time.monotonic()
         sender.send("go\n")
+        if restart_sender_at is not None:
+            sender, restart = _restart_sender(lab, active, sender, send_argv, restart_sender_at,
+                                              t0 + timeout)
+            restart["kill_after_s"] = round(restart.pop("kill_t") - t0, 3)
         finals = wait_all(active, lambda o: o.get("event") == "done", t0 + timeout,
                            keep_going)
         if len(finals) == len(active) and all(finals.values()):
@@ -229,7 +276,8 @@ def run_multicast(lab: Lab, pkg: Package, work: Path, timeout: float, keep_going
             "t0": t0, "sender_tx_bytes": after["tx_bytes"] - before["tx_bytes"],
             "sender_tx_packets": after["tx_packets"] - before["tx_packets"],
             "sender": sender_info, "sender_rc": sender.popen.poll() if sender else None,
-            "sender_startup_s": startup_s}
+            "sender_startup_s": startup_s,
+            **({"restart": restart} if restart_sender_at is not None else {})}
 
 
 def _wait_joined(lab: Lab, receivers: dict[str, Proc], group: str, timeout: float) -> set[str]:
@@ -264,7 +312,8 @@ def run_lab(receivers: int, size: int, rate_bps: int, loss: float, mode: str, *,
             mcast_cmd: Sequence[str] | None = None,
             packages: int = 2, max_sessions: int = 1,
             kill_sender_at: float | None = None,
-            source_rate_bps: int | None = None) -> dict[str, Any]:
+            source_rate_bps: int | None = None,
+            restart_sender_at: float | None = None) -> dict[str, Any]:
     """Build the lab, run one distribution, tear everything down; return the report dict."""
     line_rate_s = size * 8 / rate_bps if rate_bps else None
     if timeout is None:
@@ -288,7 +337,7 @@ def run_lab(receivers: int, size: int, rate_bps: int, loss: float, mode: str, *,
                                 source_rate_bps=source_rate_bps)
             else:
                 res = run_multicast(lab, pkg, work, timeout, keep_going, sender_rate,
-                                    mcast_cmd)
+                                    mcast_cmd, restart_sender_at=restart_sender_at)
         leftovers = lab.leftovers()  # after close: must be empty
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -304,6 +353,7 @@ def run_lab(receivers: int, size: int, rate_bps: int, loss: float, mode: str, *,
         "rate_bps": rate_bps, "loss": loss, "loss_proto": loss_proto,
         "completed": completed, "verified": verified,
         "completed_count": sum(bool(p["completed"]) for p in per),
+        "verified_count": sum(bool(p.get("verified")) for p in per),
         "wall_s": wall_s,
         "line_rate_s": round(line_rate_s, 4) if line_rate_s else None,
         "ratio": ratio,
@@ -342,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
                          " has verified this fraction")
     ap.add_argument("--source-rate", type=parse_rate, default=None,
                     help="fetch mode: the codebase's uplink (a slow WAN behind the master)")
+    ap.add_argument("--restart-sender-at", type=float, default=None, metavar="FRACTION",
+                    help="multicast mode: SIGKILL the sender once every receiver has verified"
+                         " this fraction, start a new one 1 s later")
     ap.add_argument("--keep-going", action="store_true",
                     help="wait for every receiver even after one failed")
     ap.add_argument("--timeout", type=float, default=None, help="seconds (default from size/rate)")
@@ -354,6 +407,11 @@ def main(argv: list[str] | None = None) -> int:
     size, rate_bps = args.size, args.rate
     if not 0 <= args.loss <= 100:
         ap.error("--loss is a percentage, 0..100")
+    if args.restart_sender_at is not None:
+        if args.mode != "multicast":
+            ap.error("--restart-sender-at is a multicast-mode scenario")
+        if not 0 < args.restart_sender_at < 1:
+            ap.error("--restart-sender-at is a fraction, 0 < FRACTION < 1")
     if os.geteuid() != 0:
         print("bench.lab needs root (network namespaces)", file=sys.stderr)
         return 2
@@ -375,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
                          mcast_cmd=shlex.split(args.mcast_cmd) if args.mcast_cmd else None,
                          packages=args.packages, max_sessions=args.max_sessions,
                          kill_sender_at=args.kill_sender_at,
-                         source_rate_bps=args.source_rate)
+                         source_rate_bps=args.source_rate,
+                         restart_sender_at=args.restart_sender_at)
     except KeyboardInterrupt:
         print(json.dumps({"mode": args.mode, "completed": False, "verified": False,
                           "error": "interrupted"}), flush=True)

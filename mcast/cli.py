@@ -443,9 +443,11 @@ def cmd_recv(args: argparse.Namespace, out: Output) -> int:
         if p.joined and not joined[0]:
             joined[0] = True
             out.event("joined")
-        if out.due(1.0):
+        if out.due(0.2):  # often enough for an observer to act at a given fraction
             out.event("progress", units=p.units_verified, total=p.units_total,
                       bytes=p.bytes_verified)  # fmt: skip
+
+    kept = {"units_kept": 0, "sessions_followed": 0}  # across restarts of the sender
 
     async def follow() -> tuple[ReceiveResult, int]:
         """Receive, and when the sender dies or ends early, wait for the next session of the
@@ -459,6 +461,8 @@ def cmd_recv(args: argparse.Namespace, out: Output) -> int:
                 received += result.bytes_received
                 if result.complete or result.failure not in _FOLLOW:
                     break
+                kept["units_kept"] = result.units_verified
+                kept["sessions_followed"] += 1
                 out.event("session_lost", session=f"{result.session_id or 0:x}",
                           reason=result.reason, units_kept=result.units_verified)  # fmt: skip
                 out.say(f"session lost ({result.reason}); {result.units_verified} units kept,"
@@ -486,7 +490,7 @@ def cmd_recv(args: argparse.Namespace, out: Output) -> int:
         units_total=result.units_total, units_resumed=result.units_resumed,
         wall_s=round(result.wall_s, 3), peak_rss_mb=peak_rss_mb(), session=result.session_id,
         naks_sent=s.naks_sent, repairs=s.parity_shards, bad_packets=s.bad_packets,
-        verify_failures=s.verify_failures, timeline=result.timeline,
+        verify_failures=s.verify_failures, timeline=result.timeline, **kept,
     )  # fmt: skip
     if result.complete:
         out.say(f"{snap.name}: {len(result.files)} files verified in {args.out}")

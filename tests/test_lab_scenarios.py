@@ -131,3 +131,19 @@ def test_a_master_behind_a_2_mbit_source_keeps_every_receiver() -> None:
             assert p["bytes_http"] == 0 and p["bytes_multicast"] == rep["package_bytes"], p
     assert rep["http_bytes_total"] == rep["package_bytes"]
     assert rep["lab_leftovers"] == []
+
+
+def test_a_sender_killed_half_way_and_restarted_keeps_every_receiver() -> None:
+    """The sender is SIGKILLed once every receiver reports half the package verified and a
+    new one starts a second later (a new session): each receiver follows it, keeps what it
+    verified, and completes."""
+    rep = run_lab(4, 8 * MiB, 20_000_000, 0.0, "multicast", restart_sender_at=0.5,
+                  timeout=120)  # fmt: skip
+    assert rep["completed"] and rep["verified"], json.dumps(rep)[:2000]
+    assert rep["verified_count"] == 4
+    assert all(0.5 <= f < 1 for f in rep["restart"]["progress_at_kill"].values()), rep["restart"]
+    for p in rep["per_receiver"]:
+        assert p["verified"] and p["sessions_followed"] >= 1, p
+        assert p["units_kept"] > 0, p
+    assert rep["sender"]["receivers_done"] == 4  # the new sender served all of them
+    assert rep["lab_leftovers"] == []

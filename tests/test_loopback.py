@@ -365,4 +365,6 @@ def test_mcast_recv_follows_a_restarted_sender_and_keeps_what_it_verified(tmp_pa
                 proc.kill()
     assert lost["units_kept"] >= 10
     assert done["event"] == "done" and done["verified"] is True, done
+    # the summary says what the restart cost: the units carried over, one session followed
+    assert done["units_kept"] == lost["units_kept"] and done["sessions_followed"] == 1
     assert same_tree(src, tmp_path / "out")
