@@ -125,7 +125,7 @@ def _receiver_entry(lab: Lab, host: str, proc: Proc, final: tuple[float, dict[st
     entry["done_after_s"] = round(final[0] - t0, 4) if final else None
     for key in ("bytes", "wall_s", "peak_rss_mb", "complete", "sha256", "status", "timeline",
                 "naks_sent", "repairs", "bad_packets", "verify_failures", "reason",
-                "authenticated", "units_kept", "sessions_followed"):
+                "authenticated", "units_kept", "sessions_followed", "units_total"):
         if key in obj:
             entry[key] = obj[key]
     if not entry["completed"]:
