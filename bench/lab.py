@@ -10,7 +10,16 @@ receiver in one of two modes and prints ONE JSON object:
 * ``multicast``: the engine. ``mcast.cli snapshot`` signs the package, every receiver runs
   ``mcast.cli recv`` (started first; the lab waits until each has joined the group, seen in
   ``ip maddr``), then h0 runs ``mcast.cli send``; ``wall_s`` is from the sender's start to
-  the last receiver's ``done`` line.
+  the last receiver's ``done`` line. ``--restart-sender-at F``: the sender is SIGKILLed once
+  every receiver reports F of the package verified (their JSON progress lines) and a new one
+  starts 1 s later; each receiver's entry says what it kept (``units_kept``) and how many
+  sessions it followed (``sessions_followed``), and ``restart`` when and where the kill fell.
+  ``--rogue-replay RATE``: a rogue host (:mod:`bench.rogue`, in its own namespace) records
+  the session and replays it with forged sources at RATE datagrams/s while the receivers run;
+  ``rogue`` reports what it heard and sent (``--rogue-record`` / ``--rogue-replay-file`` keep
+  a recording and replay one of an earlier run; with ``--package-dir DIR`` both runs send
+  the same package version, snapshot and session key, so the earlier session's ANNOUNCE is
+  one the receivers can authenticate).
 
 Every figure is observed: a receiver is ``verified`` only if its last JSON line is ``done``
 with ``complete: true`` (HTTP: the whole body) and the lab itself re-hashes its files equal
@@ -37,6 +46,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +64,12 @@ from bench.labpkg import (
     BIG_NAME,
     Package,
     check_tree,
+    kept_package,
     make_package,
     receiver_verified,
     sha256_file,
 )
+from mcast.udp import DISCOVERY_GROUP, DISCOVERY_PORT
 from mcast.units import format_rate, parse_rate, parse_size
 
 PY = sys.executable
@@ -65,6 +77,8 @@ HTTP_PORT = 8080
 MCAST_GROUP = "239.255.77.1"
 MCAST_PORT = 47000
 WORKDIR_PREFIX = "mcast-lab-"
+RESTART_DELAY_S = 1.0  # --restart-sender-at: the sender host is back this long after the kill
+RESTART_RECV_TIMEOUT = "2"  # ... and its receivers judge it dead after this much silence
 
 
 # ---------------------------------------------------------------- helpers
@@ -110,7 +124,8 @@ def _receiver_entry(lab: Lab, host: str, proc: Proc, final: tuple[float, dict[st
     entry["completed"] = bool(final) and obj.get("event") == "done"
     entry["done_after_s"] = round(final[0] - t0, 4) if final else None
     for key in ("bytes", "wall_s", "peak_rss_mb", "complete", "sha256", "status", "timeline",
-                "naks_sent", "repairs", "bad_packets", "verify_failures", "reason"):
+                "naks_sent", "repairs", "bad_packets", "verify_failures", "reason",
+                "authenticated", "units_kept", "sessions_followed", "units_total"):
         if key in obj:
             entry[key] = obj[key]
     if not entry["completed"]:
@@ -160,57 +175,148 @@ def run_http(lab: Lab, pkg: Package, work: Path, timeout: float,
             "sender_tx_packets": after["tx_packets"] - before["tx_packets"]}
 
 
+def _progress_at_least(proc: Proc, fraction: float) -> bool:
+    """Whether a receiver's JSON lines show ``fraction`` of the package verified (or done)."""
+    for _, obj in reversed(proc.json_lines()):
+        if obj.get("event") == "done":
+            return True
+        if obj.get("event") == "progress" and obj.get("total"):
+            return bool(obj["units"] >= fraction * obj["total"])
+    return False
+
+
+def _restart_sender(lab: Lab, receivers: dict[str, Proc], sender: Proc, argv: list[str],
+                    fraction: float, deadline: float) -> tuple[Proc, dict[str, Any]]:
+    """SIGKILL ``sender`` once every receiver reports ``fraction`` verified, and start a new
+    one (``argv``) RESTART_DELAY_S later: the scenario of a sender host that reboots."""
+    while not all(_progress_at_least(p, fraction) for p in receivers.values()):
+        if time.monotonic() > deadline or any(p.finished for p in receivers.values()):
+            raise LabError(f"receivers did not reach {fraction:.0%} before the restart: "
+                           f"{[p.last_json() for p in receivers.values()]}")
+        time.sleep(0.02)
+    seen = {h: p.last_json() for h, p in receivers.items()}
+    at = {h: round(o[1]["units"] / o[1]["total"], 4) if o and "units" in o[1] else 1.0
+          for h, o in seen.items()}
+    sender.kill()  # SIGKILL: no END, the receivers see the session fall silent
+    killed = time.monotonic()
+    time.sleep(RESTART_DELAY_S)  # the scenario's gap, not a wait for anything
+    new = lab.popen("h0", argv)
+    return new, {"fraction": fraction, "progress_at_kill": at, "delay_s": RESTART_DELAY_S,
+                 "kill_t": killed}
+
+
+@dataclass(frozen=True)
+class RoguePlan:
+    """A rogue host replaying the session (bench.rogue): its rate and recording files."""
+
+    rate: float = 3000.0
+    record: Path | None = None  # keep what it heard here (for a later --rogue-replay-file)
+    replay_file: Path | None = None  # also replay a recording of an earlier run
+
+
+ROGUE_HOST = "rogue"
+
+
+def _start_rogue(lab: Lab, plan: RoguePlan) -> Proc:
+    """The rogue in its own namespace, joined to the data and discovery groups."""
+    argv = [PY, "-m", "bench.rogue", "--interface", lab.addr(ROGUE_HOST),
+            "--listen", f"{MCAST_GROUP}:{MCAST_PORT}",
+            "--listen", f"{DISCOVERY_GROUP}:{DISCOVERY_PORT}", "--rate", str(plan.rate)]
+    if plan.record is not None:
+        argv += ["--record", str(plan.record)]
+    if plan.replay_file is not None:
+        argv += ["--replay-file", str(plan.replay_file)]
+    rogue = lab.popen(ROGUE_HOST, argv)
+    if rogue.wait_json(lambda o: o.get("event") == "listening", 60) is None:
+        raise LabError(f"rogue did not start: {rogue.describe()}")
+    return rogue
+
+
+def _stop_rogue(rogue: Proc) -> dict[str, Any]:
+    """SIGTERM the rogue and return its summary (what it heard and sent)."""
+    if rogue.popen.poll() is None:
+        rogue.popen.send_signal(signal.SIGTERM)
+    got = rogue.wait_json(lambda o: o.get("event") == "done", 30)
+    rogue.kill()
+    return got[1] if got else {"error": rogue.describe()}
+
+
 def run_multicast(lab: Lab, pkg: Package, work: Path, timeout: float, keep_going: bool,
                   sender_rate: str | None,
-                  mcast_cmd: Sequence[str] | None = None) -> dict[str, Any]:
-    """The engine run via its CLI contract (``mcast_cmd`` replaces ``python -m mcast.cli``)."""
+                  mcast_cmd: Sequence[str] | None = None,
+                  restart_sender_at: float | None = None,
+                  rogue_plan: RoguePlan | None = None) -> dict[str, Any]:
+    """The engine run via its CLI contract (``mcast_cmd`` replaces ``python -m mcast.cli``).
+
+    With ``restart_sender_at`` the sender is SIGKILLed once every receiver has verified that
+    fraction and started again a second later; the receivers follow the new session with
+    what they kept (a shorter silence timeout, ``RESTART_RECV_TIMEOUT``, lets them notice).
+    With ``rogue_plan`` a rogue host (bench.rogue) joins the groups before the sender starts
+    and replays what it hears, with forged sources, until every receiver is done."""
     if mcast_cmd is None:
         ok, why = mcast_cli_has_send()
         if not ok:
             raise LabError(f"multicast mode unavailable: {why}")
     cli = list(mcast_cmd or DEFAULT_MCAST_CMD)
-    snap, key = work / "snapshot.xml", work / "lab.key"
-    # In h0: the snapshot step needs no network, and in a lab host it could not reach any.
-    lab.exec("h0", [*cli, "snapshot", str(pkg.root), "-o", str(snap),
-                    "--key", str(key)], timeout=max(120, pkg.total / 20e6))
+    home = pkg.root.parent  # the run's temp dir, or a package dir kept across runs
+    snap, key = home / "snapshot.xml", home / "lab.key"
+    if not snap.is_file():  # a kept package keeps its snapshot, signing key and session key
+        # In h0: the snapshot step needs no network, and in a lab host it could not reach any.
+        lab.exec("h0", [*cli, "snapshot", str(pkg.root), "-o", str(snap),
+                        "--key", str(key)], timeout=max(120, pkg.total / 20e6))
     pub = key.with_name(key.name + ".pub")
-    session_key = work / "session.key"  # the HMAC key every datagram of the session carries
-    session_key.write_text(os.urandom(32).hex())
+    session_key = home / "session.key"  # the HMAC key every datagram of the session carries
+    if not session_key.is_file():
+        session_key.write_text(os.urandom(32).hex())
     common = ["--snapshot", str(snap), "--group", MCAST_GROUP, "--port", str(MCAST_PORT),
               "--session-key-file", str(session_key), "--json"]
     receivers: dict[str, Proc] = {}
+    silence = ["--timeout", RESTART_RECV_TIMEOUT] if restart_sender_at is not None else []
     for host in lab.receiver_hosts:
         out = work / host
         out.mkdir()
         receivers[host] = lab.popen(host, [*RECEIVER_NICE, *cli, "recv", "--trust-key",
                                            str(pub), "--out", str(out), "--interface",
-                                           lab.addr(host), *common])
+                                           lab.addr(host), *silence, *common])
     failed = _wait_joined(lab, receivers, MCAST_GROUP, 60)
     active = {h: p for h, p in receivers.items() if h not in failed}
     rate = ["--rate", sender_rate] if sender_rate else []
     before = lab.link_stats("h0")
     t0 = time.monotonic()
     sender: Proc | None = None
+    rogue: Proc | None = None
+    rogue_info: dict[str, Any] | None = None
+    restart: dict[str, Any] | None = None
     finals: dict[str, tuple[float, dict[str, Any]] | None] = {}
     startup_s = None
     if active and (keep_going or not failed):
         # Like the HTTP baseline (server up, clients started on "go"), the sender loads first
         # and the clock starts at "go"; its start-up time is reported on its own.
-        sender = lab.popen("h0", [*cli, "send", str(pkg.root), "--trust-key", str(pub),
-                                  "--interface", lab.addr("h0"), "--wait-go", *rate, *common],
-                           stdin=True)
+        send_argv = [*cli, "send", str(pkg.root), "--trust-key", str(pub),
+                     "--interface", lab.addr("h0"), *rate, *common]
+        if rogue_plan is not None:
+            rogue = _start_rogue(lab, rogue_plan)  # it hears the session from its first datagram
+        sender = lab.popen("h0", [*send_argv, "--wait-go"], stdin=True)
         if sender.wait_json(lambda o: o.get("event") in ("ready", "error"), 60) is None:
             raise LabError(f"sender did not start: {sender.describe()}")
         startup_s = round(time.monotonic() - t0, 3)
         before = lab.link_stats("h0")
         t0 = time.monotonic()
         sender.send("go\n")
+        if restart_sender_at is not None:
+            sender, restart = _restart_sender(lab, active, sender, send_argv, restart_sender_at,
+                                              t0 + timeout)
+            restart["kill_after_s"] = round(restart.pop("kill_t") - t0, 3)
         finals = wait_all(active, lambda o: o.get("event") == "done", t0 + timeout,
                            keep_going)
+        if rogue is not None:  # the transfer is over: so is the attack on it
+            rogue_info = _stop_rogue(rogue)
         if len(finals) == len(active) and all(finals.values()):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 sender.wait(timeout=30)  # it exits by itself once every receiver is done
         sender.kill()  # a failed run: do not wait out its linger
+    if rogue is not None and rogue_info is None:
+        rogue_info = _stop_rogue(rogue)
     after = lab.link_stats("h0")
     per = []
     for host, proc in receivers.items():
@@ -229,7 +335,9 @@ def run_multicast(lab: Lab, pkg: Package, work: Path, timeout: float, keep_going
             "t0": t0, "sender_tx_bytes": after["tx_bytes"] - before["tx_bytes"],
             "sender_tx_packets": after["tx_packets"] - before["tx_packets"],
             "sender": sender_info, "sender_rc": sender.popen.poll() if sender else None,
-            "sender_startup_s": startup_s}
+            "sender_startup_s": startup_s,
+            **({"restart": restart} if restart_sender_at is not None else {}),
+            **({"rogue": rogue_info} if rogue_plan is not None else {})}
 
 
 def _wait_joined(lab: Lab, receivers: dict[str, Proc], group: str, timeout: float) -> set[str]:
@@ -264,7 +372,10 @@ def run_lab(receivers: int, size: int, rate_bps: int, loss: float, mode: str, *,
             mcast_cmd: Sequence[str] | None = None,
             packages: int = 2, max_sessions: int = 1,
             kill_sender_at: float | None = None,
-            source_rate_bps: int | None = None) -> dict[str, Any]:
+            source_rate_bps: int | None = None,
+            restart_sender_at: float | None = None,
+            rogue: RoguePlan | None = None,
+            package_dir: Path | None = None) -> dict[str, Any]:
     """Build the lab, run one distribution, tear everything down; return the report dict."""
     line_rate_s = size * 8 / rate_bps if rate_bps else None
     if timeout is None:
@@ -275,10 +386,15 @@ def run_lab(receivers: int, size: int, rate_bps: int, loss: float, mode: str, *,
     work = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-", dir=workdir))
     try:
         t_gen = time.monotonic()
-        pkg = make_package(work / "pkg", size)
+        if package_dir is not None:
+            package_dir.mkdir(parents=True, exist_ok=True)
+            pkg = kept_package(package_dir / "pkg", size)
+        else:
+            pkg = make_package(work / "pkg", size)
         gen_s = time.monotonic() - t_gen
+        extra = (ROGUE_HOST,) if rogue is not None else ()
         with Lab(receivers=receivers, rate_bps=rate_bps, loss=loss,
-                 loss_proto=loss_proto) as lab:
+                 loss_proto=loss_proto, extra_hosts=extra) as lab:
             if mode == "http":
                 res = run_http(lab, pkg, work, timeout, keep_going)
             elif mode == "fetch":
@@ -288,7 +404,8 @@ def run_lab(receivers: int, size: int, rate_bps: int, loss: float, mode: str, *,
                                 source_rate_bps=source_rate_bps)
             else:
                 res = run_multicast(lab, pkg, work, timeout, keep_going, sender_rate,
-                                    mcast_cmd)
+                                    mcast_cmd, restart_sender_at=restart_sender_at,
+                                    rogue_plan=rogue)
         leftovers = lab.leftovers()  # after close: must be empty
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -304,6 +421,7 @@ def run_lab(receivers: int, size: int, rate_bps: int, loss: float, mode: str, *,
         "rate_bps": rate_bps, "loss": loss, "loss_proto": loss_proto,
         "completed": completed, "verified": verified,
         "completed_count": sum(bool(p["completed"]) for p in per),
+        "verified_count": sum(bool(p.get("verified")) for p in per),
         "wall_s": wall_s,
         "line_rate_s": round(line_rate_s, 4) if line_rate_s else None,
         "ratio": ratio,
@@ -342,6 +460,19 @@ def main(argv: list[str] | None = None) -> int:
                          " has verified this fraction")
     ap.add_argument("--source-rate", type=parse_rate, default=None,
                     help="fetch mode: the codebase's uplink (a slow WAN behind the master)")
+    ap.add_argument("--restart-sender-at", type=float, default=None, metavar="FRACTION",
+                    help="multicast mode: SIGKILL the sender once every receiver has verified"
+                         " this fraction, start a new one 1 s later")
+    ap.add_argument("--rogue-replay", type=float, default=None, metavar="RATE",
+                    help="multicast mode: a rogue host records the session and replays it with"
+                         " forged sources at RATE datagrams/s (bench.rogue)")
+    ap.add_argument("--rogue-record", type=Path, default=None, metavar="FILE",
+                    help="the rogue keeps what it heard in FILE")
+    ap.add_argument("--rogue-replay-file", type=Path, default=None, metavar="FILE",
+                    help="the rogue also replays FILE, a recording of an earlier run")
+    ap.add_argument("--package-dir", type=Path, default=None, metavar="DIR",
+                    help="multicast mode: keep the package, its snapshot and keys in DIR and"
+                         " reuse them next time (the same package version across runs)")
     ap.add_argument("--keep-going", action="store_true",
                     help="wait for every receiver even after one failed")
     ap.add_argument("--timeout", type=float, default=None, help="seconds (default from size/rate)")
@@ -354,6 +485,25 @@ def main(argv: list[str] | None = None) -> int:
     size, rate_bps = args.size, args.rate
     if not 0 <= args.loss <= 100:
         ap.error("--loss is a percentage, 0..100")
+    rogue = None
+    if args.rogue_replay is not None or args.rogue_record or args.rogue_replay_file:
+        if args.mode != "multicast":
+            ap.error("the rogue options are multicast-mode scenarios")
+        rate = args.rogue_replay if args.rogue_replay is not None else (
+            3000.0 if args.rogue_replay_file else 0.0)
+        if rate < 0:
+            ap.error("--rogue-replay is datagrams per second, >= 0")
+        if args.rogue_replay_file is not None and not args.rogue_replay_file.is_file():
+            ap.error(f"--rogue-replay-file {args.rogue_replay_file}: no such file")
+        rogue = RoguePlan(rate, args.rogue_record and args.rogue_record.resolve(),
+                          args.rogue_replay_file and args.rogue_replay_file.resolve())
+    if args.package_dir is not None and args.mode != "multicast":
+        ap.error("--package-dir is for multicast mode")
+    if args.restart_sender_at is not None:
+        if args.mode != "multicast":
+            ap.error("--restart-sender-at is a multicast-mode scenario")
+        if not 0 < args.restart_sender_at < 1:
+            ap.error("--restart-sender-at is a fraction, 0 < FRACTION < 1")
     if os.geteuid() != 0:
         print("bench.lab needs root (network namespaces)", file=sys.stderr)
         return 2
@@ -375,12 +525,14 @@ def main(argv: list[str] | None = None) -> int:
                          mcast_cmd=shlex.split(args.mcast_cmd) if args.mcast_cmd else None,
                          packages=args.packages, max_sessions=args.max_sessions,
                          kill_sender_at=args.kill_sender_at,
-                         source_rate_bps=args.source_rate)
+                         source_rate_bps=args.source_rate,
+                         restart_sender_at=args.restart_sender_at, rogue=rogue,
+                         package_dir=args.package_dir and args.package_dir.resolve())
     except KeyboardInterrupt:
         print(json.dumps({"mode": args.mode, "completed": False, "verified": False,
                           "error": "interrupted"}), flush=True)
         return 130
-    except LabError as exc:
+    except (LabError, ValueError) as exc:  # ValueError: a kept package of another size
         report = {"mode": args.mode, "receivers": args.receivers, "size": size,
                   "rate_bps": rate_bps, "loss": args.loss, "completed": False,
                   "verified": False, "error": str(exc)}

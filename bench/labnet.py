@@ -4,9 +4,9 @@ This module owns the lab topology and the processes run in it (:class:`Proc`, th
 environment in :func:`child_env`, :func:`wait_all` for their last lines). The topology: a
 switch namespace with a bridge (``br0``, multicast snooping off, so multicast floods like on
 a dumb switch), one host namespace per lab host (``h0`` is the sender, ``h1..hN`` the
-receivers), one veth per host with the switch end enslaved to ``br0`` and the host end named
-``eth0``; rate limits with ``tc tbf``; loss with an nftables ``numgen random`` drop on each
-receiver's ingress.
+receivers, then any extra host a scenario asks for, such as a rogue), one veth per host
+with the switch end enslaved to ``br0`` and the host end named ``eth0``; rate limits with
+``tc tbf``; loss with an nftables ``numgen random`` drop on each receiver's ingress.
 
 Safety (see DESIGN.md, "Network safety"):
 
@@ -348,7 +348,8 @@ _CLOSE_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 class Lab:
-    """A lab LAN: ``h0`` (sender, 198.18.0.1) and ``h1..hN`` (receivers) on one bridge.
+    """A lab LAN: ``h0`` (sender, 198.18.0.1), ``h1..hN`` (receivers) and any ``extra_hosts``
+    on one bridge.
 
     Use as a context manager; everything is removed on exit, on exceptions and on
     SIGINT/SIGTERM/SIGHUP (the handler raises ``SystemExit`` so ``with`` blocks unwind)::
@@ -358,7 +359,8 @@ class Lab:
     """
 
     def __init__(self, receivers: int, rate_bps: int = 0, loss: float = 0.0,
-                 loss_proto: str = "udp", burst: str = "256k", latency: str = "20ms") -> None:
+                 loss_proto: str = "udp", burst: str = "256k", latency: str = "20ms",
+                 extra_hosts: Sequence[str] = ()) -> None:
         if not 1 <= receivers <= MAX_RECEIVERS:
             raise ValueError(f"receivers must be 1..{MAX_RECEIVERS}")
         if loss_proto not in ("udp", "tcp", "all"):
@@ -370,7 +372,10 @@ class Lab:
         self.burst = burst
         self.latency = latency
         self.prefix = f"{PREFIX}{os.getpid()}_{next(_seq)}-"
-        self.hosts = [f"h{i}" for i in range(receivers + 1)]
+        # extra hosts (a rogue, say) come after the receivers: no shaping, no loss
+        self.hosts = [f"h{i}" for i in range(receivers + 1)] + list(extra_hosts)
+        if len(set(self.hosts)) != len(self.hosts) or len(self.hosts) > MAX_RECEIVERS + 1:
+            raise ValueError(f"lab hosts must be distinct and at most {MAX_RECEIVERS + 1}")
         self.procs: list[Proc] = []
         self._built = False
         self._closed = False
@@ -389,7 +394,7 @@ class Lab:
 
     @property
     def receiver_hosts(self) -> list[str]:
-        return self.hosts[1:]
+        return self.hosts[1 : self.receivers + 1]
 
     def port(self, host: str) -> str:
         """The switch-side veth of ``host`` (lives in the switch namespace)."""

@@ -1,8 +1,9 @@
 """The package a lab run moves, and the check that a receiver's copy is the package.
 
 Shared by every lab mode (:mod:`bench.lab`, :mod:`bench.lab_fetch`): random bytes, generated
-fresh for each run, and their SHA-256 recorded when written, so a receiver counts as verified
-only when its files re-hash equal on disk.
+fresh for each run (or kept in a directory for runs that must share one), and their SHA-256
+recorded when written, so a receiver counts as verified only when its files re-hash equal on
+disk.
 """
 
 from __future__ import annotations
@@ -43,6 +44,20 @@ def make_package(root: Path, size: int) -> Package:
                 digest.update(chunk)
                 left -= len(chunk)
         pkg.files[rel] = (n, digest.hexdigest())
+    return pkg
+
+
+def kept_package(root: Path, size: int) -> Package:
+    """The package an earlier run left in ``root`` (re-hashed), or a new one made there: runs
+    that share it send the same package version, so one can replay what another recorded."""
+    if not root.is_dir():
+        return make_package(root, size)
+    pkg = Package(root)
+    for rel in (BIG_NAME, "README.txt", "etc/config.ini"):
+        path = root / rel
+        pkg.files[rel] = (path.stat().st_size, sha256_file(path))
+    if pkg.files[BIG_NAME][0] != size:
+        raise ValueError(f"{root} holds a package of another size: {pkg.files[BIG_NAME][0]}")
     return pkg
 
 

@@ -5,7 +5,8 @@ state of every block still incomplete (source shards held, parity held, how far 
 repairs have been seen), Reed-Solomon decoding once a block holds k symbols, and the check of
 every unit against its SHA-256 in the signed snapshot. A unit that fails the check loses its
 shards and is asked for again; a decode that yields a unit which fails it drops the block's
-parity, since one forged shard poisons a whole decode. Each verified unit goes out as a
+parity, since one forged shard poisons a whole decode; how often each unit failed is counted
+(``worst_unit``), for the receiver's verify-failure limit. Each verified unit goes out as a
 ``UnitVerified`` event through ``emit``.
 
 It checks shards against the session's geometry (``fits_source``, ``fits_parity``) before
@@ -78,10 +79,16 @@ class Assembler:
             raise ValueError("resuming from verified units needs load_unit to read them back")
         self.blocks: dict[int, _Block] = {}
         self._block_done = bytearray()
+        self._unit_failures: dict[int, int] = {}  # unit -> times it failed verification
+        self._worst: tuple[int, int] = (0, 0)  # (unit, failures) of the unit failed most
 
     @property
     def complete(self) -> bool:
         return self.verified_count == self.snapshot.block_count
+
+    def worst_unit(self) -> tuple[int, int]:
+        """The unit that failed verification most often, and how often (0 if none did)."""
+        return self._worst
 
     def missing_units(self) -> list[int]:
         return [u for u, ok in enumerate(self._verified) if not ok]
@@ -220,6 +227,9 @@ class Assembler:
         data = b"".join(blk.shards[i] for i in indices)
         if hashlib.sha256(data).digest() != self.snapshot.block_hashes[unit]:
             self._stats.verify_failures += 1
+            count = self._unit_failures[unit] = self._unit_failures.get(unit, 0) + 1
+            if count > self._worst[1]:
+                self._worst = (unit, count)
             for i in indices:  # forged or corrupt: drop and ask again
                 del blk.shards[i]
             blk.held[unit] = 0

@@ -11,6 +11,10 @@ are ``McastError``s whose ``exit_code`` is the status (see :mod:`mcast.errors`):
 1 the session ended before the package was complete, 2 bad arguments, 3 snapshot not trusted
 or malformed, 4 file or disk error, 5 network or safety refusal, 130 interrupted.
 
+``send``, ``recv`` and ``fetch`` run keyed: without ``--session-key-file`` they refuse to
+start (exit 2) unless ``--insecure`` asks for the unauthenticated mode, which they say in a
+warning line on stderr; their ``start`` and ``done`` JSON lines carry ``"authenticated"``.
+
 Plug-in commands: the engine imports nothing above it. Other packages add subcommands
 through the entry-point group ``mcast.commands``: an entry point ``NAME = "module:func"``
 makes ``mcast NAME ARGS...`` call ``func(ARGS)`` (a list of strings; it returns the exit
@@ -286,6 +290,12 @@ def _channel_args(p: argparse.ArgumentParser, group: str, port: int, *, auto: bo
     p.add_argument("--json", action="store_true", help="JSON lines on stdout")
 
 
+def _insecure_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--insecure", action="store_true",
+                   help="run without a session key: unauthenticated datagrams, which any host"
+                   " on the LAN can forge or replay (refused unless asked for)")  # fmt: skip
+
+
 def _channel(args: argparse.Namespace, server: str | None = None) -> Channel:
     """The channel of the arguments; ``--interface auto`` routes to ``server`` (a URL)."""
     interface = args.interface
@@ -300,6 +310,29 @@ def _channel(args: argparse.Namespace, server: str | None = None) -> Channel:
     except UnsafeAddress as exc:
         raise NetworkError(str(exc)) from None
     return Channel(args.group, args.port, interface)
+
+
+INSECURE_WARNING = (
+    "mcast: warning: --insecure: no session key, so any host on the LAN can forge or replay"
+    " this session's datagrams (the signed snapshot still guards every byte written)"
+)
+
+
+def authenticated(args: argparse.Namespace) -> bool:
+    """Whether the session is keyed. Without ``--session-key-file`` a command that touches a
+    session refuses to start (exit 2) unless ``--insecure`` asks for the unauthenticated mode,
+    which is then said on stderr."""
+    if args.session_key is not None:
+        if args.insecure:
+            raise UsageError("--insecure and --session-key-file contradict each other: give one")
+        return True
+    if not args.insecure:
+        raise UsageError(
+            f"{args.command} needs a session key: give --session-key-file FILE, or --insecure"
+            " to run unauthenticated"
+        )
+    print(INSECURE_WARNING, file=sys.stderr, flush=True)
+    return False
 
 
 def verified_snapshot(snap: Snapshot, public: Ed25519PublicKey | None) -> Snapshot:
@@ -349,6 +382,7 @@ def cmd_snapshot(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_send(args: argparse.Namespace, out: Output) -> int:
+    keyed = authenticated(args)
     snap = verified_snapshot(args.snapshot, args.trust_key)
     ch = _channel(args)
     cfg = SenderConfig(
@@ -356,7 +390,8 @@ def cmd_send(args: argparse.Namespace, out: Output) -> int:
         receiver_timeout=args.receiver_timeout, hold_s=args.hold,
     )  # fmt: skip
     out.event("start", hash=snap.package_hash_hex, size=snap.total_size, rate_bps=args.rate,
-              group=ch.group, port=ch.port, interface=ch.interface)  # fmt: skip
+              group=ch.group, port=ch.port, interface=ch.interface,
+              authenticated=keyed)  # fmt: skip
     if args.wait_go:  # everything is loaded: start on a line on stdin (benchmarks, udp-sender)
         out.event("ready")
         sys.stdin.readline()
@@ -377,7 +412,7 @@ def cmd_send(args: argparse.Namespace, out: Output) -> int:
                                        discovery_key=args.discovery_key))  # fmt: skip
     s = result.stats
     out.event(
-        "done", reason=result.reason, receivers_done=result.receivers_done,
+        "done", authenticated=keyed, reason=result.reason, receivers_done=result.receivers_done,
         receivers_lost=result.receivers_lost, bytes_sent=result.bytes_sent,
         wall_s=round(result.wall_s, 3), data_packets=s.data_sent, repair_packets=s.parity_sent,
         naks=s.naks_received, feedback_refused=s.feedback_refused, peak_rss_mb=peak_rss_mb(),
@@ -394,10 +429,12 @@ _FOLLOW = (FailureKind.SILENT, FailureKind.ENDED)  # the sender went away: it ma
 
 
 def cmd_recv(args: argparse.Namespace, out: Output) -> int:
+    keyed = authenticated(args)
     snap = verified_snapshot(args.snapshot, args.trust_key)
     ch = _channel(args)
     cfg = ReceiverConfig(silence_timeout=args.timeout)
-    out.event("start", hash=snap.package_hash_hex, size=snap.total_size, out=str(args.out))
+    out.event("start", hash=snap.package_hash_hex, size=snap.total_size, out=str(args.out),
+              authenticated=keyed)  # fmt: skip
     out.bar(f"waiting for {snap.name}", snap.total_size)
     joined = [False]
 
@@ -406,9 +443,11 @@ def cmd_recv(args: argparse.Namespace, out: Output) -> int:
         if p.joined and not joined[0]:
             joined[0] = True
             out.event("joined")
-        if out.due(1.0):
+        if out.due(0.2):  # often enough for an observer to act at a given fraction
             out.event("progress", units=p.units_verified, total=p.units_total,
                       bytes=p.bytes_verified)  # fmt: skip
+
+    kept = {"units_kept": 0, "sessions_followed": 0}  # across restarts of the sender
 
     async def follow() -> tuple[ReceiveResult, int]:
         """Receive, and when the sender dies or ends early, wait for the next session of the
@@ -422,6 +461,8 @@ def cmd_recv(args: argparse.Namespace, out: Output) -> int:
                 received += result.bytes_received
                 if result.complete or result.failure not in _FOLLOW:
                     break
+                kept["units_kept"] = result.units_verified
+                kept["sessions_followed"] += 1
                 out.event("session_lost", session=f"{result.session_id or 0:x}",
                           reason=result.reason, units_kept=result.units_verified)  # fmt: skip
                 out.say(f"session lost ({result.reason}); {result.units_verified} units kept,"
@@ -442,13 +483,14 @@ def cmd_recv(args: argparse.Namespace, out: Output) -> int:
     s = result.stats
     assert s is not None
     out.event(
-        "done", verified=result.complete, complete=result.complete, reason=result.reason,
+        "done", authenticated=keyed, verified=result.complete, complete=result.complete,
+        reason=result.reason,
         bytes=result.bytes_total if result.complete else received,
         bytes_multicast=received, units=result.units_verified,
         units_total=result.units_total, units_resumed=result.units_resumed,
         wall_s=round(result.wall_s, 3), peak_rss_mb=peak_rss_mb(), session=result.session_id,
         naks_sent=s.naks_sent, repairs=s.parity_shards, bad_packets=s.bad_packets,
-        verify_failures=s.verify_failures, timeline=result.timeline,
+        verify_failures=s.verify_failures, timeline=result.timeline, **kept,
     )  # fmt: skip
     if result.complete:
         out.say(f"{snap.name}: {len(result.files)} files verified in {args.out}")
@@ -465,6 +507,7 @@ def cmd_fetch(args: argparse.Namespace, out: Output) -> int:
     # other command needs.
     from mcast.fetch import FetchProgress, FetchSettings, fetch
 
+    keyed = authenticated(args)
     snap = verified_snapshot(args.snapshot, args.trust_key)
     ch = _channel(args, (args.codebase or [None])[0])
     settings = FetchSettings(
@@ -476,7 +519,8 @@ def cmd_fetch(args: argparse.Namespace, out: Output) -> int:
         serve_after_s=args.linger, discovery_key=args.discovery_key, hold_s=args.hold,
         min_session_bps=args.min_session_kbps * 1024,
     )  # fmt: skip
-    out.event("start", hash=snap.package_hash_hex, size=snap.total_size, out=str(args.out))
+    out.event("start", hash=snap.package_hash_hex, size=snap.total_size, out=str(args.out),
+              authenticated=keyed)  # fmt: skip
     out.bar(f"fetching {snap.name}", snap.total_size)
     last_phase = [""]
 
@@ -492,7 +536,8 @@ def cmd_fetch(args: argparse.Namespace, out: Output) -> int:
         result = trio.run(lambda: fetch(snap, args.out, args.codebase or [], settings,
                                         progress=progress))  # fmt: skip
     out.event(
-        "done", verified=result.complete, complete=result.complete, route=result.route.value,
+        "done", authenticated=keyed, verified=result.complete, complete=result.complete,
+        route=result.route.value,
         bytes=result.bytes_total, bytes_multicast=result.bytes_multicast,
         bytes_http=result.bytes_http, sessions_tried=result.sessions_tried,
         codebase=result.codebase, notes=result.notes, wall_s=round(time.monotonic() - started, 3),
@@ -668,6 +713,7 @@ def build_parser(plugins: dict[str, EntryPoint] | None = None) -> argparse.Argum
     _hold_arg(p, 0.0)
     _discovery_key_arg(p)
     _channel_args(p, DEFAULT_GROUP, DEFAULT_PORT)
+    _insecure_arg(p)
     p.set_defaults(func=cmd_send)
 
     p = sub.add_parser("recv", help="receive a package from a multicast session")
@@ -678,6 +724,7 @@ def build_parser(plugins: dict[str, EntryPoint] | None = None) -> argparse.Argum
     p.add_argument("--timeout", type=argtypes.positive_seconds, default=10.0,
                    help="give up after this many seconds without the session")  # fmt: skip
     _channel_args(p, DEFAULT_GROUP, DEFAULT_PORT)
+    _insecure_arg(p)
     p.set_defaults(func=cmd_recv)
 
     p = sub.add_parser("fetch", help="get a package: join or start a session, HTTP for the rest")
@@ -706,6 +753,7 @@ def build_parser(plugins: dict[str, EntryPoint] | None = None) -> argparse.Argum
     _hold_arg(p, 2.0)
     _discovery_key_arg(p)
     _channel_args(p, DISCOVERY_GROUP, DISCOVERY_PORT, auto=True)
+    _insecure_arg(p)
     p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("sessions", help="list the multicast sessions live on the subnet")

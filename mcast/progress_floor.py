@@ -31,6 +31,11 @@ class ProgressFloor:
         """The session was joined (or its hold ended): a new window from here."""
         self._start, self._own0, self._master0 = now, own_units, self._master
 
+    @property
+    def master_units(self) -> int:
+        """The most verified units the master has announced."""
+        return self._master
+
     def master_holds(self, verified_units: int) -> None:
         """The master announced it holds this many verified units."""
         self._master = max(self._master, verified_units)

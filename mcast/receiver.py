@@ -16,8 +16,9 @@ loss recovery:
   short windows, the signals the sender's rate control reads;
 - ``Reports`` (``mcast/reports.py``): NAK datagrams, SOLICITs while no session is heard,
   periodic and final STATUS;
-- ``Liveness`` (``mcast/liveness.py``): the silence timeout (any authentic sign of the
-  master), the grace after an END, and the slow-session floor (``ProgressFloor``: our own
+- ``Liveness`` (``mcast/liveness.py``): the silence timeout (a sign of the master that its
+  tag authenticates, or without a key one nobody can forge: a verified unit), the grace after
+  an END, and the slow-session floor (``ProgressFloor``: our own
   progress or the master's announced progress, over windows; a hold is not slowness);
 - ``PeerView`` (``mcast/peer_view.py``): the other receivers' STATUS, so that when the master
   goes silent the failure says whether this receiver is the one to take the session over;
@@ -107,7 +108,8 @@ class ReceiverConfig:
     congestion_backlog: float = 0.5  # a socket queue fuller than this is reported at once
     silence_timeout: float = 5.0  # no valid datagram from the session this long: failed
     end_grace: float = 0.5  # after an END, this long without session traffic: failed
-    max_verify_failures: int = 64
+    max_verify_failures: int = 64  # keyed: failed units in all before the session has failed
+    max_unit_failures: int = 16  # unkeyed: failures of one unit before the session has failed
     max_nak_entries: int = 128  # per NAK datagram
     done_status_repeats: int = 3  # the final status goes out this many times, spaced by:
     done_status_spacing: float = 0.02
@@ -362,7 +364,8 @@ class Receiver:
                 self.stats.bad_packets += 1  # not the session we joined: no say in it
                 return
         self.announce = msg
-        self._liveness.announced(msg, now, self.verified_units)  # alive; the floor judges
+        authentic = self._key is not None  # unkeyed, anyone can repeat or forge an announce
+        self._liveness.announced(msg, now, self.verified_units, authentic=authentic)
         assert self.geometry is not None
         frontier = self.geometry.block_count if msg.pass_done else msg.next_block
         self._naks.advance(min(frontier, self.geometry.block_count), now)
@@ -384,13 +387,14 @@ class Receiver:
         assert g is not None
         if not self._assembler.fits_source(msg.block, msg.index, len(msg.payload)):
             return
-        self._liveness.progress(now)
+        self._liveness.shard(now, authentic=self._key is not None)
         if msg.block + 1 > self._naks.frontier:
             self._naks.advance(msg.block, now)  # the sender has moved past earlier blocks
         self.stats.data_shards += 1
         self._overrun.note_shard(g.first_shard(msg.block) + msg.index)
+        before = self.verified_units
         if self._assembler.add_source(msg.block, msg.index, msg.payload):
-            self._after_arrival(msg.block, now)
+            self._after_arrival(msg.block, now, before)
 
     def _handle_parity(self, msg: Parity, now: float) -> None:
         g = self.geometry
@@ -400,22 +404,39 @@ class Receiver:
         if msg.block >= self._naks.frontier + _PARITY_AHEAD:
             self.stats.bad_packets += 1  # repairs never precede the pass: nothing to hold
             return
-        self._liveness.progress(now)
+        self._liveness.shard(now, authentic=self._key is not None)
         self.stats.parity_shards += 1
+        before = self.verified_units
         if self._assembler.add_parity(msg.block, msg.seq, msg.payload):
-            self._after_arrival(msg.block, now)
+            self._after_arrival(msg.block, now, before)
 
-    def _after_arrival(self, b: int, now: float) -> None:
+    def _after_arrival(self, b: int, now: float, verified_before: int) -> None:
         """Something new arrived for block ``b``: give a waiting NAK more time, decode when
-        the block can be, and see whether the block, or the package, is complete."""
+        the block can be, and see whether the block, or the package, is complete. A unit
+        verified is life that nobody can forge."""
         self._naks.progressed(b, now)
         if self._assembler.settle(b):
             self._naks.forget(b)
             if self._assembler.complete:
                 self._finish(now)
-        failures = self.stats.verify_failures
-        if failures > self.config.max_verify_failures:
-            self._fail(FailureKind.VERIFY, f"{failures} units failed verification", now)
+        if self.verified_units > verified_before:
+            self._liveness.progress(now)
+        self._check_failures(now)
+
+    def _check_failures(self, now: float) -> None:
+        """Keyed, every shard came from a key holder: a session whose data keeps failing has
+        failed. Unkeyed, a failure may be anyone's forgery, which must cost a repair, not the
+        session; only one unit failing again and again (the sender's copy is wrong, or a
+        forger chases that unit) ends it."""
+        if self._key is not None:
+            failures = self.stats.verify_failures
+            if failures > self.config.max_verify_failures:
+                self._fail(FailureKind.VERIFY, f"{failures} units failed verification", now)
+            return
+        unit, failures = self._assembler.worst_unit()
+        if failures > self.config.max_unit_failures:
+            self._fail(FailureKind.VERIFY, f"unit {unit} failed verification {failures} times",
+                       now)  # fmt: skip
 
     def _handle_nak(self, msg: Nak, now: float) -> None:
         if msg.receiver_id == self.receiver_id:

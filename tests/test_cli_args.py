@@ -8,7 +8,10 @@ is not well formed, 4 a file that cannot be read, 5 a safety refusal (see mcast.
 
 from __future__ import annotations
 
+import json
 import os
+import random
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -49,9 +52,11 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return out
 
 
-RECV = "recv --snapshot {snap_xml} --trust-key {sign_pem_pub} --out {out}"
-SEND = "send {pkg} --snapshot {snap_xml} --trust-key {sign_pem_pub}"
-FETCH = "fetch --snapshot {snap_xml} --trust-key {sign_pem_pub} --out {out}"
+KEYED = "--session-key-file {good_key}"
+RECV = f"recv --snapshot {{snap_xml}} --trust-key {{sign_pem_pub}} --out {{out}} {KEYED}"
+SEND = f"send {{pkg}} --snapshot {{snap_xml}} --trust-key {{sign_pem_pub}} {KEYED}"
+FETCH = f"fetch --snapshot {{snap_xml}} --trust-key {{sign_pem_pub}} --out {{out}} {KEYED}"
+UNKEYED_RECV = "recv --snapshot {snap_xml} --trust-key {sign_pem_pub} --out {out}"
 SNAP = "snapshot {pkg} -o {out}.xml --key {sign_pem}"
 
 # (arguments, exit code, what stderr must say)
@@ -102,6 +107,10 @@ BAD = [
     ("snapshot {pkg} -o {pkg} --key {sign_pem}", 4, "it is a directory"),
     ("sessions --duration 0", 2, "argument --duration"),
     ("sessions --interface 198.18.0.256", 2, "not an IPv4 address"),
+    (UNKEYED_RECV, 2, "recv needs a session key: give --session-key-file FILE, or --insecure"),
+    ("send {pkg} --snapshot {snap_xml}", 2, "send needs a session key"),
+    ("fetch --snapshot {snap_xml} --trust-key {sign_pem_pub} --out {out}", 2, "fetch needs a"),
+    (f"{RECV} --insecure", 2, "--insecure and --session-key-file contradict each other"),
     ("frobnicate", 2, "invalid choice: 'frobnicate'"),
     ("", 2, "required: COMMAND"),
 ]
@@ -209,3 +218,35 @@ def test_session_key_files_that_are_fine(tmp_path: Path) -> None:
     (tmp_path / "hex").write_text(f"  {raw.hex()}\n")
     assert cli.session_key(str(tmp_path / "raw")) == raw
     assert cli.session_key(str(tmp_path / "hex")) == raw
+
+
+# ---------------------------------------------------------------- keyed or --insecure
+
+QUIET = "--group 239.255.{group} --port {port} --json"  # a channel nobody else uses
+SESSION_RUNS = {
+    "recv": f"{UNKEYED_RECV} --timeout 0.3 --interface 127.0.0.1",
+    "send": "send {pkg} --snapshot {snap_xml} --no-discovery --receiver-timeout 0.3 --linger 1",
+}
+
+
+@pytest.mark.parametrize("command", sorted(SESSION_RUNS))
+@pytest.mark.parametrize("keyed", [True, False], ids=["keyed", "insecure"])
+def test_the_report_says_whether_the_session_was_authenticated(
+    files: dict[str, str], tmp_path: Path, command: str, keyed: bool
+) -> None:
+    rnd = random.Random()
+    where = {"group": f"{rnd.randrange(100, 200)}.{rnd.randrange(1, 250)}",
+             "port": rnd.randrange(40000, 60000)}  # fmt: skip
+    argv = f"{SESSION_RUNS[command]} {QUIET} " + (KEYED if keyed else "--insecure")
+    words = [w.format(**files, **where) for w in argv.split()]
+    proc = subprocess.run(
+        [sys.executable, "-m", "mcast.cli", *words], capture_output=True, text=True,
+        timeout=60, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)), check=False,
+    )  # fmt: skip
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert lines and lines[-1]["event"] == "done", proc.stderr
+    assert lines[0]["event"] == "start" and lines[0]["authenticated"] is keyed
+    assert lines[-1]["authenticated"] is keyed
+    warned = [line for line in proc.stderr.splitlines() if "warning: --insecure" in line]
+    assert len(warned) == (0 if keyed else 1), proc.stderr
+    shutil.rmtree(files["out"], ignore_errors=True)  # the table checks that it is never made

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bench import labnet
-from bench.lab import _wait_joined, run_lab
+from bench.lab import RoguePlan, _wait_joined, run_lab
 from bench.labnet import Lab
 from bench.labpkg import check_tree, make_package
 from mcast.partial import WORK_DIR
@@ -131,3 +131,37 @@ def test_a_master_behind_a_2_mbit_source_keeps_every_receiver() -> None:
             assert p["bytes_http"] == 0 and p["bytes_multicast"] == rep["package_bytes"], p
     assert rep["http_bytes_total"] == rep["package_bytes"]
     assert rep["lab_leftovers"] == []
+
+
+def test_a_sender_killed_half_way_and_restarted_keeps_every_receiver() -> None:
+    """The sender is SIGKILLed once every receiver reports half the package verified and a
+    new one starts a second later (a new session): each receiver follows it, keeps what it
+    verified, and completes."""
+    rep = run_lab(4, 8 * MiB, 20_000_000, 0.0, "multicast", restart_sender_at=0.5,
+                  timeout=120)  # fmt: skip
+    assert rep["completed"] and rep["verified"], json.dumps(rep)[:2000]
+    assert rep["verified_count"] == 4
+    assert all(0.5 <= f < 1 for f in rep["restart"]["progress_at_kill"].values()), rep["restart"]
+    for p in rep["per_receiver"]:
+        assert p["verified"] and p["sessions_followed"] >= 1, p
+        assert p["units_kept"] > 0, p
+    assert rep["sender"]["receivers_done"] == 4  # the new sender served all of them
+    assert rep["lab_leftovers"] == []
+
+
+def test_a_rogue_replaying_the_session_with_forged_sources_costs_no_receiver(
+    tmp_path: Path,
+) -> None:
+    """A rogue host (its own namespace) records the keyed session and replays it at 3000
+    datagrams/s with the sender's (and receivers') source addresses: every receiver still
+    gets a verified copy; the rogue really joined, heard and replayed."""
+    plan = RoguePlan(rate=3000, record=tmp_path / "heard.bin")
+    rep = run_lab(3, 4 * MiB, 50_000_000, 0.0, "multicast", rogue=plan, timeout=120)
+    assert rep["completed"] and rep["verified"], json.dumps(rep)[:2000]
+    assert rep["verified_count"] == 3
+    rogue = rep["rogue"]
+    assert rogue["event"] == "done", rogue
+    assert rogue["heard"].get("DATA", 0) > 0 and rogue["heard"].get("ANNOUNCE", 0) > 0
+    assert rogue["sent"].get("ANNOUNCE", 0) > 0 and rogue["sent"].get("DATA", 0) > 0, rogue
+    assert rogue["recorded"] > 0 and (tmp_path / "heard.bin").stat().st_size > 0
+    assert rep["lab_leftovers"] == []  # the rogue's namespace went with the lab

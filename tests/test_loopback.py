@@ -299,7 +299,10 @@ def test_cli_exit_codes_say_what_went_wrong(tmp_path: Path) -> None:
         _cli("snapshot", str(src), "-o", str(tmp_path / "o.xml"), "--key", str(other)).returncode
         == 0
     )
-    base = ["recv", "--snapshot", str(snapshot), "--out", str(tmp_path / "o"), "--timeout", "0.3"]
+    sk = tmp_path / "session.key"
+    sk.write_text(os.urandom(32).hex())
+    base = ["recv", "--snapshot", str(snapshot), "--out", str(tmp_path / "o"), "--timeout", "0.3",
+            "--session-key-file", str(sk)]  # fmt: skip
     assert _cli("recv", "--snapshot", str(snapshot)).returncode == 2  # missing arguments
     untrusted = _cli(*base, "--trust-key", f"{other}.pub")
     assert untrusted.returncode == 3 and "unknown key" in untrusted.stderr
@@ -362,4 +365,6 @@ def test_mcast_recv_follows_a_restarted_sender_and_keeps_what_it_verified(tmp_pa
                 proc.kill()
     assert lost["units_kept"] >= 10
     assert done["event"] == "done" and done["verified"] is True, done
+    # the summary says what the restart cost: the units carried over, one session followed
+    assert done["units_kept"] == lost["units_kept"] and done["sessions_followed"] == 1
     assert same_tree(src, tmp_path / "out")
