@@ -212,6 +212,8 @@ class RoguePlan:
     rate: float = 3000.0
     record: Path | None = None  # keep what it heard here (for a later --rogue-replay-file)
     replay_file: Path | None = None  # also replay a recording of an earlier run
+    control_share: float = 0.5  # fraction of replays that are control messages
+    garbage: bool = False  # send the same bytes with a broken tag: the bandwidth alone
 
 
 ROGUE_HOST = "rogue"
@@ -226,6 +228,7 @@ def _start_rogue(lab: Lab, plan: RoguePlan) -> Proc:
         argv += ["--record", str(plan.record)]
     if plan.replay_file is not None:
         argv += ["--replay-file", str(plan.replay_file)]
+    argv += ["--control-share", str(plan.control_share)] + (["--garbage"] if plan.garbage else [])
     rogue = lab.popen(ROGUE_HOST, argv)
     if rogue.wait_json(lambda o: o.get("event") == "listening", 60) is None:
         raise LabError(f"rogue did not start: {rogue.describe()}")
@@ -470,6 +473,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="the rogue keeps what it heard in FILE")
     ap.add_argument("--rogue-replay-file", type=Path, default=None, metavar="FILE",
                     help="the rogue also replays FILE, a recording of an earlier run")
+    ap.add_argument("--rogue-control-share", type=float, default=0.5, metavar="F",
+                    help="fraction of the rogue's replays that are control messages")
+    ap.add_argument("--rogue-garbage", action="store_true",
+                    help="the rogue inverts each replay's tag: the same bytes, never authentic"
+                         " (the control run: what the bandwidth alone costs)")
     ap.add_argument("--package-dir", type=Path, default=None, metavar="DIR",
                     help="multicast mode: keep the package, its snapshot and keys in DIR and"
                          " reuse them next time (the same package version across runs)")
@@ -496,7 +504,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.rogue_replay_file is not None and not args.rogue_replay_file.is_file():
             ap.error(f"--rogue-replay-file {args.rogue_replay_file}: no such file")
         rogue = RoguePlan(rate, args.rogue_record and args.rogue_record.resolve(),
-                          args.rogue_replay_file and args.rogue_replay_file.resolve())
+                          args.rogue_replay_file and args.rogue_replay_file.resolve(),
+                          args.rogue_control_share, args.rogue_garbage)
     if args.package_dir is not None and args.mode != "multicast":
         ap.error("--package-dir is for multicast mode")
     if args.restart_sender_at is not None:

@@ -8,9 +8,10 @@ socket (``IP_HDRINCL``), so every replay carries the source address and port it 
 with: DATA, PARITY, ANNOUNCE and END come "from the sender". Half of the STATUS and NAK replays
 keep the receiver's source they were heard from; the other half are re-addressed to the
 sender's source address and port, so a receiver that filters on the sender's address still
-takes them. Replays mix control messages and data (``--control-share``). ``--record FILE``
-keeps what was heard, and ``--replay-file FILE`` replays a recording of an earlier run (an
-earlier session's ANNOUNCE, say) from the first second on.
+takes them. Replays mix control messages and data (``--control-share``); ``--garbage`` sends
+the same datagrams with their tag inverted, the control run for what the bytes alone cost.
+``--record FILE`` keeps what was heard, and ``--replay-file FILE`` replays a recording of an
+earlier run (an earlier session's ANNOUNCE, say) from the first second on.
 
 Safety: this tool forges packets, so it refuses to run outside the lab. The interface, every
 source it writes and the sender address must be in the benchmarking range 198.18.0.0/15, every
@@ -205,8 +206,12 @@ class Rogue:
         src, label = h.src, h.kind.name
         if h.kind in FEEDBACK and self.sender is not None and self.rng.random() < 0.5:
             src, label = self.sender, f"{label}_as_sender"  # a receiver's report, re-addressed
+        data = h.data
+        if self.args.garbage:  # the same bytes with a broken tag: costs the link, nothing else
+            data = data[:-16] + bytes(b ^ 0xFF for b in data[-16:])
+            label = f"{label}_garbage"
         try:
-            self.raw.sendto(packet(src, h.dst, h.data), (h.dst[0], 0))
+            self.raw.sendto(packet(src, h.dst, data), (h.dst[0], 0))
         except OSError:
             self.send_errors += 1  # a full queue: the rate is a ceiling, not a promise
             return True
@@ -275,6 +280,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--control-share", type=float, default=0.5,
         help="fraction of replays drawn from control messages (the rest: DATA and PARITY)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--garbage", action="store_true",
+        help="send each replay with its tag inverted: the same bytes on the wire, never"
+        " authentic (a control run that measures what the replays' bandwidth alone costs)",
     )  # fmt: skip
     ap.add_argument("--record", type=Path, help="write what is heard to this file")
     ap.add_argument("--replay-file", type=Path, help="also replay a recording of an earlier run")

@@ -165,3 +165,21 @@ def test_a_rogue_replaying_the_session_with_forged_sources_costs_no_receiver(
     assert rogue["sent"].get("ANNOUNCE", 0) > 0 and rogue["sent"].get("DATA", 0) > 0, rogue
     assert rogue["recorded"] > 0 and (tmp_path / "heard.bin").stat().st_size > 0
     assert rep["lab_leftovers"] == []  # the rogue's namespace went with the lab
+
+
+def test_a_replay_of_an_earlier_session_pins_no_receiver(tmp_path: Path) -> None:
+    """One run is recorded; a second run of the same package (same key) meets a rogue that
+    replays that recording, announces of the ended session included, plus what it hears now.
+    Wire version 1 took the recorded announce as a live session: 0 of 4 verified. Now a
+    receiver joins only an announce that echoes its nonce, and every receiver completes."""
+    recording = tmp_path / "earlier.bin"
+    first = run_lab(2, 2 * MiB, 50_000_000, 0.0, "multicast", timeout=120,
+                    rogue=RoguePlan(rate=0, record=recording), package_dir=tmp_path / "pkg")
+    assert first["verified_count"] == 2 and recording.stat().st_size > 0
+    plan = RoguePlan(rate=3000, replay_file=recording, control_share=1.0)
+    rep = run_lab(4, 2 * MiB, 50_000_000, 0.0, "multicast", rogue=plan, timeout=120,
+                  package_dir=tmp_path / "pkg")  # fmt: skip
+    assert rep["verified_count"] == 4, json.dumps(rep)[:2000]
+    rogue = rep["rogue"]
+    assert rogue["replay_file_datagrams"] > 0 and rogue["sent"].get("ANNOUNCE", 0) > 0, rogue
+    assert rep["lab_leftovers"] == []
