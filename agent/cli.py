@@ -247,9 +247,6 @@ def main(argv: list[str] | None = None) -> int:
         server = urlsplit(args.server)
         if server.scheme == "https" and args.ca_file is None:
             raise ConfigError("an https server needs --ca-file (its CA: NS DATA/tls/ca.pem)")
-        if server.scheme == "http":
-            warning = "plain http: policies and package keys travel unencrypted"
-            print(f"mcast-agent: warning: {warning}", file=sys.stderr)
         server_port = server.port or (443 if server.scheme == "https" else 80)
         try:
             interface = resolve_interface(
@@ -276,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         show = _printer(args.json)
         agent = Agent(config, fetcher=args.fetcher, on_event=show)
+        if server.scheme == "http":
+            warning = "plain http: policies and package keys travel unencrypted"
+            print(f"mcast-agent: warning: {warning}", file=sys.stderr)
         show({"event": "start", "guid": config.guid, "interface": config.interface,
               "rank": config.rank.name.lower().replace("_", "-"), "ip": agent.ip})  # fmt: skip
         return trio.run(_main, agent, args.once, args.serve_cache_for)
