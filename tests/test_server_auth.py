@@ -20,14 +20,20 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mcast.fleet_auth import (
+    AuthError,
+    Credentials,
     HmacAuth,
     authorization,
     enrolment_xml,
     fingerprint,
     load_secret,
     new_secret,
+    parse_authorization,
+    verify,
 )
 from server_stub import repo
 from server_stub.app import create_app
@@ -271,3 +277,32 @@ async def test_computer_add_writes_a_private_secret_the_server_accepts(
     async with agent_client(url, guid, secret) as old, agent_client(url, guid, printed) as new:
         assert (await old.get("/GetClientPolicies.aspx", params={"guid": guid})).status_code == 401
         assert (await new.get("/GetClientPolicies.aspx", params={"guid": guid})).status_code == 200
+
+
+@given(st.one_of(st.text(max_size=600), st.builds(lambda t: "MCAST-HMAC " + t, st.text())))
+def test_a_hostile_authorization_header_is_an_auth_error_or_credentials(header: str) -> None:
+    try:
+        creds = parse_authorization(header)
+    except AuthError:
+        return
+    assert isinstance(creds, Credentials)
+
+
+def test_a_signature_covers_method_target_time_nonce_and_body() -> None:
+    secret, guid = new_secret(), str(uuid.uuid4())
+    header = authorization(secret, guid, "POST", "/PostEvent.aspx", b"<Event/>", now=1000.0)
+    creds = parse_authorization(header)
+    verify(secret, creds, "POST", "/PostEvent.aspx", b"<Event/>")
+    for method, target, body in [
+        ("GET", "/PostEvent.aspx", b"<Event/>"),
+        ("POST", "/status", b"<Event/>"),
+        ("POST", "/PostEvent.aspx", b"<Event />"),
+    ]:
+        with pytest.raises(AuthError, match="bad signature"):
+            verify(secret, creds, method, target, body)
+    for field, value in [("ts", "1001"), ("nonce", "0" * 32)]:
+        changed = header.replace(f"{field}={getattr(creds, field)}", f"{field}={value}")
+        with pytest.raises(AuthError, match="bad signature"):
+            verify(secret, parse_authorization(changed), "POST", "/PostEvent.aspx", b"<Event/>")
+    with pytest.raises(AuthError, match="bad signature"):
+        verify(new_secret(), creds, "POST", "/PostEvent.aspx", b"<Event/>")
