@@ -2,8 +2,9 @@
 
 ::
 
-    mcast-agent --server URL --guid G --state DIR --trust-key PUB
-                [--ip A] [--interface 127.0.0.1|auto] [--rank wired] [--discovery GROUP:PORT]
+    mcast-agent --server URL --guid G --state DIR --trust-key PUB --secret-file F
+                [--ca-file CA.pem] [--enrol] [--ip A] [--interface 127.0.0.1|auto]
+                [--rank wired] [--discovery GROUP:PORT]
                 [--once [--serve-cache-for SECONDS]] [--json] [--download-attempts N]
                 [--interval SECONDS] [--command-timeout SECONDS]
                 [--fetcher MODULE:FUNCTION] [-v]
@@ -17,12 +18,22 @@ Whenever the peer cache served, its last event is ``peer-cache`` with ``action="
 what it did: ``solicits``, ``sessions`` (served), ``claims_lost``, ``failures``, ``error``
 (empty unless the agent ended on an exception). ``--once``: one check-in, run what is due,
 flush the outbox, then exit 0 if the check-in worked, no task failed and every status event was
-acknowledged, else 1. Every argument is checked when given, and every expected failure is one
-line on stderr with the exit code of :mod:`mcast.errors`: 2 a bad argument, 3 a trust key that
-is not a key, 4 a file or state directory that cannot be used (a missing trust key), 5 an
-interface the network safety rules refuse (``--interface auto`` is the IPv4 address of the
-interface that routes to the server, found once at start-up by a UDP ``connect()`` that sends
-nothing, and checked by the same rules). ``--rank`` is what this machine weighs when the agents
+acknowledged, else 1 (3 when the server's certificate does not verify against ``--ca-file``).
+
+Every request is signed with the secret in ``--secret-file`` (``mcast-ns computer add GUID
+--secret-file F`` makes it); with ``--enrol`` a missing file is created with a new secret and
+the agent asks the server to enrol it (an ``enrol`` event gives its fingerprint, which the
+administrator compares in ``mcast-ns computer list`` before ``mcast-ns computer approve``).
+An https server is verified against ``--ca-file`` only (the server's ``DATA/tls/ca.pem``);
+a plain http server gets a warning on stderr.
+
+Every argument is checked when given, and every expected failure is one line on stderr with
+the exit code of :mod:`mcast.errors`: 2 a bad argument, 3 a trust key, secret or CA file that
+is not one, or a server certificate the CA did not sign, 4 a file or state directory that
+cannot be used (a missing trust key, secret or CA file), 5 an interface the network safety
+rules refuse (``--interface auto`` is the IPv4 address of the interface that routes to the
+server, found once at start-up by a UDP ``connect()`` that sends nothing, and checked by the
+same rules). ``--rank`` is what this machine weighs when the agents
 of a subnet elect a multicast session's master. ``--json`` prints one JSON object per line on
 stdout for everything the agent does (a ``job`` event for a finished download also names the
 multicast ``session`` it joined or led); otherwise a short human line each. ``--fetcher`` picks
@@ -50,7 +61,7 @@ from mcast.errors import McastError, NetworkError
 from mcast.udp import DISCOVERY_GROUP, DISCOVERY_PORT, UnsafeAddress, resolve_interface
 
 from .config import AgentConfig, ConfigError
-from .core import Agent, Fetcher
+from .core import Agent, Fetcher, TlsRefused
 from .runas import DEFAULT_USER
 
 
@@ -68,6 +79,23 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         type=argtypes.trust_key,
         help="PEM public key of the snapshot signer (NS DATA/signing.pub)",
+    )
+    p.add_argument(
+        "--secret-file",
+        required=True,
+        type=Path,
+        help="this computer's secret (mcast-ns computer add GUID --secret-file F)",
+    )
+    p.add_argument(
+        "--enrol",
+        action="store_true",
+        help="create the secret file if missing and ask the server to enrol it",
+    )
+    p.add_argument(
+        "--ca-file",
+        type=Path,
+        help="PEM CA certificate that signs the server's certificate (NS DATA/tls/ca.pem); "
+        "needed for an https server, the only CA trusted",
     )
     p.add_argument(
         "--ip",
@@ -176,6 +204,8 @@ def _printer(as_json: bool) -> Any:
 async def _main(agent: Agent, once: bool, serve_for: float | None) -> int:
     if once and serve_for is None:
         result = await agent.run_once()
+        if isinstance(result.check_in_failure, TlsRefused):
+            raise result.check_in_failure
         return 0 if result.ok else 1
     code = 0
     error = ""
@@ -224,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         group, port = args.discovery
         server = urlsplit(args.server)
+        if server.scheme == "https" and args.ca_file is None:
+            raise ConfigError("an https server needs --ca-file (its CA: NS DATA/tls/ca.pem)")
         server_port = server.port or (443 if server.scheme == "https" else 80)
         try:
             interface = resolve_interface(
@@ -245,9 +277,15 @@ def main(argv: list[str] | None = None) -> int:
             command_timeout_s=args.command_timeout,
             check_in_interval_s=args.interval,
             run_as_default=args.run_as_default,
+            secret_file=args.secret_file,
+            enrol=args.enrol,
+            ca_file=args.ca_file,
         )
         show = _printer(args.json)
         agent = Agent(config, fetcher=args.fetcher, on_event=show)
+        if server.scheme == "http":
+            warning = "plain http: policies and package keys travel unencrypted"
+            print(f"mcast-agent: warning: {warning}", file=sys.stderr)
         show({"event": "start", "guid": config.guid, "interface": config.interface,
               "rank": config.rank.name.lower().replace("_", "-"), "ip": agent.ip})  # fmt: skip
         return trio.run(_main, agent, args.once, args.serve_cache_for)

@@ -1,4 +1,5 @@
-"""The agent's configuration: which server, who it is, where its state lives, whom it trusts."""
+"""The agent's configuration: which server, who it is (its GUID and the secret that proves
+it), where its state lives, whom it trusts (the snapshot signer's key, the fleet's CA)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,9 @@ class AgentConfig:
     download_retry_base_s: float = 30.0  # ... backing off from this (capped at retry_cap_s)
     # whom a task that names no run-as user (``system``) runs as; never root (agent.runas)
     run_as_default: str = DEFAULT_USER
+    secret_file: Path | None = None  # this computer's secret (mcast.fleet_auth): signs requests
+    enrol: bool = False  # make the secret if missing and ask the server to enrol it
+    ca_file: Path | None = None  # the fleet's CA (NS DATA/tls/ca.pem), pinned for https
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.server_url)
@@ -86,13 +90,19 @@ class AgentConfig:
         object.__setattr__(self, "server_url", self.server_url.rstrip("/"))
         object.__setattr__(self, "state_dir", Path(self.state_dir))
         object.__setattr__(self, "trust_key", Path(self.trust_key))
+        for name in ("secret_file", "ca_file"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, None if value is None else Path(value))
+        if self.enrol and self.secret_file is None:
+            raise ConfigError("enrolment needs a secret file to keep the secret in")
 
     def agent_ip(self) -> str:
         """``ip`` if given, else the local address a connection to the server would use."""
         if self.ip:
             return self.ip
         host = urlsplit(self.server_url).hostname or "127.0.0.1"
-        port = urlsplit(self.server_url).port or 80
+        parts = urlsplit(self.server_url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 s.connect((host, port))  # UDP connect sends nothing: it only picks a route

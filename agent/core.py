@@ -37,6 +37,12 @@ again: nothing lost, nothing run twice" true:
 - a job whose task left the policy, or whose package got a new hash, before it ran is
   ``superseded`` (not run; the new version is a new job). A job whose package hash is already
   complete in the cache skips the download.
+
+Every request to the server is signed with the computer's secret (:mod:`mcast.fleet_auth`)
+and, over https, checks the server's certificate against the pinned CA only
+(:mod:`mcast.pinned_tls`); the same context checks https codebases. 401 (a clock out of the
+allowed skew, a secret the server does not hold yet) and 429 (rate limited) are retried like
+5xx; a certificate the CA did not sign is a refusal (``TlsRefused``).
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ import json
 import logging
 import os
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -55,7 +62,7 @@ from typing import Any, Protocol
 import httpx
 import trio
 
-from mcast.errors import NetworkError
+from mcast.errors import ExitCode, NetworkError
 from mcast.fetch import FetchError, FetchProgress, FetchResult, FetchSettings
 from mcast.fleet import (
     AgentSettings,
@@ -69,6 +76,15 @@ from mcast.fleet import (
     parse_package_info,
     parse_policy,
 )
+from mcast.fleet_auth import (
+    HmacAuth,
+    enrolment_xml,
+    fingerprint,
+    load_secret,
+    new_secret,
+    write_secret,
+)
+from mcast.pinned_tls import pinned_context
 from mcast.schedule import ScheduleError, decide, parse_schedule
 from mcast.snapshot import (
     Snapshot,
@@ -115,12 +131,31 @@ class Permanent(NetworkError):
     """The server refused the request (4xx) or sent something unusable."""
 
 
+class TlsRefused(Permanent):
+    """The server's certificate does not verify against the pinned CA (or its name)."""
+
+    exit_code = ExitCode.TRUST
+
+
+def _tls_failure(exc: BaseException) -> str | None:
+    """The certificate verification error behind ``exc``, if that is what it was."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            break
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return str(seen.verify_message or seen)
+        seen = seen.__cause__ or seen.__context__
+    return "certificate verify failed" if "CERTIFICATE_VERIFY_FAILED" in str(exc) else None
+
+
 @dataclass
 class CycleResult:
     """What one :meth:`Agent.run_once` did."""
 
     checked_in: bool = False
     check_in_error: str = ""
+    check_in_failure: NetworkError | None = None
     finished: dict[str, str] = field(default_factory=dict)  # task id -> succeeded/failed
     waiting: list[str] = field(default_factory=list)  # task ids not yet done
     retrying: list[str] = field(default_factory=list)  # ... of which the download failed
@@ -137,6 +172,16 @@ class CycleResult:
         )
 
 
+def _unreachable(url: str, exc: httpx.HTTPError) -> NetworkError:
+    why = _tls_failure(exc)
+    if why is not None:
+        return TlsRefused(
+            f"{url}: the server's TLS certificate does not verify against the pinned CA "
+            f"(--ca-file): {why}"
+        )
+    return Retryable(f"cannot reach {url}: {exc.__class__.__name__}: {exc}")
+
+
 def _default_fetcher() -> Fetcher:
     from mcast.fetch import fetch
 
@@ -151,8 +196,10 @@ class Agent:
     ``on_event`` receives a dict for every notable thing the agent does (the CLI prints them).
     Only one Agent may use a state directory at a time (an exclusive lock on STATE/agent.lock).
     Construction fails with an :class:`mcast.errors.McastError`: ``StorageError`` for a trust
-    key that cannot be read, ``TrustError`` for one that is not a key, ``StateError`` for a
-    state directory that cannot be used, ``ConfigError`` for one in use by another agent.
+    key, secret file or CA file that cannot be read, ``TrustError`` for one that is not a key,
+    secret or certificate, ``StateError`` for a state directory that cannot be used,
+    ``ConfigError`` for one in use by another agent. With ``config.enrol`` a missing secret
+    file is created (a new secret, mode 0600) and every run asks the server to enrol it.
     """
 
     def __init__(
@@ -168,6 +215,9 @@ class Agent:
         self._transport = transport
         self._on_event = on_event
         self._public = load_trust_key(config.trust_key)
+        self._tls = pinned_context(config.ca_file) if config.ca_file else None
+        self._secret = self._load_secret()
+        self._enrol_due = config.enrol
         try:
             Path(config.state_dir).mkdir(parents=True, exist_ok=True)
             self._lock_fd = os.open(Path(config.state_dir) / "agent.lock", os.O_RDWR | os.O_CREAT)
@@ -191,6 +241,14 @@ class Agent:
             self.state, config, lambda: self.settings, lambda: self.discovery_key, self._emit
         )
         self._recover()
+
+    def _load_secret(self) -> bytes | None:
+        path = self.config.secret_file
+        if path is None:
+            return None
+        if self.config.enrol and not path.exists():
+            write_secret(path, new_secret())
+        return load_secret(path)
 
     # -- lifecycle -----------------------------------------------------------------------
     def close(self) -> None:
@@ -244,7 +302,13 @@ class Agent:
 
     def _client(self) -> httpx.AsyncClient:
         timeout = httpx.Timeout(self.config.http_timeout_s, connect=5.0)
-        return httpx.AsyncClient(timeout=timeout, transport=self._transport)
+        auth = None
+        if self._secret is not None:  # requests to the server only are signed
+            auth = HmacAuth(self.config.guid, self._secret, self.config.server_url)
+        verify: ssl.SSLContext | bool = self._tls if self._tls is not None else True
+        return httpx.AsyncClient(
+            timeout=timeout, transport=self._transport, auth=auth, verify=verify
+        )
 
     # -- the loop ------------------------------------------------------------------------
     async def run_forever(self) -> None:
@@ -278,11 +342,14 @@ class Agent:
             self._fresh = False
             if check_in:
                 try:
+                    if self._enrol_due:
+                        await self.enrol(client)
                     policy = await self.check_in(client)
                     result.checked_in = True
                     self._accept_policy(policy)
                 except (Retryable, Permanent) as exc:
                     result.check_in_error = str(exc)
+                    result.check_in_failure = exc
                     log.warning("check-in failed: %s", exc)
                     self._emit("checkin", ok=False, error=str(exc))
             wakes: list[float] = []
@@ -312,14 +379,37 @@ class Agent:
             # (an empty params= would wipe a query the URL already has)
             resp = await client.get(url, params=params) if params else await client.get(url)
         except httpx.HTTPError as exc:
-            raise Retryable(f"cannot reach {url}: {exc.__class__.__name__}: {exc}") from None
-        if resp.status_code >= 500:
-            raise Retryable(f"{url}: HTTP {resp.status_code}")
+            raise _unreachable(url, exc) from None
+        if resp.status_code >= 500 or resp.status_code in (401, 429):
+            # 401: our clock, or a secret the server does not hold yet; 429: slow down
+            raise Retryable(f"{url}: HTTP {resp.status_code}: {error_text(resp.content)}")
         if resp.status_code >= 400:
             raise Permanent(f"{url}: HTTP {resp.status_code}: {error_text(resp.content)}")
         if resp.status_code != 200:
             raise Retryable(f"{url}: unexpected HTTP {resp.status_code}")
         return resp.content
+
+    async def enrol(self, client: httpx.AsyncClient) -> None:
+        """Ask the server to enrol this computer's secret (an administrator approves it);
+        harmless to repeat. Until it is approved the server answers 403."""
+        assert self._secret is not None
+        url = f"{self.config.server_url}/Enrol.aspx"
+        body = enrolment_xml(self.config.guid, self._secret)
+        try:
+            resp = await client.post(url, content=body, headers={"Content-Type": XML})
+        except httpx.HTTPError as exc:
+            raise _unreachable(url, exc) from None
+        fp = fingerprint(self._secret)
+        if resp.status_code in (200, 202):
+            self._enrol_due = False
+            state = "approved" if resp.status_code == 200 else "pending"
+            self._emit("enrol", state=state, fingerprint=fp)
+            return
+        error = f"{url}: HTTP {resp.status_code}: {error_text(resp.content)}"
+        self._emit("enrol", state="refused", fingerprint=fp, error=error)
+        if resp.status_code >= 500 or resp.status_code in (401, 429):
+            raise Retryable(error)
+        raise Permanent(error)
 
     async def check_in(self, client: httpx.AsyncClient) -> Policy:
         data = await self._get(
@@ -569,6 +659,7 @@ class Agent:
             rank=self.config.rank,
             hold_s=float(s.multicast_hold_secs),
             min_session_bps=s.min_session_kbps * 1024.0,
+            tls=self._tls,
         )
         return settings, why_not
 
@@ -695,7 +786,9 @@ class Agent:
                     )
                     continue
                 self._later(ev.event_id, ev.attempts, "malformed acknowledgement")
-            elif resp.status_code >= 500 or resp.status_code < 400:
+            elif (
+                resp.status_code >= 500 or resp.status_code < 400 or resp.status_code in (401, 429)
+            ):
                 self._later(ev.event_id, ev.attempts, f"HTTP {resp.status_code}")
                 break
             else:

@@ -10,14 +10,17 @@ One run, everything it starts removed at the end (also on failure, Ctrl-C and SI
    subnet, Agent Settings that allow multicast (``minMulticastSize`` at most the package size,
    ``maxSessionsPerSubnet`` 1) and one task targeting N fresh computer GUIDs, signed like
    every task and run as the demo's own user (its install.py writes a marker into the agent's
-   state directory, which only that user may enter);
+   state directory, which only that user may enter); each computer is enrolled with
+   ``mcast-ns computer add GUID --secret-file F`` (its secret in the work dir), and the
+   server's TLS CA and certificate (``mcast-ns init --hostname``: the server's address);
 2. the WAN: unless ``--wan-rate 0``, a package server (:mod:`bench.http_serve`, all its
    bodies together capped at ``--wan-rate``, default 20mbit) registered as the site's package
    server, so every HTTP byte of the package crosses one link slower than the LAN, as it does
    at a branch office; with ``--wan-rate 0`` the Notification Server serves the package;
-3. ``mcast-ns serve`` as a child process, its URL read from its first line;
+3. ``mcast-ns serve`` as a child process (HTTPS), its URL read from its first line;
 4. N agents (:mod:`bench.demo_agent`: ``mcast-agent --server URL --guid G --state DIR
-   --trust-key PUB --once --serve-cache-for SECONDS --json``, each its own process, with this
+   --trust-key PUB --secret-file F --ca-file CA --once --serve-cache-for SECONDS --json``,
+   each its own process, signing every request with its secret, with this
    run's own discovery channel so that no other run's sessions count against the subnet's
    limit). Each agent first imports everything and says ``ready``; the demo then releases
    them: all at the same moment (``--spread 0``, the default), so they meet in one multicast
@@ -88,6 +91,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import io
 import json
 import os
 import pwd
@@ -159,6 +163,10 @@ class Setup:
     guids: list[str]
     session_key_file: Path  # the site's discovery key, for the session observer
     www: Path  # the WAN package server's root: pkg/<hash>/content
+    ca_file: Path  # the CA the agents pin (the server's DATA/tls/ca.pem)
+
+    def secret_file(self, guid: str) -> Path:
+        return self.work / "secrets" / f"{guid}.secret"
 
 
 def _write_random(path: Path, size: int) -> str:
@@ -173,9 +181,13 @@ def _write_random(path: Path, size: int) -> str:
     return digest.hexdigest()
 
 
-def prepare(work: Path, agents: int, size: int, subnet: str, fail: int) -> Setup:
-    """The server's data dir: package, site, settings that allow multicast, one task."""
-    from server_stub import repo
+def prepare(
+    work: Path, agents: int, size: int, subnet: str, fail: int, server_addr: str = "127.0.0.1"
+) -> Setup:
+    """The server's data dir: package, site, settings that allow multicast, one task, its
+    TLS certificate for ``server_addr``, and every target computer with its secret."""
+    from server_stub import repo, tls
+    from server_stub.cli import main as ns_main
     from server_stub.store import TaskRow
 
     guids = [str(uuid.uuid4()) for _ in range(agents)]
@@ -190,6 +202,7 @@ def prepare(work: Path, agents: int, size: int, subnet: str, fail: int) -> Setup
     }
     data = work / "ns-data"
     store = repo.init_data_dir(data)
+    tls.init_tls(data, [server_addr, "localhost"])
     try:
         row = repo.add_package(store, src, PACKAGE_NAME).row
         store.add_site("demo-lan", [subnet])
@@ -209,6 +222,12 @@ def prepare(work: Path, agents: int, size: int, subnet: str, fail: int) -> Setup
         store.add_task(task, guids)
     finally:
         store.close()
+    (work / "secrets").mkdir()
+    with contextlib.redirect_stdout(io.StringIO()):  # as an administrator enrols them
+        for guid in guids:
+            secret = str(work / "secrets" / f"{guid}.secret")
+            if ns_main(["computer", "add", guid, "--data", str(data), "--secret-file", secret]):
+                raise LabError(f"mcast-ns computer add {guid} failed")
     key_file = work / "session.key"
     key_file.write_text(discovery_key.hex())
     www = work / "www"
@@ -219,7 +238,7 @@ def prepare(work: Path, agents: int, size: int, subnet: str, fail: int) -> Setup
             out.write((src / f.path).read_bytes())
     return Setup(
         work, data, data / repo.PUB_NAME, task.task_id, row.hash, row.size, files, guids,
-        key_file, www,
+        key_file, www, tls.tls_dir(data) / tls.CA_CERT,
     )  # fmt: skip
 
 
@@ -243,11 +262,11 @@ def start_wan(net: Net, setup: Setup, rate_bps: int) -> str:
 
 
 def wait_url(proc: Proc, timeout: float) -> str:
-    """The ``http://...`` line ``mcast-ns serve`` prints first."""
+    """The ``https://...`` line ``mcast-ns serve`` prints first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for line in list(proc.stdout_tail):
-            if line.text.startswith("http://"):
+            if line.text.startswith(("https://", "http://")):
                 return line.text.strip()
         if proc.finished:
             break
@@ -430,7 +449,8 @@ def agent_argv(v: AgentView, url: str, setup: Setup, discovery: str, serve_for: 
     the demo lasts (it ends the agent with SIGTERM), a bound if the demo itself is killed."""
     args = [
         "--server", url, "--guid", v.guid, "--state", str(v.state_dir),
-        "--trust-key", str(setup.pub), "--once", "--serve-cache-for", f"{serve_for:g}",
+        "--trust-key", str(setup.pub), "--secret-file", str(setup.secret_file(v.guid)),
+        "--ca-file", str(setup.ca_file), "--once", "--serve-cache-for", f"{serve_for:g}",
         "--json", "--ip", v.addr, "--interface", v.addr, "--discovery", discovery,
         "--command-timeout", "60",
     ]  # fmt: skip
@@ -821,7 +841,7 @@ def run_demo(args: argparse.Namespace, live_ok: bool) -> dict[str, Any]:
             net = OnLab(lab)
         else:
             net = Loopback()
-        setup = prepare(work, args.agents, args.size, net.subnet, args.fail_agents)
+        setup = prepare(work, args.agents, args.size, net.subnet, args.fail_agents, net.addr(0))
         server_argv = [PY, "-m", "server_stub.cli", "serve", "--data", str(setup.data),
                        "--bind", f"{net.addr(0)}:0"]  # fmt: skip
         if args.wan_rate:

@@ -1,7 +1,8 @@
 """Crash test of the durable status event queue, from the command line.
 
-Starts ``mcast-ns serve`` as a subprocess on a fresh data directory, lets ``--clients``
-concurrent trio/httpx clients post ``--events`` status events (each retried until
+Starts ``mcast-ns serve`` (HTTPS) as a subprocess on a fresh data directory, lets ``--clients``
+concurrent trio/httpx clients (each signing as its own computer, trusting the data
+directory's CA) post ``--events`` status events (each retried until
 acknowledged), SIGKILLs the server once ``--kill-at`` events are acknowledged, restarts it on
 the same port and data directory, waits until the queue is drained, and prints one JSON
 object: events, clients, killed_at (events acknowledged when killed), stored_at_kill and
@@ -31,7 +32,7 @@ import trio
 
 from server_stub.docs import event_xml
 from server_stub.store import DB_NAME, EventRecord
-from server_stub.testing import ServerProcess, populate
+from server_stub.testing import Populated, ServerProcess, populate
 
 STATES = ("downloading", "downloaded", "running", "succeeded")
 
@@ -94,9 +95,11 @@ async def _post_until_acked(client: httpx.AsyncClient, run: Run, body: bytes) ->
         return
 
 
-async def _client(run: Run, events: list[EventRecord]) -> None:
+async def _client(run: Run, fixture: Populated, guid: str, events: list[EventRecord]) -> None:
     timeout = httpx.Timeout(10.0, connect=2.0)
-    async with httpx.AsyncClient(timeout=timeout) as client:
+    async with fixture.client(
+        run.server.url, fixture.computers.index(guid), timeout=timeout
+    ) as client:
         for ev in events:
             await _post_until_acked(client, run, event_xml(ev))
 
@@ -151,7 +154,8 @@ async def run_crash_test(
                 nursery.start_soon(_killer, run)
             async with trio.open_nursery() as posting:
                 for guid in fixture.computers:
-                    posting.start_soon(_client, run, _events_for(guid, fixture.task_id, per_client))
+                    events_of = _events_for(guid, fixture.task_id, per_client)
+                    posting.start_soon(_client, run, fixture, guid, events_of)
             run.reached.set()  # let the killer finish if the threshold was never reached
         await wait_drained(data_dir, limit_s=30)
         wall = time.monotonic() - t0

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -158,6 +159,22 @@ def host_port(text: str) -> str:
     if not sep or not host or not number.isascii() or not number.isdigit() or int(number) > 65535:
         bad(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:0")
     return text
+
+
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")
+
+
+def hostname(text: str) -> str:
+    """A DNS name or an IP address a certificate can name (returned in lower case)."""
+    value = text.strip().lower()
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    if not _HOSTNAME.fullmatch(value):
+        bad(f"{text!r} is not a host name or IP address")
+    return value
 
 
 def subnet(text: str) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ class FetchSettings:
     hold_s: float = 2.0  # multicastHoldSecs: a new session holds its first data this long
     min_session_bps: float = 64 * 1024  # minSessionKBps: a slower session is left for HTTP
     slow_grace_s: float = 10.0  # ... once it has been that slow for this long
+    tls: ssl.SSLContext | None = None  # verifies https codebases (None: the system's CAs)
 
 
 class Route(Enum):
@@ -173,7 +175,7 @@ async def fetch(
                 try:
                     http = await fetch_missing(
                         snapshot, part, codebases, speed_test=s.speed_test,
-                        progress=report.http_bytes,
+                        progress=report.http_bytes, verify=s.tls,
                     )  # fmt: skip
                 except HttpFetchError as exc:
                     raise FetchError(str(exc)) from exc
@@ -362,7 +364,7 @@ async def _serve_as_master(
         if not part.complete:
             try:
                 http = await fetch_missing(snapshot, part, codebases, speed_test=s.speed_test,
-                                           progress=report.http_bytes)  # fmt: skip
+                                           progress=report.http_bytes, verify=s.tls)  # fmt: skip
             except HttpFetchError as exc:
                 nursery.cancel_scope.cancel()
                 raise FetchError(f"as the session's master: {exc}") from exc

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -213,10 +214,13 @@ async def fetch_missing(
     attempts_per_codebase: int = 3,
     retry_delay: float = 0.25,
     sample_bytes: int = DEFAULT_SAMPLE_BYTES,
+    verify: ssl.SSLContext | None = None,
 ) -> HttpFetchResult:
     """Download every unit ``part`` is missing from ``codebases``, verified, then return.
 
-    Does not call ``part.finish()``: the caller decides when the package is placed. Raises
+    ``verify`` is the TLS context https codebases are checked with (default: the system's
+    CAs); it is not used when ``client`` is given. Does not call ``part.finish()``: the
+    caller decides when the package is placed. Raises
     :class:`HttpFetchError` when units are still missing after every codebase was tried;
     the partial download is checkpointed and resumable in every case.
     """
@@ -228,7 +232,9 @@ async def fetch_missing(
     if not part.missing_units():
         return HttpFetchResult(0, 0, None, failed, 0)
     own = client is None
-    http = client or httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, trust_env=False)
+    http = client or httpx.AsyncClient(
+        timeout=DEFAULT_TIMEOUT, trust_env=False, verify=True if verify is None else verify
+    )
     try:
         order = list(dict.fromkeys(codebases))
         if speed_test and len(order) > 1:

@@ -6,12 +6,17 @@ lifespan task that runs the status event processor. Business rules live in the s
 (SQL), the repository (files on disk) and docs (XML); handlers only glue them.
 
 Two modes: ``notification`` (all endpoints) and ``package-server`` (only ``/pkg/...``).
+The agent endpoints of a Notification Server answer only signed requests (:mod:`.auth`) and
+only about the caller: its own policy, package info of packages a task targets it with, its
+own events. ``/pkg/...`` and ``/health`` are open: content is verified against the signed
+snapshot by whoever downloads it, and package servers hold no computer secrets.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -25,6 +30,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from mcast.fleet import DocumentError
+from mcast.fleet_auth import DEFAULT_SKEW_S, enrolment_state_xml, parse_enrolment
 from mcast.snapshot import (
     Snapshot,
     SnapshotError,
@@ -36,8 +43,10 @@ from mcast.snapshot import (
 from mcast.task_sig import sign_task
 
 from . import docs, repo
+from .auth import Guard, Refused, Secret
 from .events import EventProcessor
 from .ranges import RangeError, parse_range
+from .ratelimit import DEFAULT_BURST, DEFAULT_RATE, TokenBuckets
 from .replica import replicate
 from .replica_gate import ReplicaGate
 from .store import SERVER_SITE, Store, StoreError
@@ -46,6 +55,9 @@ log = logging.getLogger("server_stub")
 XML = "application/xml"
 Mode = Literal["notification", "package-server"]
 T = TypeVar("T")
+Handler = Callable[[Request], Awaitable[Response]]
+MAX_ENROLMENT_BYTES = 4096
+MAX_PENDING_ENROLMENTS = 1000
 
 
 def xml_error(status: int, message: str) -> Response:
@@ -79,6 +91,7 @@ class Server:
             load_private_key(self.data_dir / repo.KEY_NAME) if mode == "notification" else None
         )
         self.processor = EventProcessor(self.store) if self.store else None
+        self.guard: Guard | None = None  # set by create_app for a Notification Server
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         return await anyio.to_thread.run_sync(partial(fn, *args))
@@ -103,12 +116,80 @@ class Server:
         return self.store
 
 
+# -- who is asking ----------------------------------------------------------------------
+
+
+def _target(request: Request) -> str:
+    """The path and query of the request exactly as the client sent them (what it signed)."""
+    raw: bytes = request.scope.get("raw_path") or request.url.path.encode()
+    query: bytes = request.scope.get("query_string", b"")
+    return (raw + (b"?" + query if query else b"")).decode("latin-1")
+
+
+async def _lookup(srv: Server, guid: str) -> Secret | None:
+    found = await srv.db(srv.ns().secret_of, guid)
+    return Secret(*found) if found else None
+
+
+def agent_endpoint(handler: Handler) -> Handler:
+    """Run ``handler`` only for a signed request of an enrolled computer; it finds the
+    caller's GUID in ``request.state.computer`` and the body in ``request.state.body``."""
+
+    async def endpoint(request: Request) -> Response:
+        srv: Server = request.app.state.server
+        assert srv.guard is not None
+        now = time.time()
+        creds = srv.guard.credentials(request.headers.get("authorization"), now)
+        body = b""
+        if request.method == "POST":
+            body = await _read_capped(request, docs.MAX_EVENT_BYTES)
+        stored = await _lookup(srv, creds.guid)
+        request.state.computer = srv.guard.check(
+            creds, stored, request.method, _target(request), body, now
+        )
+        request.state.body = body
+        return await handler(request)
+
+    return endpoint
+
+
+def _not_yours(what: str, guid: str, caller: str) -> Response:
+    return xml_error(403, f"computer {caller} may not {what} of computer {guid}")
+
+
+async def enrol(request: Request) -> Response:
+    """An agent with a secret of its own asks to be enrolled; an administrator approves it
+    (``mcast-ns computer approve``). Signed with that secret, so the request proves it."""
+    srv: Server = request.app.state.server
+    assert srv.guard is not None
+    now = time.time()
+    creds = srv.guard.credentials(request.headers.get("authorization"), now)
+    body = await _read_capped(request, MAX_ENROLMENT_BYTES)
+    try:
+        guid, secret = parse_enrolment(body)
+    except DocumentError as exc:
+        return xml_error(400, str(exc))
+    if guid != creds.guid:
+        return xml_error(403, f"credentials of {creds.guid} cannot enrol computer {guid}")
+    srv.guard.verify(creds, secret, request.method, _target(request), body)
+    srv.guard.admit(creds, now)
+    state = await srv.db(srv.ns().request_enrolment, guid, secret, MAX_PENDING_ENROLMENTS)
+    if state == "conflict":
+        return xml_error(409, f"computer {guid} already has another secret or enrolment request")
+    if state == "full":
+        return xml_error(503, "too many enrolment requests are waiting for approval")
+    status = 200 if state == "approved" else 202
+    return Response(enrolment_state_xml(guid, state), status_code=status, media_type=XML)
+
+
 # -- Notification Server endpoints ----------------------------------------------------
 
 
 async def get_client_policies(request: Request) -> Response:
     srv: Server = request.app.state.server
     guid = docs.parse_guid(request.query_params.get("guid"), "guid")
+    if guid != request.state.computer:
+        return _not_yours("read the policy", guid, request.state.computer)
     raw_ip = request.query_params.get("ip")
     if not raw_ip:  # an agent that does not say: the address it connected from
         raw_ip = request.client.host if request.client else "127.0.0.1"
@@ -157,12 +238,17 @@ async def get_package_info(request: Request) -> Response:
     package_id = docs.parse_guid(q.get("package"), "package")
     ip = docs.parse_ip(q.get("ip"))
     totaltime = docs.parse_nonneg_int(q.get("totaltime"), "totaltime", default=0)
+    if computer != request.state.computer:
+        return _not_yours("read the package info", computer, request.state.computer)
     store = srv.ns()
     if not await srv.db(store.computer_exists, computer):
         return xml_error(404, f"unknown computer {computer}")
     package = await srv.db(partial(store.latest_package, package_id=package_id))
     if package is None:
         return xml_error(404, f"unknown package {package_id}")
+    # the package info carries the package's session key: only for computers that need it
+    if not await srv.db(store.is_targeted_with, computer, package_id):
+        return xml_error(403, f"no task targets computer {computer} with package {package_id}")
     site = await srv.db(store.site_of, ip)
     codebases = await srv.db(_codebases, srv, request, site, totaltime)
     codebases = [docs.Codebase(c.url.format(hash=package.hash), c.site) for c in codebases]
@@ -195,14 +281,21 @@ async def _read_capped(request: Request, cap: int) -> bytes:
 
 async def post_event(request: Request) -> Response:
     srv: Server = request.app.state.server
-    ev = docs.parse_event_untrusted(await _read_capped(request, docs.MAX_EVENT_BYTES))
+    ev = docs.parse_event_untrusted(request.state.body)
+    if ev.computer != request.state.computer:
+        return _not_yours("post an event", ev.computer, request.state.computer)
     store = srv.ns()
     if not await srv.db(store.computer_exists, ev.computer):
         return xml_error(404, f"unknown computer {ev.computer}")
     if not await srv.db(store.is_target, ev.task_id, ev.computer):
         return xml_error(404, f"task {ev.task_id} is not assigned to computer {ev.computer}")
     try:
-        stored = await srv.db(store.record_event, ev)
+        # the agent's clock orders a task's events, but only within the allowed skew of ours:
+        # no event can claim a time that outranks everything the agent reports later
+        assert srv.guard is not None
+        now = time.time()
+        order = min(max(ev.agent_time, now - srv.guard.skew_s), now)
+        stored = await srv.db(store.record_event, ev, order)
     except StoreError as exc:
         return xml_error(409, str(exc))
     # The event is committed (fsynced) at this point; only now do we acknowledge it.
@@ -321,6 +414,13 @@ async def _disconnect(request: Request, exc: Exception) -> Response:
     return xml_error(400, "client disconnected")
 
 
+async def _refused(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Refused)
+    resp = xml_error(exc.status, str(exc))
+    resp.headers.update(exc.headers)
+    return resp
+
+
 async def _internal(request: Request, exc: Exception) -> Response:
     log.exception("internal error on %s", request.url.path, exc_info=exc)
     return xml_error(500, "internal server error")
@@ -337,13 +437,20 @@ def create_app(
     public_url: str | None = None,
     upstream: str | None = None,
     trust: TrustStore | None = None,
+    rate: float = DEFAULT_RATE,
+    burst: float = DEFAULT_BURST,
+    skew_s: float = DEFAULT_SKEW_S,
 ) -> Starlette:
     """The ASGI app for one data directory. Serve it with :func:`server_stub.serve.serve`.
 
     A package server given ``upstream`` (the Notification Server's URL) and ``trust`` (its
-    signing key) fetches and verifies packages it does not hold on first request.
+    signing key) fetches and verifies packages it does not hold on first request. ``rate``
+    and ``burst`` are each computer's request budget, ``skew_s`` how far an agent's clock
+    may be from the server's.
     """
     srv = Server(data_dir, mode, site, public_url, upstream, trust)
+    if srv.store is not None:
+        srv.guard = Guard(skew_s=skew_s, buckets=TokenBuckets(rate, burst))
     pkg_methods = ["GET", "HEAD"]
     routes = [
         Route("/pkg/{hash}/content", pkg_content, methods=pkg_methods),
@@ -353,11 +460,12 @@ def create_app(
     ]
     if mode == "notification":
         routes += [
-            Route("/GetClientPolicies.aspx", get_client_policies, methods=["GET"]),
-            Route("/getPackageInfo.aspx", get_package_info, methods=["GET"]),
-            Route("/getSnapshot.asp", get_snapshot, methods=["GET"]),
-            Route("/PostEvent.aspx", post_event, methods=["POST"]),
-            Route("/status", post_event, methods=["POST"]),
+            Route("/GetClientPolicies.aspx", agent_endpoint(get_client_policies), methods=["GET"]),
+            Route("/getPackageInfo.aspx", agent_endpoint(get_package_info), methods=["GET"]),
+            Route("/getSnapshot.asp", agent_endpoint(get_snapshot), methods=["GET"]),
+            Route("/PostEvent.aspx", agent_endpoint(post_event), methods=["POST"]),
+            Route("/status", agent_endpoint(post_event), methods=["POST"]),
+            Route("/Enrol.aspx", enrol, methods=["POST"]),
         ]
 
     @asynccontextmanager
@@ -373,6 +481,7 @@ def create_app(
         lifespan=lifespan,
         exception_handlers={
             docs.BadRequest: _bad_request,
+            Refused: _refused,
             HTTPException: _http_exception,
             ClientDisconnect: _disconnect,
             Exception: _internal,

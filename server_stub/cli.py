@@ -3,20 +3,28 @@
 This module owns argument parsing and the presentation of results; every action is a call
 into the store or the repository. Commands::
 
-    mcast-ns init                                   create DATA (store + signing key)
+    mcast-ns init [--hostname H ...]                create DATA (store, signing key, TLS CA
+                                                    and the server's certificate)
     mcast-ns package add DIR --name N               copy, hash and sign a package version
     mcast-ns package list
     mcast-ns site add NAME --subnet CIDR [...]      a site owns subnets
     mcast-ns pkgserver add --site S --url U         a package server of a site
-    mcast-ns computer add GUID [--name NAME]        optional: tasks register their targets
+    mcast-ns computer add GUID [--name NAME] [--secret-file F] [--new-secret]
+                                                    register a computer with its secret
+    mcast-ns computer list                          computers, secrets' fingerprints, requests
+    mcast-ns computer approve GUID                  approve an agent's enrolment request
+    mcast-ns cert issue --hostname H [...] --out DIR   a certificate for a package server
     mcast-ns task add --package N --command C --targets G1,G2 [...]
     mcast-ns settings show | settings set KEY VALUE Agent Settings of the policy
     mcast-ns status [--json]                        task status per computer
     mcast-ns serve --bind 127.0.0.1:0 [--mode package-server --site S
                    [--upstream NS_URL --trust NS_DATA/signing.pub]]
+                   [--tls-dir DIR | --plain-http] [--rate R --burst B]
 
 Every command takes ``--data DIR`` (default: $MCAST_NS_DATA, else ./ns-data). ``serve``
-prints the bound URL (``http://HOST:PORT``) as its first line on stdout.
+prints the bound URL (``https://HOST:PORT``) as its first line on stdout; it serves HTTPS
+with ``DATA/tls/server.pem`` (or ``--tls-dir DIR``), and plain HTTP only with
+``--plain-http``, after a warning on stderr.
 
 Every argument is checked when given (a task's schedule with the agent's own parser, a
 setting with the rules the agent reads it by), before the data directory is touched. Every
@@ -42,9 +50,11 @@ import trio
 from mcast import argtypes
 from mcast.argtypes import Parser, one_line
 from mcast.errors import McastError, NetworkError, StorageError, UsageError
+from mcast.fleet_auth import fingerprint, new_secret, write_secret
 from mcast.snapshot import TrustStore, load_trust_key
 
-from . import repo
+from . import repo, tls
+from .ratelimit import DEFAULT_BURST, DEFAULT_RATE
 from .store import Store, TaskRow, check_setting
 
 
@@ -62,7 +72,18 @@ def _open(args: argparse.Namespace) -> Store:
 def cmd_init(args: argparse.Namespace) -> int:
     data = _data_dir(args)
     repo.init_data_dir(data).close()
+    files = tls.init_tls(data, args.hostname)
+    names = ", ".join(tls.cert_hostnames(files.cert))
     print(f"initialised {data} (public key: {data / repo.PUB_NAME})")
+    print(f"TLS: CA {tls.tls_dir(data) / tls.CA_CERT} (agents pin it), server certificate "
+          f"for {names}")  # fmt: skip
+    return 0
+
+
+def cmd_cert_issue(args: argparse.Namespace) -> int:
+    data = _data_dir(args)
+    files = tls.issue(tls.tls_dir(data), args.hostname, Path(args.out))
+    print(f"certificate for {', '.join(args.hostname)}: {files.cert} (key {files.key})")
     return 0
 
 
@@ -98,8 +119,37 @@ def cmd_pkgserver_add(args: argparse.Namespace) -> int:
 
 
 def cmd_computer_add(args: argparse.Namespace) -> int:
-    _open(args).add_computer(args.guid, args.name or "")
-    print(f"computer {args.guid}")
+    """Register the computer with a fresh secret (unless it has one and ``--new-secret`` is
+    not given): written to ``--secret-file`` (mode 0600), else printed this once."""
+    store = _open(args)
+    found = store.secret_of(args.guid)
+    if found is not None and found[1] and not args.new_secret:
+        store.add_computer(args.guid, args.name or "")
+        print(f"computer {args.guid} keeps its secret (fingerprint {fingerprint(found[0])}; "
+              "--new-secret replaces it)")  # fmt: skip
+        return 0
+    secret = new_secret()
+    if args.secret_file:
+        write_secret(Path(args.secret_file), secret)  # written before the store knows it
+    store.set_secret(args.guid, secret, args.name or "")
+    where = f"written to {args.secret_file}" if args.secret_file else f"secret {secret.hex()}"
+    print(f"computer {args.guid}: {where} (fingerprint {fingerprint(secret)})")
+    return 0
+
+
+def cmd_computer_list(args: argparse.Namespace) -> int:
+    for guid, name, state, secret in _open(args).computers():
+        fp = fingerprint(bytes.fromhex(secret)) if secret else "-"
+        print(f"{guid}\t{state}\t{fp}\t{name}")
+    return 0
+
+
+def cmd_computer_approve(args: argparse.Namespace) -> int:
+    store = _open(args)
+    found = store.secret_of(args.guid)
+    store.approve(args.guid)
+    fp = fingerprint(found[0]) if found else "-"
+    print(f"computer {args.guid} approved (fingerprint {fp})")
     return 0
 
 
@@ -163,7 +213,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve_main(args: argparse.Namespace) -> None:
+async def _serve_main(args: argparse.Namespace, files: tls.CertFiles | None) -> None:
     from .app import create_app
     from .serve import serve
 
@@ -177,9 +227,11 @@ async def _serve_main(args: argparse.Namespace) -> None:
         public_url=args.public_url,
         upstream=args.upstream,
         trust=trust,
+        rate=args.rate,
+        burst=args.burst,
     )
     async with trio.open_nursery() as nursery:
-        url = await nursery.start(partial(serve, app, args.bind))
+        url = await nursery.start(partial(serve, app, args.bind, tls=files))
         print(url, flush=True)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for _ in signals:
@@ -217,9 +269,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise StorageError(f"cannot create {data / 'packages'}: {exc.strerror}") from None
     else:
         _open(args).close()
+    files = None
+    if args.plain_http:
+        print("mcast-ns: warning: serving plain HTTP: package keys, policies and agent "
+              "requests travel unencrypted", file=sys.stderr)  # fmt: skip
+    else:
+        files = tls.server_files(Path(args.tls_dir) if args.tls_dir else tls.tls_dir(data))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     try:
-        trio.run(_serve_main, args)
+        trio.run(_serve_main, args, files)
     except (OSError, BaseExceptionGroup) as exc:  # trio may wrap it in a group
         found = _oserror(exc)
         if found is None:
@@ -234,9 +292,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="mcast-ns", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    sub.add_parser("init", parents=[common], help="create the data directory").set_defaults(
-        fn=cmd_init
+    a = sub.add_parser("init", parents=[common], help="create the data directory")
+    a.add_argument(
+        "--hostname",
+        action="append",
+        type=argtypes.hostname,
+        help="a name or address agents reach the server by, for its TLS certificate "
+        "(repeatable; default localhost and 127.0.0.1)",
     )
+    a.set_defaults(fn=cmd_init)
+
+    cert = sub.add_parser("cert", help="TLS certificates").add_subparsers(
+        dest="sub", required=True, metavar="SUBCOMMAND"
+    )
+    a = cert.add_parser("issue", parents=[common], help="a certificate for a package server")
+    a.add_argument("--hostname", action="append", required=True, type=argtypes.hostname,
+                   help="a name or address the server is reached by (repeatable)")  # fmt: skip
+    a.add_argument("--out", required=True, help="directory for server.pem and server.key")
+    a.set_defaults(fn=cmd_cert_issue)
 
     pkg = sub.add_parser("package", help="packages").add_subparsers(
         dest="sub", required=True, metavar="SUBCOMMAND"
@@ -280,10 +353,18 @@ def build_parser() -> argparse.ArgumentParser:
     comp = sub.add_parser("computer", help="computers").add_subparsers(
         dest="sub", required=True, metavar="SUBCOMMAND"
     )
-    a = comp.add_parser("add", parents=[common], help="register a computer GUID")
+    a = comp.add_parser("add", parents=[common], help="register a computer and its secret")
     a.add_argument("guid", type=argtypes.guid)
     a.add_argument("--name", type=argtypes.name)
+    a.add_argument("--secret-file", help="write the secret here (mode 0600), not to stdout")
+    a.add_argument("--new-secret", action="store_true", help="replace the computer's secret")
     a.set_defaults(fn=cmd_computer_add)
+    comp.add_parser("list", parents=[common], help="computers and enrolment requests").set_defaults(
+        fn=cmd_computer_list
+    )
+    a = comp.add_parser("approve", parents=[common], help="approve an enrolment request")
+    a.add_argument("guid", type=argtypes.guid)
+    a.set_defaults(fn=cmd_computer_approve)
 
     task = sub.add_parser("task", help="tasks").add_subparsers(
         dest="sub", required=True, metavar="SUBCOMMAND"
@@ -349,6 +430,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument(
         "--trust", type=argtypes.trust_key, help="PEM public key that signs upstream snapshots"
+    )
+    a.add_argument("--tls-dir", help="directory with server.pem and server.key (default DATA/tls)")
+    a.add_argument("--plain-http", action="store_true", help="serve without TLS (warns)")
+    a.add_argument(
+        "--rate",
+        type=argtypes.positive_seconds,
+        default=DEFAULT_RATE,
+        help=f"requests per second per computer (default {DEFAULT_RATE:g})",
+    )
+    a.add_argument(
+        "--burst",
+        type=argtypes.at_least(1),
+        default=int(DEFAULT_BURST),
+        help=f"requests a computer may make at once (default {DEFAULT_BURST:g})",
     )
     a.add_argument("-v", "--verbose", action="store_true")
     a.set_defaults(fn=cmd_serve)

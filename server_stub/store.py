@@ -3,7 +3,8 @@
 This module owns the schema and every SQL statement of the server: agent settings, sites and
 their subnets, the discovery key of each site (and one server-wide key for addresses in no
 site), package servers, packages (one row per signed version), tasks and their target
-computers, the status event queue and the task status it is processed into.
+computers, each computer's secret (approved, or an enrolment request waiting for approval),
+the status event queue and the task status it is processed into.
 
 Durability rules (``mcast.durable``): the database runs in WAL mode with ``synchronous=FULL``
 and every write is an explicit ``BEGIN IMMEDIATE ... COMMIT``, so a write that returned is on
@@ -65,6 +66,12 @@ CREATE INDEX IF NOT EXISTS packages_by_name ON packages(name, version);
 CREATE TABLE IF NOT EXISTS computers (
     guid TEXT PRIMARY KEY,
     name TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS credentials (
+    guid     TEXT PRIMARY KEY,
+    secret   TEXT NOT NULL,
+    approved INTEGER NOT NULL,
+    created  REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS tasks (
     task_id     TEXT PRIMARY KEY,
@@ -395,13 +402,93 @@ class Store:
                 is not None
             )
 
+    def is_targeted_with(self, guid: str, package_id: str) -> bool:
+        """Whether a task for package ``package_id`` targets computer ``guid``."""
+        with self._read() as db:
+            row = db.execute(
+                "SELECT 1 FROM tasks t JOIN task_targets g ON g.task_id = t.task_id "
+                "WHERE g.computer = ? AND t.package_id = ? LIMIT 1",
+                (guid, package_id),
+            ).fetchone()
+        return row is not None
+
+    # -- computer secrets and enrolment ------------------------------------------------
+    def set_secret(self, guid: str, secret: bytes, name: str = "") -> None:
+        """Give computer ``guid`` (registered if new) the approved secret ``secret``."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO computers VALUES (?, ?) "
+                "ON CONFLICT(guid) DO UPDATE SET name = excluded.name WHERE excluded.name != ''",
+                (guid, name),
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO credentials VALUES (?, ?, 1, ?)",
+                (guid, secret.hex(), time.time()),
+            )
+
+    def secret_of(self, guid: str) -> tuple[bytes, bool] | None:
+        """(secret, approved) of computer ``guid``, None when it has none."""
+        with self._read() as db:
+            row = db.execute(
+                "SELECT secret, approved FROM credentials WHERE guid = ?", (guid,)
+            ).fetchone()
+        return (bytes.fromhex(row[0]), bool(row[1])) if row else None
+
+    def request_enrolment(self, guid: str, secret: bytes, max_pending: int) -> str:
+        """Record an agent's request to be enrolled with ``secret``: "pending" (recorded, or
+        already asked with this secret), "approved" (already enrolled with it), "conflict" (the
+        computer has another secret or request) or "full" (``max_pending`` requests wait)."""
+        with self._write() as db:
+            row = db.execute(
+                "SELECT secret, approved FROM credentials WHERE guid = ?", (guid,)
+            ).fetchone()
+            if row is not None:
+                if row[0] != secret.hex():
+                    return "conflict"
+                return "approved" if row[1] else "pending"
+            (pending,) = db.execute(
+                "SELECT count(*) FROM credentials WHERE approved = 0"
+            ).fetchone()
+            if pending >= max_pending:
+                return "full"
+            db.execute(
+                "INSERT INTO credentials VALUES (?, ?, 0, ?)", (guid, secret.hex(), time.time())
+            )
+        return "pending"
+
+    def approve(self, guid: str) -> None:
+        """Approve the waiting enrolment of ``guid``: it becomes a known computer."""
+        with self._write() as db:
+            row = db.execute("SELECT approved FROM credentials WHERE guid = ?", (guid,)).fetchone()
+            if row is None:
+                raise StoreError(f"computer {guid} has not asked to be enrolled")
+            db.execute("UPDATE credentials SET approved = 1 WHERE guid = ?", (guid,))
+            db.execute("INSERT OR IGNORE INTO computers (guid) VALUES (?)", (guid,))
+
+    def computers(self) -> list[tuple[str, str, str, str]]:
+        """(guid, name, state, secret) of every computer and enrolment request; state is
+        "approved", "pending" or "no secret"; secret is hex, empty when there is none."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT c.guid, c.name, s.secret, s.approved FROM computers c "
+                "LEFT JOIN credentials s ON s.guid = c.guid "
+                "UNION ALL SELECT s.guid, '', s.secret, s.approved FROM credentials s "
+                "WHERE s.guid NOT IN (SELECT guid FROM computers) ORDER BY 1"
+            ).fetchall()
+        states = {None: "no secret", 0: "pending", 1: "approved"}
+        return [(g, n, states[a], s or "") for g, n, s, a in rows]
+
     # -- status event queue ------------------------------------------------------------
-    def record_event(self, ev: EventRecord) -> bool:
+    def record_event(self, ev: EventRecord, order_time: float | None = None) -> bool:
         """Store an event durably. True if new, False if this exact event was already stored.
 
-        Raises StoreError if the id was already used for a different event.
+        ``order_time`` (default: the agent's time) is the time the event is ordered by when
+        it is folded; the server passes the agent's time clamped to its own clock. A retry is
+        recognised by the event as the agent sent it. Raises StoreError if the id was already
+        used for a different event.
         """
         digest = event_digest(ev)
+        when = ev.agent_time if order_time is None else order_time
         with self._write() as db:
             cur = db.execute(
                 "INSERT OR IGNORE INTO events (event_id, digest, computer, task_id, state, "
@@ -417,7 +504,7 @@ class Store:
                     ev.bytes_multicast,
                     ev.bytes_http,
                     ev.message,
-                    ev.agent_time,
+                    when,
                     time.time(),
                 ),
             )

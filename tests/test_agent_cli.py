@@ -26,7 +26,8 @@ def ns(tmp_path: Path) -> NS:
 def argv(ns: NS, url: str, guid: str, state: Path, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "agent.cli", "--server", url, "--guid", guid,
-        "--state", str(state), "--trust-key", str(ns.pub), "--ip", "127.0.0.1", *extra,
+        "--state", str(state), "--trust-key", str(ns.pub), "--ip", "127.0.0.1",
+        "--secret-file", str(ns.secret_file(guid)), *extra,
     ]  # fmt: skip
 
 
@@ -108,6 +109,11 @@ BAD_ARGUMENTS = [
     (["--trust-key", "{dir}"], 4, "cannot read trust key"),
     (["--trust-key", "{pem}"], 3, "is not an Ed25519 public key"),
     (["--state", "{file}"], 4, "cannot use state directory"),
+    (["--secret-file", "/nonexistent.secret"], 4, "cannot read secret file"),
+    (["--secret-file", "{file}"], 3, "is not a secret"),
+    (["--ca-file", "/nonexistent.pem"], 4, "cannot read CA file"),
+    (["--ca-file", "{file}"], 3, "holds no usable certificate"),
+    (["--server", "https://127.0.0.1:9"], 2, "an https server needs --ca-file"),
     (["--interval", "nan"], 2, "finite number of seconds"),
     (["--interval", "inf"], 2, "finite number of seconds"),
     (["--interval", "-5"], 2, "finite number of seconds"),

@@ -116,6 +116,7 @@ async def test_agent_cli_interface_auto_and_rank(ns: NS, url: str, tmp_path: Pat
     cmd = [
         sys.executable, "-m", "agent.cli", "--server", url, "--guid", ns.guids[0],
         "--state", str(tmp_path / "s"), "--trust-key", str(ns.pub), "--once", "--json",
+        "--secret-file", str(ns.secret_file(ns.guids[0])),
         "--interface", "auto", "--rank", "package-server", "--fetcher", "agent.httpfetch:fetch",
     ]  # fmt: skip
     proc = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True, check=False,

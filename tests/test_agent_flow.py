@@ -437,9 +437,14 @@ async def test_run_from_server_and_small_packages_skip_multicast(
 async def test_unknown_computer_check_in_fails_cleanly(ns: NS, url: str, tmp_path: Path) -> None:
     import uuid
 
-    with make_agent(ns, url, str(uuid.uuid4()), tmp_path) as a:
+    from mcast.fleet_auth import new_secret, write_secret
+
+    stranger = str(uuid.uuid4())  # signs with a secret the server never heard of
+    write_secret(ns.secret_file(stranger), new_secret())
+    with make_agent(ns, url, stranger, tmp_path) as a:
         result = await a.run_once()
-    assert not result.checked_in and "404" in result.check_in_error and not result.ok
+    assert not result.checked_in and "401" in result.check_in_error and not result.ok
+    assert "has no secret on this server" in result.check_in_error
 
 
 async def test_a_fetcher_that_raises_does_not_kill_the_agent(

@@ -179,6 +179,7 @@ async def test_once_with_serve_cache_for_keeps_serving_after_its_run(
     cmd = [
         sys.executable, "-m", "agent.cli", "--server", url, "--guid", first,
         "--state", str(tmp_path / "a1"), "--trust-key", str(ns.pub), "--ip", "127.0.0.1",
+        "--secret-file", str(ns.secret_file(first)),
         "--discovery", f"239.255.78.201:{port}", "--once", "--json", "--serve-cache-for", "60",
     ]  # fmt: skip
     proc = await trio.lowlevel.open_process(
@@ -235,6 +236,7 @@ async def test_as_a_service_the_agent_serves_its_cache(ns: NS, url: str, tmp_pat
     cmd = [
         sys.executable, "-m", "agent.cli", "--server", url, "--guid", ns.guids[0],
         "--state", str(tmp_path / "a1"), "--trust-key", str(ns.pub), "--ip", "127.0.0.1",
+        "--secret-file", str(ns.secret_file(ns.guids[0])),
         "--discovery", f"239.255.78.201:{port}", "--json", "--interval", "3600",
     ]  # fmt: skip
     proc = await trio.lowlevel.open_process(

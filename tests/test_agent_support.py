@@ -16,6 +16,7 @@ import trio
 from agent import AgentConfig
 from agent.httpfetch import fetch as http_fetch
 from mcast.fetch import FetchProgress, FetchResult, FetchSettings
+from mcast.fleet_auth import new_secret, write_secret
 from mcast.snapshot import Snapshot
 from server_stub import repo
 from server_stub.store import StatusRow, Store, TaskRow
@@ -51,6 +52,10 @@ class NS:
     @property
     def pub(self) -> Path:
         return self.data / repo.PUB_NAME
+
+    def secret_file(self, guid: str) -> Path:
+        """Where the secret of computer ``guid`` is (``make_ns`` gives each one)."""
+        return self.data.parent / "secrets" / f"{guid}.secret"
 
     def command(self, exit_code: int = 0) -> str:
         return f"{sys.executable} setup.py {self.marker} {exit_code}"
@@ -140,8 +145,11 @@ def make_ns(tmp: Path, computers: int = 3, payload: int = 200_000) -> NS:
     added = repo.add_package(store, src, "app")
     store.add_site("lab", ["127.0.0.0/8"])
     guids = tuple(str(uuid.uuid4()) for _ in range(computers))
+    (tmp / "secrets").mkdir()
     for g in guids:
-        store.add_computer(g)
+        secret = new_secret()
+        store.set_secret(g, secret)
+        write_secret(tmp / "secrets" / f"{g}.secret", secret)
     store.close()
     return NS(data, added.row.package_id, "app", added.row.hash, tmp / "marker", guids, src)
 
@@ -152,6 +160,7 @@ def agent_config(ns: NS, url: str, guid: str, state: Path, **kw: object) -> Agen
         guid=guid,
         state_dir=state,
         trust_key=ns.pub,
+        secret_file=ns.secret_file(guid),
         ip="127.0.0.1",
         retry_base_s=0.05,
         retry_cap_s=0.5,

@@ -237,4 +237,4 @@ def test_demo_on_the_lab(tmp_path: Path) -> None:
     check_success(rc, s, 3)
     assert s["mode"] == "lab"
     assert sorted(a["addr"] for a in s["per_agent"]) == ["198.18.0.2", "198.18.0.3", "198.18.0.4"]
-    assert s["server_url"].startswith("http://198.18.0.1:")
+    assert s["server_url"].startswith("https://198.18.0.1:")

@@ -204,13 +204,26 @@ def test_serve_on_a_busy_port_is_a_network_error(data: Path) -> None:
     assert proc.stderr.count("\n") == 1 and "cannot serve on" in proc.stderr
 
 
-def test_serve_prints_its_bound_url(data: Path):
-    server = ServerProcess(data)
+@pytest.mark.parametrize("plain", [False, True], ids=["https", "plain-http"])
+def test_serve_prints_its_bound_url(data: Path, plain: bool):
+    """HTTPS with the certificate `init` made (verified against its CA only); plain HTTP
+    only when asked for."""
+    from mcast.pinned_tls import pinned_context
+
+    server = ServerProcess(data, "127.0.0.1:0", *(["--plain-http"] if plain else []))
     url = server.start()
     try:
-        assert url.startswith("http://127.0.0.1:") and not url.endswith(":0")
-        r = httpx.get(f"{url}/health", timeout=5)
+        scheme = "http" if plain else "https"
+        assert url.startswith(f"{scheme}://127.0.0.1:") and not url.endswith(":0")
+        r = httpx.get(f"{url}/health", timeout=5, verify=pinned_context(data / "tls" / "ca.pem"))
         assert r.status_code == 200 and r.text.startswith("ok notification")
     finally:
         server.stop()
     assert server.proc is not None and server.proc.returncode == 0
+
+
+def test_serve_without_a_certificate_is_a_file_error(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkgserver"
+    proc = _subprocess("serve", "--mode", "package-server", "--site", "lab", "--data", str(pkg))
+    assert proc.returncode == 4 and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "no TLS certificate" in proc.stderr

@@ -32,7 +32,7 @@ def pop(tmp_path: Path) -> Populated:
 async def client(pop: Populated) -> AsyncIterator[httpx.AsyncClient]:
     async with (
         running_server(create_app(pop.data_dir)) as base,
-        httpx.AsyncClient(base_url=base, timeout=10) as c,
+        pop.client(base, timeout=10) as c,
     ):
         yield c
 
@@ -66,7 +66,7 @@ async def test_the_discovery_keys_survive_a_restart(pop: Populated) -> None:
     for _ in range(2):
         async with (
             running_server(create_app(pop.data_dir)) as base,
-            httpx.AsyncClient(base_url=base, timeout=10) as c,
+            pop.client(base, timeout=10) as c,
         ):
             keys.append((await _policy(c, pop.computers[0], "198.18.5.1")).discovery_key)
     assert keys[0] == keys[1] is not None

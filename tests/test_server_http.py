@@ -36,8 +36,8 @@ async def url(pop: Populated) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def client(url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=url, timeout=10) as c:
+async def client(pop: Populated, url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with pop.client(url, timeout=10) as c:  # signs as computer 0
         yield c
 
 
@@ -78,10 +78,10 @@ async def test_policy_lists_task_and_agent_settings(pop: Populated, client: http
     assert task.find("Execution").get("runFrom") == "agent"
 
 
-async def test_policy_unknown_guid_is_404(client: httpx.AsyncClient):
+async def test_policy_of_another_guid_is_403(client: httpx.AsyncClient):
     resp = await client.get("/GetClientPolicies.aspx", params={"guid": str(uuid.uuid4())})
-    assert resp.status_code == 404
-    assert "unknown computer" in xml(resp).text
+    assert resp.status_code == 403
+    assert "may not read the policy" in xml(resp).text
 
 
 # -- getPackageInfo.aspx ----------------------------------------------------------------
@@ -328,7 +328,7 @@ async def test_status_for_unknown_computer_or_task(pop: Populated, client: httpx
     r = await client.post(
         "/PostEvent.aspx", content=event_xml(_event(pop, computer=str(uuid.uuid4())))
     )
-    assert r.status_code == 404 and "unknown computer" in r.text
+    assert r.status_code == 403 and "may not post an event" in r.text
     r = await client.post(
         "/PostEvent.aspx", content=event_xml(_event(pop, task_id=str(uuid.uuid4())))
     )
@@ -361,7 +361,7 @@ async def test_oversized_chunked_status_body_is_413(client: httpx.AsyncClient):
                                   "totaltime": "-5"}, 400),
         ("/getPackageInfo.aspx", {"computer": "{c}", "package": "{p}", "ip": "127.0.0.1",
                                   "totaltime": "1e9"}, 400),
-        ("/getPackageInfo.aspx", {"computer": "{u}", "package": "{p}", "ip": "127.0.0.1"}, 404),
+        ("/getPackageInfo.aspx", {"computer": "{u}", "package": "{p}", "ip": "127.0.0.1"}, 403),
         ("/getPackageInfo.aspx", {"computer": "{c}", "package": "{u}", "ip": "127.0.0.1"}, 404),
         ("/getSnapshot.asp", {}, 400),
         ("/getSnapshot.asp", {"package": "../../signing.key"}, 400),
