@@ -695,7 +695,10 @@ class Agent:
                                 session_key=info.session_key)  # fmt: skip
         # why multicast was skipped or failed before HTTP took over reaches the server here
         notes = list(why_not) + list(result.notes)
-        msg = f"downloaded via {result.route.value}" + (f" ({'; '.join(notes)})" if notes else "")
+        msg = f"downloaded via {result.route.value}"
+        if result.session_id is not None:  # the server's console lists the sessions reported
+            msg += f" in session {result.session_id:016x}"
+        msg += f" ({'; '.join(notes)})" if notes else ""
         return self._move(
             job,
             JobState.DOWNLOADED,
