@@ -42,7 +42,7 @@ from mcast.snapshot import (
 )
 from mcast.task_sig import sign_task
 
-from . import docs, repo
+from . import console, docs, repo
 from .auth import Guard, Refused, Secret
 from .events import EventProcessor
 from .ranges import RangeError, parse_range
@@ -440,13 +440,15 @@ def create_app(
     rate: float = DEFAULT_RATE,
     burst: float = DEFAULT_BURST,
     skew_s: float = DEFAULT_SKEW_S,
+    console_allow: tuple[str, ...] = console.DEFAULT_ALLOW,
 ) -> Starlette:
     """The ASGI app for one data directory. Serve it with :func:`server_stub.serve.serve`.
 
     A package server given ``upstream`` (the Notification Server's URL) and ``trust`` (its
     signing key) fetches and verifies packages it does not hold on first request. ``rate``
     and ``burst`` are each computer's request budget, ``skew_s`` how far an agent's clock
-    may be from the server's.
+    may be from the server's. ``console_allow`` (CIDRs) are the addresses the web console
+    (:mod:`.console`) answers.
     """
     srv = Server(data_dir, mode, site, public_url, upstream, trust)
     if srv.store is not None:
@@ -466,6 +468,7 @@ def create_app(
             Route("/PostEvent.aspx", agent_endpoint(post_event), methods=["POST"]),
             Route("/status", agent_endpoint(post_event), methods=["POST"]),
             Route("/Enrol.aspx", enrol, methods=["POST"]),
+            *console.routes(),
         ]
 
     @asynccontextmanager
@@ -488,4 +491,5 @@ def create_app(
         },
     )
     app.state.server = srv
+    app.state.console_allow = console.networks(console_allow)
     return app

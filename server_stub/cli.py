@@ -20,6 +20,7 @@ into the store or the repository. Commands::
     mcast-ns serve --bind 127.0.0.1:0 [--mode package-server --site S
                    [--upstream NS_URL --trust NS_DATA/signing.pub]]
                    [--tls-dir DIR | --plain-http] [--rate R --burst B]
+                   [--console-allow CIDR ...]      the web console /console (read-only)
 
 Every command takes ``--data DIR`` (default: $MCAST_NS_DATA, else ./ns-data). ``serve``
 prints the bound URL (``https://HOST:PORT``) as its first line on stdout; it serves HTTPS
@@ -54,6 +55,7 @@ from mcast.fleet_auth import fingerprint, new_secret, write_secret
 from mcast.snapshot import TrustStore, load_trust_key
 
 from . import repo, tls
+from .console import DEFAULT_ALLOW
 from .ratelimit import DEFAULT_BURST, DEFAULT_RATE
 from .store import Store, TaskRow, check_setting
 
@@ -229,6 +231,7 @@ async def _serve_main(args: argparse.Namespace, files: tls.CertFiles | None) -> 
         trust=trust,
         rate=args.rate,
         burst=args.burst,
+        console_allow=tuple(args.console_allow or DEFAULT_ALLOW),
     )
     async with trio.open_nursery() as nursery:
         url = await nursery.start(partial(serve, app, args.bind, tls=files))
@@ -444,6 +447,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=argtypes.at_least(1),
         default=int(DEFAULT_BURST),
         help=f"requests a computer may make at once (default {DEFAULT_BURST:g})",
+    )
+    a.add_argument(
+        "--console-allow",
+        action="append",
+        type=argtypes.subnet,
+        metavar="CIDR",
+        help="addresses the read-only web console /console answers (repeatable; default "
+        "loopback only)",
     )
     a.add_argument("-v", "--verbose", action="store_true")
     a.set_defaults(fn=cmd_serve)
