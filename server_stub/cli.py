@@ -14,6 +14,8 @@ into the store or the repository. Commands::
     mcast-ns computer list                          computers, secrets' fingerprints, requests
     mcast-ns computer approve GUID                  approve an agent's enrolment request
     mcast-ns cert issue --hostname H [...] --out DIR   a certificate for a package server
+    mcast-ns admin token [--new]                    the web console's admin token (DATA/
+                                                    console.token, 0600; made when missing)
     mcast-ns task add --package N --command C --targets G1,G2 [...]
     mcast-ns settings show | settings set KEY VALUE Agent Settings of the policy
     mcast-ns status [--json]                        task status per computer
@@ -54,7 +56,7 @@ from mcast.errors import McastError, NetworkError, StorageError, UsageError
 from mcast.fleet_auth import fingerprint, new_secret, write_secret
 from mcast.snapshot import TrustStore, load_trust_key
 
-from . import repo, tls
+from . import console_auth, repo, tls
 from .console import DEFAULT_ALLOW
 from .ratelimit import DEFAULT_BURST, DEFAULT_RATE
 from .store import Store, TaskRow, check_setting
@@ -152,6 +154,19 @@ def cmd_computer_approve(args: argparse.Namespace) -> int:
     store.approve(args.guid)
     fp = fingerprint(found[0]) if found else "-"
     print(f"computer {args.guid} approved (fingerprint {fp})")
+    return 0
+
+
+def cmd_admin_token(args: argparse.Namespace) -> int:
+    """The web console's admin token (made, 0600, when missing; ``--new`` replaces it and
+    ends every console session)."""
+    _open(args).close()
+    data = _data_dir(args)
+    try:
+        token = console_auth.admin_token(data, new=args.new)
+    except OSError as exc:
+        raise StorageError(f"cannot write {console_auth.token_path(data)}: {exc}") from None
+    print(f"{token.hex()}\t(the console's admin token, in {console_auth.token_path(data)})")
     return 0
 
 
@@ -368,6 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
     a = comp.add_parser("approve", parents=[common], help="approve an enrolment request")
     a.add_argument("guid", type=argtypes.guid)
     a.set_defaults(fn=cmd_computer_approve)
+
+    adm = sub.add_parser("admin", help="the web console's administrator").add_subparsers(
+        dest="sub", required=True, metavar="SUBCOMMAND"
+    )
+    a = adm.add_parser("token", parents=[common], help="print the console's admin token")
+    a.add_argument("--new", action="store_true", help="replace it (ends every console session)")
+    a.set_defaults(fn=cmd_admin_token)
 
     task = sub.add_parser("task", help="tasks").add_subparsers(
         dest="sub", required=True, metavar="SUBCOMMAND"
