@@ -15,7 +15,10 @@ import httpx
 import pytest
 
 from mcast.fleet import StatusEvent
+from mcast.fleet_auth import fingerprint, new_secret
+from server_stub import cli
 from server_stub.app import create_app
+from server_stub.console_auth import COOKIE, admin_token
 from server_stub.store import Store, TaskRow
 from server_stub.testing import Populated, populate
 
@@ -269,3 +272,114 @@ async def test_console_is_read_only(console: httpx.AsyncClient) -> None:
     for path in ("/console", "/console/sites"):
         resp = await console.post(path, content=b"x")
         assert resp.status_code == 405
+
+
+# -- the administrator -------------------------------------------------------------------
+
+
+def cookie_header(session: str | None) -> dict[str, str]:
+    """The Cookie header a browser sends with the console's session (none: no header)."""
+    return {"Cookie": f"{COOKIE}={session}"} if session else {}
+
+
+def _csrf(html: str) -> str:
+    found = re.findall(r'name="csrf" value="([0-9a-f]+)"', html)
+    assert found, "no form with a CSRF token on the page"
+    return found[0]
+
+
+async def test_approve_needs_the_logged_in_admin_and_the_csrf_token(
+    fleet: Fleet, console: httpx.AsyncClient
+) -> None:
+    data = fleet.pop.data_dir
+    guid, secret = str(uuid.uuid4()), new_secret()
+    store = Store(data)
+    try:
+        assert store.request_enrolment(guid, secret, 10) == "pending"
+    finally:
+        store.close()
+
+    def state() -> str:
+        s = Store(data)
+        try:
+            return {g: st for g, _n, st, _k in s.computers()}[guid]
+        finally:
+            s.close()
+
+    approve = f"/console/computers/{guid}/approve"
+    # a viewer sees the request and its fingerprint, but no form to approve it
+    page = await console.get("/console")
+    (row,) = table(parse(page), "enrolments-table")
+    assert (row["computer"], row["fingerprint"]) == (guid, fingerprint(secret))
+    assert 'name="csrf"' not in page.text and "Log in as administrator" in page.text
+    assert (await console.post(approve, data={"csrf": "0" * 64})).status_code == 403
+    # no token yet, then a wrong token: no session
+    token_hex = "ab" * 32
+    assert (await console.post("/console/login", data={"token": token_hex})).status_code == 403
+    token = admin_token(data)
+    wrong = await console.post("/console/login", data={"token": token_hex})
+    assert wrong.status_code == 403 and COOKIE not in wrong.cookies
+    assert state() == "pending"
+
+    login = await console.post("/console/login", data={"token": token.hex()})
+    assert login.status_code == 303 and login.headers["location"] == "/console"
+    set_cookie = login.headers["set-cookie"]
+    assert f"{COOKIE}=" in set_cookie
+    for attribute in ("HttpOnly", "SameSite=strict", "Path=/console"):
+        assert attribute.lower() in set_cookie.lower(), set_cookie
+    assert "secure" not in set_cookie.lower()  # plain http here; https sets Secure
+    session = login.cookies[COOKIE]
+    console.cookies.clear()
+    as_admin = {"headers": cookie_header(session)}
+
+    page = await console.get("/console", **as_admin)
+    csrf = _csrf(page.text)
+    # the session without the form's token, with another token, a forged session: refused
+    for cookie, form in (
+        (session, {}),
+        (session, {"csrf": "0" * 64}),
+        (session[:-1] + ("0" if session[-1] != "0" else "1"), {"csrf": csrf}),
+        (None, {"csrf": csrf}),
+    ):
+        resp = await console.post(approve, data=form, headers=cookie_header(cookie))
+        assert resp.status_code == 403, (cookie, form)
+        assert state() == "pending"
+    done = await console.post(approve, data={"csrf": csrf}, **as_admin)
+    assert done.status_code == 303 and state() == "approved"
+    assert "enrolments-table" not in (await console.get("/console")).text
+
+    # a new token ends the session
+    admin_token(data, new=True)
+    page = await console.get("/console", **as_admin)
+    assert 'name="csrf"' not in page.text and "Log in as administrator" in page.text
+
+
+async def test_logout_and_login_page(fleet: Fleet, console: httpx.AsyncClient) -> None:
+    no_token = await console.get("/console/login")
+    assert "mcast-ns admin token" in no_token.text and 'type="password"' not in no_token.text
+    token = admin_token(fleet.pop.data_dir)
+    form = await console.get("/console/login")
+    assert 'type="password"' in form.text
+    assert 'http-equiv="refresh"' not in form.text  # a reload would wipe what is typed
+    session = (await console.post("/console/login", data={"token": token.hex()})).cookies[COOKIE]
+    console.cookies.clear()
+    csrf = _csrf((await console.get("/console", headers=cookie_header(session))).text)
+    out = await console.post("/console/logout", data={"csrf": csrf}, headers=cookie_header(session))
+    assert out.status_code == 303
+    assert (
+        f'{COOKIE}=""' in out.headers["set-cookie"]
+        and "max-age=0" in out.headers["set-cookie"].lower()
+    )
+
+
+def test_admin_token_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "ns"
+    assert cli.main(["init", "--data", str(data)]) == 0
+    capsys.readouterr()
+    printed = []
+    for args in ([], [], ["--new"]):
+        assert cli.main(["admin", "token", "--data", str(data), *args]) == 0
+        printed.append(capsys.readouterr().out.split("\t")[0])
+    assert printed[0] == printed[1] != printed[2]
+    assert bytes.fromhex(printed[2]) == admin_token(data)
+    assert (data / "console.token").stat().st_mode & 0o777 == 0o600
