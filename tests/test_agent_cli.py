@@ -48,6 +48,8 @@ async def test_once_json(ns: NS, url: str, tmp_path: Path) -> None:
     assert states == ["received", "downloading", "downloaded", "scheduled", "running", "succeeded"]
     (downloaded,) = [e for e in lines if e["event"] == "job" and e["state"] == "downloaded"]
     assert downloaded["route"] == "http" and "session" not in downloaded  # no session: none
+    assert downloaded["message"].startswith("downloaded via http")
+    assert "in session" not in downloaded["message"]
     # without --serve-cache-for the peer cache never ran: it has nothing to say
     assert not [e for e in lines if e["event"] == "peer-cache"]
     assert sum(1 for e in lines if e["event"] == "posted") == 6

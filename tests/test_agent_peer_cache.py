@@ -203,6 +203,9 @@ async def test_once_with_serve_cache_for_keeps_serving_after_its_run(
         # the session its download led, named as the discovery group announces it
         assert downloaded["route"] == "master", downloaded
         assert len(downloaded["session"]) == 16 and int(downloaded["session"], 16) > 0
+        # and so does the event the server keeps (its console lists sessions from these)
+        session_said = f"downloaded via master in session {downloaded['session']}"
+        assert downloaded["message"].startswith(session_said), downloaded
         assert len(ns.runs(first)) == 1
         _codebases_unreachable(ns)
         rec = RecordingFetch()
