@@ -1,7 +1,9 @@
 """The Starlette application: every HTTP endpoint of the Notification Server and package server.
 
 This module owns routing, the mapping of client errors to 4xx XML answers, the package content
-responses (whole or one byte range, streamed in chunks from the stored files), and the
+responses (a stored file by Starlette's FileResponse, which honours Range, If-Range and
+multiple ranges; the content of a package of several files streamed in chunks, whole or one
+byte range), and the
 lifespan task that runs the status event processor. Business rules live in the store
 (SQL), the repository (files on disk) and docs (XML); handlers only glue them.
 
@@ -27,7 +29,7 @@ import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from mcast.fleet import DocumentError
@@ -45,7 +47,6 @@ from mcast.task_sig import sign_task
 from . import docs, repo
 from .auth import Guard, Refused, Secret
 from .events import EventProcessor
-from .ranges import RangeError, parse_range
 from .ratelimit import DEFAULT_BURST, DEFAULT_RATE, TokenBuckets
 from .replica import replicate
 from .replica_gate import ReplicaGate
@@ -326,31 +327,76 @@ def _snapshot_of(srv: Server, hash_hex: str) -> Snapshot | None:
         return None
 
 
-async def _serve_span(request: Request, srv: Server, snap: Any, start: int, size: int) -> Response:
-    """Answer with content bytes [start, start+size) of the package, honouring Range."""
-    etag = f'"{snap.package_hash_hex}-{start}-{size}"'
-    headers = {"Accept-Ranges": "bytes", "ETag": etag, "Cache-Control": "public, max-age=31536000"}
+_CACHE = "public, max-age=31536000"  # a package version never changes under its hash
+
+
+def _etag(snap: Snapshot, start: int, size: int) -> str:
+    return f'"{snap.package_hash_hex}-{start}-{size}"'
+
+
+def _serve_file(request: Request, srv: Server, snap: Snapshot, entry_path: str, start: int,
+                size: int) -> Response:  # fmt: skip
+    """One stored file of the package, by Starlette's FileResponse: Range, If-Range and
+    multiple ranges (multipart/byteranges) as RFC 9110 says."""
+    path = repo.package_dir(srv.data_dir, snap.package_hash_hex) / "files"
+    headers = {"ETag": _etag(snap, start, size), "Cache-Control": _CACHE}
+    return FileResponse(
+        path.joinpath(*entry_path.split("/")),
+        headers=headers,
+        media_type="application/octet-stream",
+    )
+
+
+def _one_range(header: str | None, size: int) -> tuple[int, int] | Literal[416] | None:
+    """The one byte range [lo, hi) of a ``Range`` header the span streamer honours; None for
+    the whole content (no header, or one it does not honour: several ranges, other units, or
+    malformed, which RFC 9110 lets a server ignore); 416 for a range past the end."""
+    if header is None:
+        return None
+    unit, _, spec = header.partition("=")
+    first, dash, last = spec.strip().partition("-")
+    if unit.strip().lower() != "bytes" or not dash or "," in spec:
+        return None
+    if not (first.isdigit() or first == "") or not (last.isdigit() or last == ""):
+        return None
+    if (first == "" and last == "") or len(first) > 19 or len(last) > 19:
+        return None
+    if first == "":  # the last N bytes
+        n = int(last)
+        return (max(0, size - n), size) if n and size else 416
+    lo = int(first)
+    hi = size if last == "" else min(int(last) + 1, size)
+    if last != "" and int(last) < lo:
+        return None
+    return (lo, hi) if lo < size else 416
+
+
+async def _serve_span(request: Request, srv: Server, snap: Snapshot) -> Response:
+    """The package's content (its files laid end to end) when it spans several files: one
+    file cannot be a FileResponse. A single range is honoured; several ranges or a malformed
+    header get the whole content with 200, which RFC 9110 allows and every client takes."""
+    size = snap.total_size
+    etag = _etag(snap, 0, size)
+    headers = {"Accept-Ranges": "bytes", "ETag": etag, "Cache-Control": _CACHE}
     header = request.headers.get("range")
     if_range = request.headers.get("if-range")
     if header is not None and if_range is not None and if_range != etag:
         header = None  # the client's copy is of another version: send it all
-    try:
-        rng = parse_range(header, size)
-    except RangeError as exc:
-        if exc.status == 416:
-            headers["Content-Range"] = f"bytes */{size}"
-        resp = xml_error(exc.status, str(exc))
+    rng = _one_range(header, size)
+    if rng == 416:
+        headers["Content-Range"] = f"bytes */{size}"
+        resp = xml_error(416, f"range {str(header)[:80]!r} is not satisfiable for size {size}")
         resp.headers.update(headers)
         return resp
     status, lo, hi = 200, 0, size
-    if rng is not None:
-        status, lo, hi = 206, rng.start, rng.end
-        headers["Content-Range"] = rng.content_range(size)
+    if isinstance(rng, tuple):
+        status, (lo, hi) = 206, rng
+        headers["Content-Range"] = f"bytes {lo}-{hi - 1}/{size}"
     headers["Content-Length"] = str(hi - lo)
     media = "application/octet-stream"
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type=media)
-    pieces = list(repo.content_pieces(srv.data_dir, snap, start + lo, start + hi))
+    pieces = list(repo.content_pieces(srv.data_dir, snap, lo, hi))
     return StreamingResponse(_stream(pieces), status_code=status, headers=headers, media_type=media)
 
 
@@ -360,7 +406,10 @@ async def pkg_content(request: Request) -> Response:
     snap = await srv.snapshot(hash_hex)
     if snap is None:
         return xml_error(404, f"no package with hash {hash_hex}")
-    return await _serve_span(request, srv, snap, 0, snap.total_size)
+    sized = [f for f in snap.files if f.size]
+    if len(sized) == 1:  # the content is one stored file
+        return _serve_file(request, srv, snap, sized[0].path, 0, snap.total_size)
+    return await _serve_span(request, srv, snap)
 
 
 async def pkg_file(request: Request) -> Response:
@@ -377,7 +426,7 @@ async def pkg_file(request: Request) -> Response:
     # Only names listed in the signed snapshot are served: nothing else is reachable.
     for entry, offset in snap.file_spans():
         if entry.path == relpath:
-            return await _serve_span(request, srv, snap, offset, entry.size)
+            return _serve_file(request, srv, snap, entry.path, offset, entry.size)
     return xml_error(404, f"package {hash_hex} has no file {relpath[:200]!r}")
 
 
