@@ -220,17 +220,20 @@ def _by_name(s: Setting) -> str:
     return s.name
 
 
+_WEEK_MINS = 7 * 24 * 60
+# every setting's type (boolean, or an integer with its range): the server refuses any other
+# value when it is set, the agent when it reads a policy
 SETTINGS: tuple[Setting, ...] = (
     Setting("multicastEnabled", "multicast_enabled"),
     Setting("minMulticastSize", "min_multicast_size", minimum=0),
-    Setting("maxSessionsPerSubnet", "max_sessions_per_subnet", minimum=1),
+    Setting("maxSessionsPerSubnet", "max_sessions_per_subnet", minimum=1, maximum=1024),
     Setting("SpeedTestCodebases", "speed_test_codebases", true_text="1", false_text="0"),
-    Setting("MaxAgentDownloadTryingTimeMins", "max_trying_time_mins", minimum=0),
-    Setting("checkInIntervalMins", "check_in_interval_mins", minimum=1),
+    Setting("MaxAgentDownloadTryingTimeMins", "max_trying_time_mins", 0, _WEEK_MINS),
+    Setting("checkInIntervalMins", "check_in_interval_mins", minimum=1, maximum=_WEEK_MINS),
     Setting("multicastHoldSecs", "multicast_hold_secs", minimum=0, maximum=60),
-    Setting("minSessionKBps", "min_session_kbps", minimum=0),
-    Setting("peerCacheHours", "peer_cache_hours", minimum=0),
-    Setting("peerCacheMaxMB", "peer_cache_max_mb", minimum=0),
+    Setting("minSessionKBps", "min_session_kbps", minimum=0, maximum=100_000_000),
+    Setting("peerCacheHours", "peer_cache_hours", minimum=0, maximum=24 * 366),
+    Setting("peerCacheMaxMB", "peer_cache_max_mb", minimum=0, maximum=1 << 30),
 )
 assert {s.attr for s in SETTINGS} == {f.name for f in fields(AgentSettings)}
 _SETTING_BY_NAME = {s.name: s for s in SETTINGS}

@@ -222,13 +222,13 @@ def _codebases(
     store = srv.ns()
     settings = store.settings()
     limit = docs.agent_settings(settings).max_trying_time_mins
+    ns_site = str(settings.get(SERVER_SITE) or "")  # any stored value: it is only looked up
     if limit > 0 and totaltime > limit:
-        ns_site = settings.get(SERVER_SITE) or ""
         servers = store.pkgservers(ns_site) if ns_site else []
     else:
         servers = store.pkgservers(site) if site else []
     if not servers:
-        servers = [(srv.base_url(request), settings.get(SERVER_SITE) or "")]
+        servers = [(srv.base_url(request), ns_site)]
     return [docs.Codebase(url.rstrip("/") + "/pkg/{hash}/", s) for url, s in servers]
 
 

@@ -55,7 +55,7 @@ from mcast.snapshot import TrustStore, load_trust_key
 
 from . import repo, tls
 from .ratelimit import DEFAULT_BURST, DEFAULT_RATE
-from .store import Store, TaskRow, check_setting
+from .store import DEFAULT_SETTINGS, SERVER_SITE, Store, StoreError, TaskRow, check_setting
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
@@ -173,7 +173,19 @@ def cmd_task_add(args: argparse.Namespace) -> int:
 
 
 def cmd_settings_show(args: argparse.Namespace) -> int:
-    for key, value in sorted(_open(args).settings().items()):
+    """Every setting; one stored by an older version and refused now is marked, with the
+    default the server serves instead."""
+    store = _open(args)
+    sites = store.sites()
+    for key, value in sorted(store.settings().items()):
+        try:
+            check_setting(key, str(value))
+            if key == SERVER_SITE and value and value not in sites:
+                raise StoreError(f"unknown site {value!r}")
+        except StoreError as exc:
+            default = DEFAULT_SETTINGS.get(key)
+            print(f"{key} = {value}  (refused: {one_line(exc)}; the server uses {default!r})")
+            continue
         print(f"{key} = {value}")
     return 0
 

@@ -138,6 +138,8 @@ def agent_settings(stored: Mapping[str, str]) -> AgentSettings:
     for key, value in stored.items():
         if key in SETTING_DEFAULTS:
             try:
+                if not isinstance(value, str):
+                    raise DocumentError(f"{key} is stored as {type(value).__name__}, not text")
                 good[key] = parse_setting(key, value)
             except DocumentError as exc:
                 log.warning("stored setting ignored, its default is used: %s", exc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ import httpx
 import pytest
 import trio
 
+from mcast.fleet import SETTING_DEFAULTS
 from mcast.snapshot import TrustStore, load_public_key, load_verified
 from server_stub import repo
 from server_stub.app import create_app
@@ -77,6 +79,34 @@ async def test_policy_lists_task_and_agent_settings(pop: Populated, client: http
     assert task.find("Schedule").get("when") == "asap"
     assert task.find("Credentials").get("ref") == "system"
     assert task.find("Execution").get("runFrom") == "agent"
+
+
+@pytest.mark.parametrize(
+    ("key", "stored"),
+    [("maxSessionsPerSubnet", "two"), ("MaxAgentDownloadTryingTimeMins", "-5"),
+     ("checkInIntervalMins", "99999999"), ("multicastEnabled", b"\x00\x01"),
+     ("serverSite", "gone-site")],
+)  # fmt: skip
+async def test_a_stored_bad_setting_is_never_a_500(
+    pop: Populated,
+    client: httpx.AsyncClient,
+    caplog: pytest.LogCaptureFixture,
+    key: str,
+    stored: object,
+):
+    """A value an older version stored and this one refuses: policy and package info still
+    answer 200, with the setting's default, and the server logs what it ignored."""
+    with sqlite3.connect(pop.data_dir / "ns.sqlite3") as db:
+        db.execute("UPDATE settings SET value = ? WHERE key = ?", (stored, key))
+    assert Store(pop.data_dir).settings()[key] == stored
+    resp = await client.get("/GetClientPolicies.aspx", params={"guid": pop.computers[0]})
+    assert resp.status_code == 200, resp.text
+    got = xml(resp).find("AgentSettings").get(key)
+    assert got == SETTING_DEFAULTS.get(key)  # serverSite is no Agent Setting: absent
+    root = await _info(client, pop, "127.0.0.9", totaltime=10**6)
+    assert [c.get("url") for c in root.iter("Codebase")] != []
+    if key in SETTING_DEFAULTS:
+        assert "stored setting ignored" in caplog.text and key in caplog.text
 
 
 async def test_policy_of_another_guid_is_403(client: httpx.AsyncClient):
