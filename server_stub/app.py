@@ -203,16 +203,11 @@ async def get_client_policies(request: Request) -> Response:
     settings = await srv.db(store.settings)
     tasks = await srv.db(store.tasks_for, guid)
     assert srv.signing_key is not None
-    items = [
-        sign_task(
-            srv.signing_key,
-            guid,
-            docs.policy_task(
-                t, await srv.db(partial(store.latest_package, package_id=t.package_id))
-            ),
-        )
-        for t in tasks
-    ]
+    items = []
+    for t in tasks:
+        package = await srv.db(partial(store.latest_package, package_id=t.package_id))
+        same = await srv.db(repo.same_content_as, store, package) if package else ()
+        items.append(sign_task(srv.signing_key, guid, docs.policy_task(t, package, same)))
     return Response(docs.policy_xml(guid, settings, items, discovery_key), media_type=XML)
 
 

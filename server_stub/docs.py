@@ -114,8 +114,11 @@ def parse_event_untrusted(body: bytes) -> StatusEvent:
 # -- store rows to documents ------------------------------------------------------------
 
 
-def policy_task(task: TaskRow, package: PackageRow | None) -> PolicyTask:
-    """The ``<Task>`` of a task row, with the newest version of its package if any."""
+def policy_task(
+    task: TaskRow, package: PackageRow | None, same_content_as: tuple[str, ...] = ()
+) -> PolicyTask:
+    """The ``<Task>`` of a task row, with the newest version of its package if any, and the
+    earlier versions that version only renews."""
     return PolicyTask(
         task_id=task.task_id,
         package_id=task.package_id,
@@ -127,6 +130,7 @@ def policy_task(task: TaskRow, package: PackageRow | None) -> PolicyTask:
         schedule=task.schedule,
         credentials=task.credentials,
         run_from=task.run_from,
+        same_content_as=same_content_as if package else (),
     )
 
 

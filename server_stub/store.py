@@ -361,6 +361,38 @@ class Store:
             ).fetchall()
         return [PackageRow(*r) for r in rows]
 
+    def package_versions(self, package_id: str) -> list[PackageRow]:
+        """Every stored version of a package, the newest first."""
+        with self._read() as db:
+            rows = db.execute(
+                f"SELECT {self._PKG_COLS} FROM packages WHERE package_id = ? "
+                "ORDER BY version DESC",
+                (package_id,),
+            ).fetchall()
+        return [PackageRow(*r) for r in rows]
+
+    def tasks_of_package(self, package_id: str) -> list[str]:
+        """The ids of the tasks that run package ``package_id``."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT task_id FROM tasks WHERE package_id = ? ORDER BY created", (package_id,)
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def remove(self, *, tasks: list[str], packages: list[str]) -> int:
+        """Remove tasks (their targets and status) and package versions (by hash) in one
+        transaction; returns how many tasks were removed. The events stay: they are the log
+        of what happened."""
+        removed = 0
+        with self._write() as db:
+            for task_id in tasks:
+                db.execute("DELETE FROM task_targets WHERE task_id = ?", (task_id,))
+                db.execute("DELETE FROM task_status WHERE task_id = ?", (task_id,))
+                removed += db.execute("DELETE FROM tasks WHERE task_id = ?", (task_id,)).rowcount
+            for hash_hex in packages:
+                db.execute("DELETE FROM packages WHERE hash = ?", (hash_hex,))
+        return removed
+
     # -- computers and tasks -----------------------------------------------------------
     def add_computer(self, guid: str, name: str = "") -> None:
         with self._write() as db:

@@ -296,6 +296,12 @@ def test_every_prefix_and_trailing_junk_is_refused(parse: Any, doc: bytes) -> No
         b"</ClientPolicies>",
         b'<ClientPolicies><Tasks><Task id="t" packageId="p" packageSize="1e3"/></Tasks>'
         b"</ClientPolicies>",
+        b'<ClientPolicies><Tasks><Task id="t" packageId="p" sameContentAs="zz"/></Tasks>'
+        b"</ClientPolicies>",
+        b'<ClientPolicies><Tasks><Task id="t" packageId="p" sameContentAs="'
+        + b" ".join([b"ab" * 32] * 17)
+        + b'"/></Tasks></ClientPolicies>',
+        b'<ClientPolicies><AgentSettings checkInIntervalMins="10081"/></ClientPolicies>',
         b'<ClientPolicies><Tasks><Task id="t" packageId="p"><Execution runFrom="moon"/></Task>'
         b"</Tasks></ClientPolicies>",
         b'<ClientPolicies><Tasks><Task id="t" packageId="p" packageVersion="'
