@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import anyio
+import anyio.abc
 import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -76,8 +77,12 @@ class Server:
         public_url: str | None,
         upstream: str | None = None,
         trust: TrustStore | None = None,
+        prestage_bps: float = 0.0,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.prestage_bps = prestage_bps  # the cap on what pre-staging reads from upstream
+        self.prestaging: set[str] = set()  # hashes being pre-staged now
+        self.tasks: anyio.abc.TaskGroup | None = None  # set while the app runs
         self.upstream = upstream
         self.trust = trust
         self.replicas = ReplicaGate()  # bounds what replication may cost
@@ -111,6 +116,25 @@ class Server:
             partial(self.db, _snapshot_of, self, hash_hex),
             partial(replicate, self.data_dir, self.upstream, hash_hex, self.trust),
         )
+
+    async def prestage(self, hash_hex: str) -> None:
+        """Replicate a package in the background, capped at ``prestage_bps``, within the
+        bounds of :class:`ReplicaGate`; failures are logged (the first agent request will
+        try again)."""
+        assert self.upstream is not None and self.trust is not None
+        try:
+            snap = await self.replicas.fetch(
+                hash_hex,
+                partial(self.db, _snapshot_of, self, hash_hex),
+                partial(replicate, self.data_dir, self.upstream, hash_hex, self.trust,
+                        self.prestage_bps),
+            )  # fmt: skip
+            if snap is not None:
+                log.info("pre-staged package %s (%s)", hash_hex, snap.name)
+        except Exception:
+            log.exception("pre-staging %s failed", hash_hex)
+        finally:
+            self.prestaging.discard(hash_hex)
 
     def ns(self) -> Store:
         assert self.store is not None
@@ -425,6 +449,26 @@ async def pkg_file(request: Request) -> Response:
     return xml_error(404, f"package {hash_hex} has no file {relpath[:200]!r}")
 
 
+MAX_PRESTAGING = 8  # packages a package server pre-stages at once
+
+
+async def pkg_prestage(request: Request) -> Response:
+    """``POST /pkg/HASH/prestage`` (a package server with an upstream): replicate the package
+    now, in the background, before any agent asks. 200 when it is here, 202 when it is on
+    its way. Open like the rest of ``/pkg``: it only fetches what the upstream signed, within
+    the replication bounds."""
+    srv: Server = request.app.state.server
+    hash_hex = docs.parse_hash(request.path_params["hash"])
+    if await srv.db(_snapshot_of, srv, hash_hex) is not None:
+        return Response("present\n", media_type="text/plain")
+    if hash_hex not in srv.prestaging:
+        if len(srv.prestaging) >= MAX_PRESTAGING or srv.tasks is None:
+            return xml_error(503, "too many packages are being pre-staged; ask again later")
+        srv.prestaging.add(hash_hex)
+        srv.tasks.start_soon(srv.prestage, hash_hex)
+    return Response("staging\n", status_code=202, media_type="text/plain")
+
+
 async def pkg_snapshot(request: Request) -> Response:
     srv: Server = request.app.state.server
     hash_hex = docs.parse_hash(request.path_params["hash"])
@@ -484,15 +528,17 @@ def create_app(
     rate: float = DEFAULT_RATE,
     burst: float = DEFAULT_BURST,
     skew_s: float = DEFAULT_SKEW_S,
+    prestage_bps: float = 0.0,
 ) -> Starlette:
     """The ASGI app for one data directory. Serve it with :func:`server_stub.serve.serve`.
 
     A package server given ``upstream`` (the Notification Server's URL) and ``trust`` (its
     signing key) fetches and verifies packages it does not hold on first request. ``rate``
     and ``burst`` are each computer's request budget, ``skew_s`` how far an agent's clock
-    may be from the server's.
+    may be from the server's. ``prestage_bps`` caps what a package server reads from
+    upstream when it pre-stages a package (``POST /pkg/HASH/prestage``; 0: no cap).
     """
-    srv = Server(data_dir, mode, site, public_url, upstream, trust)
+    srv = Server(data_dir, mode, site, public_url, upstream, trust, prestage_bps)
     if srv.store is not None:
         srv.guard = Guard(skew_s=skew_s, buckets=TokenBuckets(rate, burst))
     pkg_methods = ["GET", "HEAD"]
@@ -502,6 +548,8 @@ def create_app(
         Route("/pkg/{hash}/snapshot.xml", pkg_snapshot, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
     ]
+    if upstream is not None and trust is not None:
+        routes.append(Route("/pkg/{hash}/prestage", pkg_prestage, methods=["POST"]))
     if mode == "notification":
         routes += [
             Route("/GetClientPolicies.aspx", agent_endpoint(get_client_policies), methods=["GET"]),
@@ -517,7 +565,9 @@ def create_app(
         async with anyio.create_task_group() as tg:
             if srv.processor is not None:
                 tg.start_soon(srv.processor.run)
+            srv.tasks = tg
             yield
+            srv.tasks = None
             tg.cancel_scope.cancel()
 
     app = Starlette(

@@ -5,7 +5,8 @@ into the store or the repository. Commands::
 
     mcast-ns init [--hostname H ...]                create DATA (store, signing key, TLS CA
                                                     and the server's certificate)
-    mcast-ns package add DIR --name N               copy, hash and sign a package version
+    mcast-ns package add DIR --name N               copy, hash and sign a package version;
+                                                    the package servers pre-stage it
     mcast-ns package list
     mcast-ns package renew NAME|HASH [--valid-days D]   re-sign with a new validity
     mcast-ns package remove NAME|HASH [--force]     a package, or one version, and its files
@@ -24,6 +25,7 @@ into the store or the repository. Commands::
     mcast-ns serve --bind 127.0.0.1:0 [--mode package-server --site S
                    [--upstream NS_URL --trust NS_DATA/signing.pub]]
                    [--tls-dir DIR | --plain-http] [--rate R --burst B]
+                   [--prestage-kbps K]
 
 Every command takes ``--data DIR`` (default: $MCAST_NS_DATA, else ./ns-data). ``serve``
 prints the bound URL (``https://HOST:PORT``) as its first line on stdout; it serves HTTPS
@@ -45,12 +47,14 @@ import logging
 import os
 import re
 import signal
+import ssl
 import sys
 import time
 import uuid
 from functools import partial
 from pathlib import Path
 
+import httpx
 import trio
 
 from mcast import argtypes
@@ -72,6 +76,8 @@ from .store import (
 )
 
 _HASH = re.compile(r"[0-9a-f]{64}")
+PRESTAGE_TIMEOUT = httpx.Timeout(10.0, connect=5.0)  # telling a package server, not the copy
+DEFAULT_PRESTAGE_KBPS = 10 * 1024  # about 80 Mbit/s: a new package never fills a site's link
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
@@ -112,7 +118,33 @@ def cmd_package_add(args: argparse.Namespace) -> int:
         f"{verb} package {row.name!r} id {row.package_id} version {row.version} "
         f"hash {row.hash} size {row.size}"
     )
+    if result.changed:
+        _tell_pkgservers(store, row)
     return 0
+
+
+def _tell_pkgservers(store: Store, row: PackageRow) -> None:
+    """Ask every registered package server to pre-stage the new version now (it replicates
+    it from its upstream in the background, bandwidth-capped), so the first agent of a site
+    does not wait for it. A server that cannot be told replicates on first request."""
+    ca = tls.tls_dir(store.data_dir) / tls.CA_CERT
+    verify: ssl.SSLContext | bool = True
+    if ca.exists():  # package servers' certificates are issued by the fleet's CA
+        verify = ssl.create_default_context(cafile=str(ca))
+    with httpx.Client(timeout=PRESTAGE_TIMEOUT, verify=verify) as client:
+        for url, _site in store.pkgservers():
+            target = f"{url.rstrip('/')}/pkg/{row.hash}/prestage"
+            try:
+                resp = client.post(target)
+                ok = resp.status_code in (200, 202)
+                why = f"HTTP {resp.status_code}"
+            except httpx.HTTPError as exc:
+                ok, why = False, " ".join(str(exc).split())[:200] or type(exc).__name__
+            if ok:
+                print(f"package server {url}: pre-staging ({why})")
+            else:
+                print(f"mcast-ns: warning: package server {url} not told to pre-stage ({why}); "
+                      "it replicates the package on first request", file=sys.stderr)  # fmt: skip
 
 
 def cmd_package_list(args: argparse.Namespace) -> int:
@@ -138,6 +170,7 @@ def cmd_package_renew(args: argparse.Namespace) -> int:
     snap = repo.load_snapshot(store.data_dir, row.hash)
     print(f"renewed package {row.name!r} version {old.version} as version {row.version} "
           f"hash {row.hash}, valid until {_utc(snap.expires)} (same content)")  # fmt: skip
+    _tell_pkgservers(store, row)
     return 0
 
 
@@ -339,6 +372,7 @@ async def _serve_main(args: argparse.Namespace, files: tls.CertFiles | None) -> 
         trust=trust,
         rate=args.rate,
         burst=args.burst,
+        prestage_bps=args.prestage_kbps * 1024,
     )
     async with trio.open_nursery() as nursery:
         url = await nursery.start(partial(serve, app, args.bind, tls=files))
@@ -576,6 +610,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=argtypes.at_least(1),
         default=int(DEFAULT_BURST),
         help=f"requests a computer may make at once (default {DEFAULT_BURST:g})",
+    )
+    a.add_argument(
+        "--prestage-kbps",
+        type=argtypes.at_least(0),
+        default=DEFAULT_PRESTAGE_KBPS,
+        help="package server: KiB/s at most read from upstream when it pre-stages a new "
+        f"package (0: no cap; default {DEFAULT_PRESTAGE_KBPS})",
     )
     a.add_argument("-v", "--verbose", action="store_true")
     a.set_defaults(fn=cmd_serve)
