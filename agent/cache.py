@@ -10,7 +10,8 @@ the WAN. What is offered is the Agent Settings' policy:
   or run); ``0`` turns the peer cache off;
 - ``peerCacheMaxMB``: the offered packages, most recently used first, fit in this much disk;
   those beyond it are not offered, and :meth:`PeerCache.prune` removes them from the disk
-  unless a job that has not finished still needs them;
+  unless a job that has not finished still needs them; it also removes the partial
+  downloads no such job needs once they are stale or do not fit under the cap;
 - the package's files are all there at their sizes (a cheap check per request); the sender
   re-hashes every unit it reads, so a file changed since it verified ends that session.
 
@@ -25,6 +26,7 @@ getPackageInfo, stored with the package.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -95,6 +97,31 @@ def rehash(state: AgentState, package_hash: str) -> str | None:
     return None
 
 
+PARTIAL_STALE_HOURS = 24.0  # a partial download no job needs is kept this long at most
+_HASH_NAME = re.compile(r"[0-9a-f]{64}")
+
+
+def _partials(cache: Path, skip: set[str]) -> list[tuple[float, int, str]]:
+    """(last written, bytes on disk, hash) of each package directory under ``cache`` not in
+    ``skip``: what partial downloads are left."""
+    out = []
+    try:
+        dirs = [d for d in cache.iterdir() if _HASH_NAME.fullmatch(d.name) and d.name not in skip]
+    except OSError:
+        return []
+    for d in dirs:
+        newest, size = 0.0, 0
+        for path in [d, *d.rglob("*")]:
+            try:
+                st = path.lstat()
+            except OSError:
+                continue
+            newest = max(newest, st.st_mtime)
+            size += st.st_blocks * 512 if path.is_file() else 0
+        out.append((newest, size, d.name))
+    return out
+
+
 class PeerCache:
     """What this agent offers its subnet, and the task that serves it."""
 
@@ -142,10 +169,15 @@ class PeerCache:
         self._emit("peer-cache", action="offer", hash=hex_hash)
         return Cached(snap, self.state.cache_dir(hex_hash), entry.session_key)
 
-    def prune(self, needed: set[str]) -> list[str]:
-        """Remove from the disk the complete packages beyond ``peerCacheMaxMB`` (least
-        recently used first) that no unfinished job (``needed``) uses; returns their hashes."""
-        kept = {e.hash for e in self._within_cap(self._settings())}
+    def prune(self, needed: set[str], now: float | None = None) -> list[str]:
+        """Keep the disk under ``peerCacheMaxMB``; returns the hashes removed. Complete
+        packages beyond the cap go, least recently used first; then partial downloads (a
+        package directory that is not complete) go once they are ``PARTIAL_STALE_HOURS``
+        old, or at once, the oldest first, where they would not fit under the cap beside what is
+        kept. A package an unfinished job (``needed``) uses is never removed."""
+        s = self._settings()
+        kept_entries = self._within_cap(s)
+        kept = {e.hash for e in kept_entries}
         gone = []
         for e in self.state.cache_entries():
             if e.hash in kept or e.hash in needed:
@@ -153,6 +185,18 @@ class PeerCache:
             self.remove(e.hash)
             gone.append(e.hash)
             self._emit("peer-cache", action="pruned", hash=e.hash)
+        now = time.time() if now is None else now
+        used = sum(e.size for e in kept_entries)
+        complete = {e.hash for e in self.state.cache_entries()}
+        cap = s.peer_cache_max_mb * MB
+        partials = _partials(self.state.dir / "cache", complete | needed)
+        for mtime, size, h in sorted(partials, reverse=True):  # the newest are kept first
+            if now - mtime < PARTIAL_STALE_HOURS * 3600.0 and used + size <= cap:
+                used += size
+                continue
+            self.remove(h)
+            gone.append(h)
+            self._emit("peer-cache", action="pruned-partial", hash=h)
         return gone
 
     def remove(self, package_hash: str) -> None:

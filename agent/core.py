@@ -69,6 +69,7 @@ from mcast.fleet import (
     DocumentError,
     PackageInfo,
     Policy,
+    PolicyTask,
     StatusEvent,
     error_text,
     event_xml,
@@ -108,6 +109,10 @@ XML = "application/xml"
 INTERRUPTED = (
     "interrupted: the agent stopped while the command was running; not re-run "
     "(installers are not idempotent)"
+)
+# a job in one of these states has its package: a renewal of it is not fetched or run again
+_HAS_PACKAGE = frozenset(
+    {JobState.DOWNLOADED, JobState.SCHEDULED, JobState.RUNNING, JobState.SUCCEEDED, JobState.FAILED}
 )
 
 
@@ -444,6 +449,10 @@ class Agent:
             if not t.package_hash:
                 log.warning("task %s: the server knows no version of its package", t.task_id)
                 continue
+            kept = self._renewed_job(t)
+            if kept is not None:  # the same content, re-signed: that job is this one
+                wanted.add((t.task_id, kept.package_hash))
+                continue
             wanted.add((t.task_id, t.package_hash))
             job = Job(
                 t.task_id,
@@ -478,6 +487,19 @@ class Agent:
                     job, JobState.SUPERSEDED, Report(message="superseded"), event=False
                 )
                 self._emit("job", task=job.task_id, state="superseded")
+
+    def _renewed_job(self, t: PolicyTask) -> Job | None:
+        """A job of this task for an earlier version with the same content (``package
+        renew`` only re-signed it) that got its package already: it stands for the new
+        version, so a renewal never runs a command again. A job still downloading gives way to
+        the new version (its snapshot may be the one expiring)."""
+        if self.state.job(t.task_id, t.package_hash) is not None:
+            return None
+        for h in t.same_content_as:
+            job = self.state.job(t.task_id, h)
+            if job is not None and job.state in _HAS_PACKAGE:
+                return job
+        return None
 
     # -- steps 2-9 for one job -----------------------------------------------------------
     async def _advance(self, client: httpx.AsyncClient, job: Job) -> tuple[Job, float | None]:

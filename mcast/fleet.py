@@ -156,6 +156,9 @@ def parse_bool(raw: str, what: str) -> bool:
     raise DocumentError(f"{what} {raw[:40]!r} is not a boolean (true/false)")
 
 
+MAX_SAME_CONTENT = 16  # renewals a task lists (the newest ones)
+
+
 # -- the Agent Settings ----------------------------------------------------------------
 
 
@@ -220,17 +223,20 @@ def _by_name(s: Setting) -> str:
     return s.name
 
 
+_WEEK_MINS = 7 * 24 * 60
+# every setting's type (boolean, or an integer with its range): the server refuses any other
+# value when it is set, the agent when it reads a policy
 SETTINGS: tuple[Setting, ...] = (
     Setting("multicastEnabled", "multicast_enabled"),
     Setting("minMulticastSize", "min_multicast_size", minimum=0),
-    Setting("maxSessionsPerSubnet", "max_sessions_per_subnet", minimum=1),
+    Setting("maxSessionsPerSubnet", "max_sessions_per_subnet", minimum=1, maximum=1024),
     Setting("SpeedTestCodebases", "speed_test_codebases", true_text="1", false_text="0"),
-    Setting("MaxAgentDownloadTryingTimeMins", "max_trying_time_mins", minimum=0),
-    Setting("checkInIntervalMins", "check_in_interval_mins", minimum=1),
+    Setting("MaxAgentDownloadTryingTimeMins", "max_trying_time_mins", 0, _WEEK_MINS),
+    Setting("checkInIntervalMins", "check_in_interval_mins", minimum=1, maximum=_WEEK_MINS),
     Setting("multicastHoldSecs", "multicast_hold_secs", minimum=0, maximum=60),
-    Setting("minSessionKBps", "min_session_kbps", minimum=0),
-    Setting("peerCacheHours", "peer_cache_hours", minimum=0),
-    Setting("peerCacheMaxMB", "peer_cache_max_mb", minimum=0),
+    Setting("minSessionKBps", "min_session_kbps", minimum=0, maximum=100_000_000),
+    Setting("peerCacheHours", "peer_cache_hours", minimum=0, maximum=24 * 366),
+    Setting("peerCacheMaxMB", "peer_cache_max_mb", minimum=0, maximum=1 << 30),
 )
 assert {s.attr for s in SETTINGS} == {f.name for f in fields(AgentSettings)}
 _SETTING_BY_NAME = {s.name: s for s in SETTINGS}
@@ -310,6 +316,9 @@ class PolicyTask:
     credentials: str  # a reference; secrets never travel in a policy
     run_from: str  # one of RUN_FROM
     signature: bytes = b""  # see mcast.task_sig
+    # earlier versions (hashes) with exactly this content, whose snapshots were only re-signed
+    # with a new validity (``mcast-ns package renew``): a job of one of them is this job
+    same_content_as: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -338,6 +347,8 @@ def policy_xml(policy: Policy) -> bytes:
                     packageVersion=str(t.package_version),
                 )
             )
+            if t.same_content_as:
+                attrs["sameContentAs"] = " ".join(t.same_content_as)
         task_el = SubElement(tasks_el, "Task", attrs)
         SubElement(task_el, "CommandLine").text = check_text(
             t.command, "<CommandLine>", element_text=True
@@ -371,6 +382,9 @@ def _policy_task(t: Element) -> PolicyTask:
     package_hash = (t.get("packageHash") or "").lower()
     if package_hash and not _HASH_RE.fullmatch(package_hash):
         raise DocumentError(f"<Task> packageHash {package_hash[:80]!r} is not a hash")
+    same = tuple((t.get("sameContentAs") or "").lower().split())
+    if len(same) > MAX_SAME_CONTENT or not all(_HASH_RE.fullmatch(h) for h in same):
+        raise DocumentError("<Task> sameContentAs is not a list of package hashes")
     sched, cred, exe = t.find("Schedule"), t.find("Credentials"), t.find("Execution")
     run_from = (exe.get("runFrom") if exe is not None else None) or "agent"
     if run_from not in RUN_FROM:
@@ -387,6 +401,7 @@ def _policy_task(t: Element) -> PolicyTask:
         credentials=(cred.get("ref") if cred is not None else None) or "system",
         run_from=run_from,
         signature=_signature(t.findtext("Signature") or ""),
+        same_content_as=same,
     )
 
 

@@ -50,6 +50,8 @@ def task_signing_bytes(computer: str, task: PolicyTask) -> bytes:
         task.credentials,
         task.run_from,
     ]
+    if task.same_content_as:  # absent: the bytes of a task before renewals existed
+        body.append(list(task.same_content_as))
     return DOMAIN + bytes(msgpack.packb(body, use_bin_type=True))
 
 

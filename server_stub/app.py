@@ -1,7 +1,9 @@
 """The Starlette application: every HTTP endpoint of the Notification Server and package server.
 
 This module owns routing, the mapping of client errors to 4xx XML answers, the package content
-responses (whole or one byte range, streamed in chunks from the stored files), and the
+responses (a stored file by Starlette's FileResponse, which honours Range, If-Range and
+multiple ranges; the content of a package of several files streamed in chunks, whole or one
+byte range), and the
 lifespan task that runs the status event processor. Business rules live in the store
 (SQL), the repository (files on disk) and docs (XML); handlers only glue them.
 
@@ -23,11 +25,12 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import anyio
+import anyio.abc
 import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from mcast.fleet import DocumentError
@@ -45,7 +48,6 @@ from mcast.task_sig import sign_task
 from . import console, docs, repo
 from .auth import Guard, Refused, Secret
 from .events import EventProcessor
-from .ranges import RangeError, parse_range
 from .ratelimit import DEFAULT_BURST, DEFAULT_RATE, TokenBuckets
 from .replica import replicate
 from .replica_gate import ReplicaGate
@@ -75,8 +77,12 @@ class Server:
         public_url: str | None,
         upstream: str | None = None,
         trust: TrustStore | None = None,
+        prestage_bps: float = 0.0,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.prestage_bps = prestage_bps  # the cap on what pre-staging reads from upstream
+        self.prestaging: set[str] = set()  # hashes being pre-staged now
+        self.tasks: anyio.abc.TaskGroup | None = None  # set while the app runs
         self.upstream = upstream
         self.trust = trust
         self.replicas = ReplicaGate()  # bounds what replication may cost
@@ -110,6 +116,25 @@ class Server:
             partial(self.db, _snapshot_of, self, hash_hex),
             partial(replicate, self.data_dir, self.upstream, hash_hex, self.trust),
         )
+
+    async def prestage(self, hash_hex: str) -> None:
+        """Replicate a package in the background, capped at ``prestage_bps``, within the
+        bounds of :class:`ReplicaGate`; failures are logged (the first agent request will
+        try again)."""
+        assert self.upstream is not None and self.trust is not None
+        try:
+            snap = await self.replicas.fetch(
+                hash_hex,
+                partial(self.db, _snapshot_of, self, hash_hex),
+                partial(replicate, self.data_dir, self.upstream, hash_hex, self.trust,
+                        self.prestage_bps),
+            )  # fmt: skip
+            if snap is not None:
+                log.info("pre-staged package %s (%s)", hash_hex, snap.name)
+        except Exception:
+            log.exception("pre-staging %s failed", hash_hex)
+        finally:
+            self.prestaging.discard(hash_hex)
 
     def ns(self) -> Store:
         assert self.store is not None
@@ -202,16 +227,11 @@ async def get_client_policies(request: Request) -> Response:
     settings = await srv.db(store.settings)
     tasks = await srv.db(store.tasks_for, guid)
     assert srv.signing_key is not None
-    items = [
-        sign_task(
-            srv.signing_key,
-            guid,
-            docs.policy_task(
-                t, await srv.db(partial(store.latest_package, package_id=t.package_id))
-            ),
-        )
-        for t in tasks
-    ]
+    items = []
+    for t in tasks:
+        package = await srv.db(partial(store.latest_package, package_id=t.package_id))
+        same = await srv.db(repo.same_content_as, store, package) if package else ()
+        items.append(sign_task(srv.signing_key, guid, docs.policy_task(t, package, same)))
     return Response(docs.policy_xml(guid, settings, items, discovery_key), media_type=XML)
 
 
@@ -221,13 +241,13 @@ def _codebases(
     store = srv.ns()
     settings = store.settings()
     limit = docs.agent_settings(settings).max_trying_time_mins
+    ns_site = str(settings.get(SERVER_SITE) or "")  # any stored value: it is only looked up
     if limit > 0 and totaltime > limit:
-        ns_site = settings.get(SERVER_SITE) or ""
         servers = store.pkgservers(ns_site) if ns_site else []
     else:
         servers = store.pkgservers(site) if site else []
     if not servers:
-        servers = [(srv.base_url(request), settings.get(SERVER_SITE) or "")]
+        servers = [(srv.base_url(request), ns_site)]
     return [docs.Codebase(url.rstrip("/") + "/pkg/{hash}/", s) for url, s in servers]
 
 
@@ -326,31 +346,76 @@ def _snapshot_of(srv: Server, hash_hex: str) -> Snapshot | None:
         return None
 
 
-async def _serve_span(request: Request, srv: Server, snap: Any, start: int, size: int) -> Response:
-    """Answer with content bytes [start, start+size) of the package, honouring Range."""
-    etag = f'"{snap.package_hash_hex}-{start}-{size}"'
-    headers = {"Accept-Ranges": "bytes", "ETag": etag, "Cache-Control": "public, max-age=31536000"}
+_CACHE = "public, max-age=31536000"  # a package version never changes under its hash
+
+
+def _etag(snap: Snapshot, start: int, size: int) -> str:
+    return f'"{snap.package_hash_hex}-{start}-{size}"'
+
+
+def _serve_file(request: Request, srv: Server, snap: Snapshot, entry_path: str, start: int,
+                size: int) -> Response:  # fmt: skip
+    """One stored file of the package, by Starlette's FileResponse: Range, If-Range and
+    multiple ranges (multipart/byteranges) as RFC 9110 says."""
+    path = repo.package_dir(srv.data_dir, snap.package_hash_hex) / "files"
+    headers = {"ETag": _etag(snap, start, size), "Cache-Control": _CACHE}
+    return FileResponse(
+        path.joinpath(*entry_path.split("/")),
+        headers=headers,
+        media_type="application/octet-stream",
+    )
+
+
+def _one_range(header: str | None, size: int) -> tuple[int, int] | Literal[416] | None:
+    """The one byte range [lo, hi) of a ``Range`` header the span streamer honours; None for
+    the whole content (no header, or one it does not honour: several ranges, other units, or
+    malformed, which RFC 9110 lets a server ignore); 416 for a range past the end."""
+    if header is None:
+        return None
+    unit, _, spec = header.partition("=")
+    first, dash, last = spec.strip().partition("-")
+    if unit.strip().lower() != "bytes" or not dash or "," in spec:
+        return None
+    if not (first.isdigit() or first == "") or not (last.isdigit() or last == ""):
+        return None
+    if (first == "" and last == "") or len(first) > 19 or len(last) > 19:
+        return None
+    if first == "":  # the last N bytes
+        n = int(last)
+        return (max(0, size - n), size) if n and size else 416
+    lo = int(first)
+    hi = size if last == "" else min(int(last) + 1, size)
+    if last != "" and int(last) < lo:
+        return None
+    return (lo, hi) if lo < size else 416
+
+
+async def _serve_span(request: Request, srv: Server, snap: Snapshot) -> Response:
+    """The package's content (its files laid end to end) when it spans several files: one
+    file cannot be a FileResponse. A single range is honoured; several ranges or a malformed
+    header get the whole content with 200, which RFC 9110 allows and every client takes."""
+    size = snap.total_size
+    etag = _etag(snap, 0, size)
+    headers = {"Accept-Ranges": "bytes", "ETag": etag, "Cache-Control": _CACHE}
     header = request.headers.get("range")
     if_range = request.headers.get("if-range")
     if header is not None and if_range is not None and if_range != etag:
         header = None  # the client's copy is of another version: send it all
-    try:
-        rng = parse_range(header, size)
-    except RangeError as exc:
-        if exc.status == 416:
-            headers["Content-Range"] = f"bytes */{size}"
-        resp = xml_error(exc.status, str(exc))
+    rng = _one_range(header, size)
+    if rng == 416:
+        headers["Content-Range"] = f"bytes */{size}"
+        resp = xml_error(416, f"range {str(header)[:80]!r} is not satisfiable for size {size}")
         resp.headers.update(headers)
         return resp
     status, lo, hi = 200, 0, size
-    if rng is not None:
-        status, lo, hi = 206, rng.start, rng.end
-        headers["Content-Range"] = rng.content_range(size)
+    if isinstance(rng, tuple):
+        status, (lo, hi) = 206, rng
+        headers["Content-Range"] = f"bytes {lo}-{hi - 1}/{size}"
     headers["Content-Length"] = str(hi - lo)
     media = "application/octet-stream"
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type=media)
-    pieces = list(repo.content_pieces(srv.data_dir, snap, start + lo, start + hi))
+    pieces = list(repo.content_pieces(srv.data_dir, snap, lo, hi))
     return StreamingResponse(_stream(pieces), status_code=status, headers=headers, media_type=media)
 
 
@@ -360,7 +425,10 @@ async def pkg_content(request: Request) -> Response:
     snap = await srv.snapshot(hash_hex)
     if snap is None:
         return xml_error(404, f"no package with hash {hash_hex}")
-    return await _serve_span(request, srv, snap, 0, snap.total_size)
+    sized = [f for f in snap.files if f.size]
+    if len(sized) == 1:  # the content is one stored file
+        return _serve_file(request, srv, snap, sized[0].path, 0, snap.total_size)
+    return await _serve_span(request, srv, snap)
 
 
 async def pkg_file(request: Request) -> Response:
@@ -377,8 +445,28 @@ async def pkg_file(request: Request) -> Response:
     # Only names listed in the signed snapshot are served: nothing else is reachable.
     for entry, offset in snap.file_spans():
         if entry.path == relpath:
-            return await _serve_span(request, srv, snap, offset, entry.size)
+            return _serve_file(request, srv, snap, entry.path, offset, entry.size)
     return xml_error(404, f"package {hash_hex} has no file {relpath[:200]!r}")
+
+
+MAX_PRESTAGING = 8  # packages a package server pre-stages at once
+
+
+async def pkg_prestage(request: Request) -> Response:
+    """``POST /pkg/HASH/prestage`` (a package server with an upstream): replicate the package
+    now, in the background, before any agent asks. 200 when it is here, 202 when it is on
+    its way. Open like the rest of ``/pkg``: it only fetches what the upstream signed, within
+    the replication bounds."""
+    srv: Server = request.app.state.server
+    hash_hex = docs.parse_hash(request.path_params["hash"])
+    if await srv.db(_snapshot_of, srv, hash_hex) is not None:
+        return Response("present\n", media_type="text/plain")
+    if hash_hex not in srv.prestaging:
+        if len(srv.prestaging) >= MAX_PRESTAGING or srv.tasks is None:
+            return xml_error(503, "too many packages are being pre-staged; ask again later")
+        srv.prestaging.add(hash_hex)
+        srv.tasks.start_soon(srv.prestage, hash_hex)
+    return Response("staging\n", status_code=202, media_type="text/plain")
 
 
 async def pkg_snapshot(request: Request) -> Response:
@@ -441,6 +529,7 @@ def create_app(
     burst: float = DEFAULT_BURST,
     skew_s: float = DEFAULT_SKEW_S,
     console_allow: tuple[str, ...] = console.DEFAULT_ALLOW,
+    prestage_bps: float = 0.0,
 ) -> Starlette:
     """The ASGI app for one data directory. Serve it with :func:`server_stub.serve.serve`.
 
@@ -448,9 +537,10 @@ def create_app(
     signing key) fetches and verifies packages it does not hold on first request. ``rate``
     and ``burst`` are each computer's request budget, ``skew_s`` how far an agent's clock
     may be from the server's. ``console_allow`` (CIDRs) are the addresses the web console
-    (:mod:`.console`) answers.
+    (:mod:`.console`) answers. ``prestage_bps`` caps what a package server reads from
+    upstream when it pre-stages a package (``POST /pkg/HASH/prestage``; 0: no cap).
     """
-    srv = Server(data_dir, mode, site, public_url, upstream, trust)
+    srv = Server(data_dir, mode, site, public_url, upstream, trust, prestage_bps)
     if srv.store is not None:
         srv.guard = Guard(skew_s=skew_s, buckets=TokenBuckets(rate, burst))
     pkg_methods = ["GET", "HEAD"]
@@ -460,6 +550,8 @@ def create_app(
         Route("/pkg/{hash}/snapshot.xml", pkg_snapshot, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
     ]
+    if upstream is not None and trust is not None:
+        routes.append(Route("/pkg/{hash}/prestage", pkg_prestage, methods=["POST"]))
     if mode == "notification":
         routes += [
             Route("/GetClientPolicies.aspx", agent_endpoint(get_client_policies), methods=["GET"]),
@@ -476,7 +568,9 @@ def create_app(
         async with anyio.create_task_group() as tg:
             if srv.processor is not None:
                 tg.start_soon(srv.processor.run)
+            srv.tasks = tg
             yield
+            srv.tasks = None
             tg.cancel_scope.cancel()
 
     app = Starlette(

@@ -5,8 +5,11 @@ into the store or the repository. Commands::
 
     mcast-ns init [--hostname H ...]                create DATA (store, signing key, TLS CA
                                                     and the server's certificate)
-    mcast-ns package add DIR --name N               copy, hash and sign a package version
+    mcast-ns package add DIR --name N               copy, hash and sign a package version;
+                                                    the package servers pre-stage it
     mcast-ns package list
+    mcast-ns package renew NAME|HASH [--valid-days D]   re-sign with a new validity
+    mcast-ns package remove NAME|HASH [--force]     a package, or one version, and its files
     mcast-ns site add NAME --subnet CIDR [...]      a site owns subnets
     mcast-ns pkgserver add --site S --url U         a package server of a site
     mcast-ns computer add GUID [--name NAME] [--secret-file F] [--new-secret]
@@ -17,12 +20,15 @@ into the store or the repository. Commands::
     mcast-ns admin token [--new]                    the web console's admin token (DATA/
                                                     console.token, 0600; made when missing)
     mcast-ns task add --package N --command C --targets G1,G2 [...]
+    mcast-ns task remove TASK_ID                    no policy lists it any more
     mcast-ns settings show | settings set KEY VALUE Agent Settings of the policy
-    mcast-ns status [--json]                        task status per computer
+    mcast-ns status [--json] [--expiry-days N]      task status per computer; packages that
+                                                    expired or expire within N days
     mcast-ns serve --bind 127.0.0.1:0 [--mode package-server --site S
                    [--upstream NS_URL --trust NS_DATA/signing.pub]]
                    [--tls-dir DIR | --plain-http] [--rate R --burst B]
                    [--console-allow CIDR ...]      the web console /console (read-only)
+                   [--prestage-kbps K]
 
 Every command takes ``--data DIR`` (default: $MCAST_NS_DATA, else ./ns-data). ``serve``
 prints the bound URL (``https://HOST:PORT``) as its first line on stdout; it serves HTTPS
@@ -42,12 +48,16 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
+import ssl
 import sys
+import time
 import uuid
 from functools import partial
 from pathlib import Path
 
+import httpx
 import trio
 
 from mcast import argtypes
@@ -59,7 +69,19 @@ from mcast.snapshot import TrustStore, load_trust_key
 from . import console_auth, repo, tls
 from .console import DEFAULT_ALLOW
 from .ratelimit import DEFAULT_BURST, DEFAULT_RATE
-from .store import Store, TaskRow, check_setting
+from .store import (
+    DEFAULT_SETTINGS,
+    SERVER_SITE,
+    PackageRow,
+    Store,
+    StoreError,
+    TaskRow,
+    check_setting,
+)
+
+_HASH = re.compile(r"[0-9a-f]{64}")
+PRESTAGE_TIMEOUT = httpx.Timeout(10.0, connect=5.0)  # telling a package server, not the copy
+DEFAULT_PRESTAGE_KBPS = 10 * 1024  # about 80 Mbit/s: a new package never fills a site's link
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
@@ -100,13 +122,115 @@ def cmd_package_add(args: argparse.Namespace) -> int:
         f"{verb} package {row.name!r} id {row.package_id} version {row.version} "
         f"hash {row.hash} size {row.size}"
     )
+    if result.changed:
+        _tell_pkgservers(store, row)
     return 0
+
+
+def _tell_pkgservers(store: Store, row: PackageRow) -> None:
+    """Ask every registered package server to pre-stage the new version now (it replicates
+    it from its upstream in the background, bandwidth-capped), so the first agent of a site
+    does not wait for it. A server that cannot be told replicates on first request."""
+    ca = tls.tls_dir(store.data_dir) / tls.CA_CERT
+    verify: ssl.SSLContext | bool = True
+    if ca.exists():  # package servers' certificates are issued by the fleet's CA
+        verify = ssl.create_default_context(cafile=str(ca))
+    with httpx.Client(timeout=PRESTAGE_TIMEOUT, verify=verify) as client:
+        for url, _site in store.pkgservers():
+            target = f"{url.rstrip('/')}/pkg/{row.hash}/prestage"
+            try:
+                resp = client.post(target)
+                ok = resp.status_code in (200, 202)
+                why = f"HTTP {resp.status_code}"
+            except httpx.HTTPError as exc:
+                ok, why = False, " ".join(str(exc).split())[:200] or type(exc).__name__
+            if ok:
+                print(f"package server {url}: pre-staging ({why})")
+            else:
+                print(f"mcast-ns: warning: package server {url} not told to pre-stage ({why}); "
+                      "it replicates the package on first request", file=sys.stderr)  # fmt: skip
 
 
 def cmd_package_list(args: argparse.Namespace) -> int:
     for row in _open(args).packages():
         print(f"{row.name}\t{row.package_id}\tv{row.version}\t{row.size}\t{row.hash}")
     return 0
+
+
+def _package(store: Store, ref: str) -> PackageRow:
+    """The package version a NAME (its newest version) or a HASH names."""
+    row = store.package_by_hash(ref) if _HASH.fullmatch(ref) else store.latest_package(name=ref)
+    if row is None:
+        raise UsageError(f"unknown package {ref!r} (see `package list`)")
+    return row
+
+
+def cmd_package_renew(args: argparse.Namespace) -> int:
+    if args.valid_days > 36_600:
+        raise UsageError(f"--valid-days {args.valid_days:g}: at most 36600 days")
+    store = _open(args)
+    old = _package(store, args.package)
+    row = repo.renew_package(store, old, valid_days=args.valid_days)
+    snap = repo.load_snapshot(store.data_dir, row.hash)
+    print(f"renewed package {row.name!r} version {old.version} as version {row.version} "
+          f"hash {row.hash}, valid until {_utc(snap.expires)} (same content)")  # fmt: skip
+    _tell_pkgservers(store, row)
+    return 0
+
+
+def cmd_package_remove(args: argparse.Namespace) -> int:
+    """Remove a package (NAME: every version) or one version (HASH). A package a task still
+    runs is refused unless --force, which removes those tasks too; so is the newest version
+    (the tasks would roll back to an older one, which agents refuse)."""
+    store = _open(args)
+    row = _package(store, args.package)
+    versions = store.package_versions(row.package_id)
+    by_name = not _HASH.fullmatch(args.package)
+    doomed = versions if by_name else [row]
+    tasks = store.tasks_of_package(row.package_id)
+    if tasks and (by_name or row.hash == versions[0].hash):
+        if not args.force:
+            raise UsageError(
+                f"package {row.name!r} is used by {len(tasks)} task(s) ({', '.join(tasks[:3])}"
+                f"{', ...' if len(tasks) > 3 else ''}); --force removes them too"
+            )
+    else:
+        tasks = []
+    removed = store.remove(tasks=tasks, packages=[v.hash for v in doomed])
+    for v in doomed:
+        repo.remove_files(store.data_dir, v.hash)
+    what = "package" if by_name else f"version {row.version} of package"
+    print(f"removed {what} {row.name!r} ({len(doomed)} version(s), {removed} task(s))")
+    return 0
+
+
+def cmd_task_remove(args: argparse.Namespace) -> int:
+    if _open(args).remove(tasks=[args.task_id], packages=[]) == 0:
+        raise UsageError(f"unknown task {args.task_id}")
+    print(f"removed task {args.task_id}")
+    return 0
+
+
+def _utc(when: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(when))
+
+
+def expiry_warnings(store: Store, within_days: float, now: float) -> list[dict[str, object]]:
+    """The newest version of every package that has expired or expires within
+    ``within_days``: no agent can verify an expired one (renew it)."""
+    out: list[dict[str, object]] = []
+    newest: dict[str, PackageRow] = {}
+    for row in store.packages():  # by name, version: the last one is the newest
+        newest[row.package_id] = row
+    for row in newest.values():
+        try:
+            expires = repo.load_snapshot(store.data_dir, row.hash).expires
+        except repo.RepoError:
+            continue
+        if expires - now <= within_days * repo.DAY_S:
+            out.append({"package": row.name, "version": row.version, "hash": row.hash,
+                        "expires": expires, "expired": expires <= now})  # fmt: skip
+    return out
 
 
 def cmd_site_add(args: argparse.Namespace) -> int:
@@ -190,7 +314,19 @@ def cmd_task_add(args: argparse.Namespace) -> int:
 
 
 def cmd_settings_show(args: argparse.Namespace) -> int:
-    for key, value in sorted(_open(args).settings().items()):
+    """Every setting; one stored by an older version and refused now is marked, with the
+    default the server serves instead."""
+    store = _open(args)
+    sites = store.sites()
+    for key, value in sorted(store.settings().items()):
+        try:
+            check_setting(key, str(value))
+            if key == SERVER_SITE and value and value not in sites:
+                raise StoreError(f"unknown site {value!r}")
+        except StoreError as exc:
+            default = DEFAULT_SETTINGS.get(key)
+            print(f"{key} = {value}  (refused: {one_line(exc)}; the server uses {default!r})")
+            continue
         print(f"{key} = {value}")
     return 0
 
@@ -206,9 +342,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     store = _open(args)
     rows = store.task_status()
     counts = store.queue_counts()
+    expiring = expiry_warnings(store, args.expiry_days, time.time())
     if args.json:
-        print(json.dumps({"queue": counts, "status": [r.__dict__ for r in rows]}))
+        status = [r.__dict__ for r in rows]
+        print(json.dumps({"queue": counts, "status": status, "expiring": expiring}))
         return 0
+    for e in expiring:
+        when = "expired" if e["expired"] else "expires"
+        print(f"warning: package {e['package']!r} version {e['version']} {when} at "
+              f"{_utc(float(str(e['expires'])))}; `mcast-ns package renew {e['package']}` "
+              "re-signs it")  # fmt: skip
     from rich.console import Console
     from rich.table import Table
 
@@ -247,6 +390,7 @@ async def _serve_main(args: argparse.Namespace, files: tls.CertFiles | None) -> 
         rate=args.rate,
         burst=args.burst,
         console_allow=tuple(args.console_allow or DEFAULT_ALLOW),
+        prestage_bps=args.prestage_kbps * 1024,
     )
     async with trio.open_nursery() as nursery:
         url = await nursery.start(partial(serve, app, args.bind, tls=files))
@@ -341,6 +485,19 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--name", required=True, type=argtypes.name)
     a.set_defaults(fn=cmd_package_add)
     pkg.add_parser("list", parents=[common]).set_defaults(fn=cmd_package_list)
+    a = pkg.add_parser("renew", parents=[common], help="re-sign a package with a new validity")
+    a.add_argument("package", type=argtypes.name, help="package name or hash")
+    a.add_argument(
+        "--valid-days",
+        type=argtypes.positive_days,
+        default=repo.DEFAULT_VALID_DAYS,
+        help=f"days the new snapshot is valid (default {repo.DEFAULT_VALID_DAYS:g})",
+    )
+    a.set_defaults(fn=cmd_package_renew)
+    a = pkg.add_parser("remove", parents=[common], help="remove a package or one version")
+    a.add_argument("package", type=argtypes.name, help="package name (every version) or hash")
+    a.add_argument("--force", action="store_true", help="also remove the tasks that run it")
+    a.set_defaults(fn=cmd_package_remove)
 
     site = sub.add_parser("site", help="sites").add_subparsers(
         dest="sub", required=True, metavar="SUBCOMMAND"
@@ -422,6 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--run-from", default="agent", choices=["agent", "server"])
     a.set_defaults(fn=cmd_task_add)
+    a = task.add_parser("remove", parents=[common], help="remove a task: no policy lists it")
+    a.add_argument("task_id", type=argtypes.guid)
+    a.set_defaults(fn=cmd_task_remove)
 
     st = sub.add_parser("settings", help="Agent Settings").add_subparsers(
         dest="sub", required=True, metavar="SUBCOMMAND"
@@ -434,6 +594,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("status", parents=[common], help="task status per computer")
     a.add_argument("--json", action="store_true")
+    a.add_argument(
+        "--expiry-days",
+        type=argtypes.at_least(0),
+        default=7,
+        help="warn about packages that expire within this many days (default 7)",
+    )
     a.set_defaults(fn=cmd_status)
 
     a = sub.add_parser("serve", parents=[common], help="serve over HTTP")
@@ -477,6 +643,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CIDR",
         help="addresses the read-only web console /console answers (repeatable; default "
         "loopback only)",
+    )
+    a.add_argument(
+        "--prestage-kbps",
+        type=argtypes.at_least(0),
+        default=DEFAULT_PRESTAGE_KBPS,
+        help="package server: KiB/s at most read from upstream when it pre-stages a new "
+        f"package (0: no cap; default {DEFAULT_PRESTAGE_KBPS})",
     )
     a.add_argument("-v", "--verbose", action="store_true")
     a.set_defaults(fn=cmd_serve)

@@ -114,8 +114,11 @@ def parse_event_untrusted(body: bytes) -> StatusEvent:
 # -- store rows to documents ------------------------------------------------------------
 
 
-def policy_task(task: TaskRow, package: PackageRow | None) -> PolicyTask:
-    """The ``<Task>`` of a task row, with the newest version of its package if any."""
+def policy_task(
+    task: TaskRow, package: PackageRow | None, same_content_as: tuple[str, ...] = ()
+) -> PolicyTask:
+    """The ``<Task>`` of a task row, with the newest version of its package if any, and the
+    earlier versions that version only renews."""
     return PolicyTask(
         task_id=task.task_id,
         package_id=task.package_id,
@@ -127,6 +130,7 @@ def policy_task(task: TaskRow, package: PackageRow | None) -> PolicyTask:
         schedule=task.schedule,
         credentials=task.credentials,
         run_from=task.run_from,
+        same_content_as=same_content_as if package else (),
     )
 
 
@@ -138,6 +142,8 @@ def agent_settings(stored: Mapping[str, str]) -> AgentSettings:
     for key, value in stored.items():
         if key in SETTING_DEFAULTS:
             try:
+                if not isinstance(value, str):
+                    raise DocumentError(f"{key} is stored as {type(value).__name__}, not text")
                 good[key] = parse_setting(key, value)
             except DocumentError as exc:
                 log.warning("stored setting ignored, its default is used: %s", exc)

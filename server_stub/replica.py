@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -31,7 +32,41 @@ class ReplicaError(NetworkError):
     """The upstream does not have the package, or what it sent does not verify."""
 
 
-def _write_content(snap: Snapshot, resp: httpx.Response, files_root: Path) -> None:
+class Throttle:
+    """A token bucket on bytes: :meth:`take` blocks until ``n`` more bytes fit in
+    ``rate_bps`` (bytes per second, one second's worth of burst); ``rate_bps`` 0 is no cap.
+    Clock and sleep are injectable (tests count the sleeps)."""
+
+    def __init__(
+        self,
+        rate_bps: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.rate = rate_bps
+        self._clock, self._sleep = clock, sleep
+        self._tokens, self._stamp = rate_bps, clock()
+
+    def take(self, n: int) -> None:
+        if self.rate <= 0:
+            return
+        now = self._clock()
+        self._tokens = min(self.rate, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        self._tokens -= n
+        if self._tokens < 0:  # in debt: wait until it is paid
+            self._sleep(-self._tokens / self.rate)
+
+
+def _throttled(chunks: Iterator[bytes], throttle: Throttle) -> Iterator[bytes]:
+    for chunk in chunks:
+        throttle.take(len(chunk))
+        yield chunk
+
+
+def _write_content(
+    snap: Snapshot, resp: httpx.Response, files_root: Path, throttle: Throttle
+) -> None:
     """Split the streamed content into the snapshot's files, verifying every hash unit."""
     spans = list(snap.file_spans())
     unit, unit_index, unit_fill = hashlib.sha256(), 0, 0
@@ -51,7 +86,7 @@ def _write_content(snap: Snapshot, resp: httpx.Response, files_root: Path) -> No
 
     open_next()
     try:
-        for chunk in resp.iter_bytes():
+        for chunk in _throttled(resp.iter_bytes(), throttle):
             view = memoryview(chunk)
             if offset + len(view) > total:
                 raise ReplicaError("upstream sent more bytes than the snapshot lists")
@@ -80,8 +115,11 @@ def _write_content(snap: Snapshot, resp: httpx.Response, files_root: Path) -> No
         raise ReplicaError(f"upstream sent {offset} of {total} bytes")
 
 
-def replicate(data_dir: Path, upstream: str, hash_hex: str, trust: TrustStore) -> Snapshot:
-    """Fetch package ``hash_hex`` from ``upstream`` into ``data_dir`` (blocking)."""
+def replicate(
+    data_dir: Path, upstream: str, hash_hex: str, trust: TrustStore, rate_bps: float = 0.0
+) -> Snapshot:
+    """Fetch package ``hash_hex`` from ``upstream`` into ``data_dir`` (blocking), reading
+    the content at ``rate_bps`` bytes per second at most (0: as fast as it comes)."""
     base = f"{upstream.rstrip('/')}/pkg/{hash_hex}/"
     staging = Path(data_dir) / "packages" / f".replica-{uuid.uuid4().hex}"
     try:
@@ -99,7 +137,7 @@ def replicate(data_dir: Path, upstream: str, hash_hex: str, trust: TrustStore) -
             (staging / "files").mkdir(parents=True)
             with client.stream("GET", base + "content") as content:
                 content.raise_for_status()
-                _write_content(snap, content, staging / "files")
+                _write_content(snap, content, staging / "files", Throttle(rate_bps))
         (staging / "snapshot.xml").write_bytes(resp.content)
         final = package_dir(data_dir, hash_hex)
         if not final.exists():

@@ -19,13 +19,15 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import time
 import uuid
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
 from mcast.errors import StorageError
+from mcast.fleet import MAX_SAME_CONTENT
 from mcast.snapshot import (
     Snapshot,
     SnapshotError,
@@ -37,8 +39,10 @@ from mcast.snapshot import (
     save_private_key,
 )
 
-from .store import PackageRow, Store
+from .store import PackageRow, Store, StoreError
 
+DAY_S = 24 * 3600
+DEFAULT_VALID_DAYS = 30.0  # how long a new or renewed snapshot is valid
 KEY_NAME = "signing.key"
 PUB_NAME = "signing.pub"
 CHUNK = 256 * 1024
@@ -81,17 +85,21 @@ def _same_content(old: Snapshot, new: Snapshot) -> bool:
     )
 
 
-def add_package(store: Store, source: Path, name: str) -> AddResult:
+def add_package(
+    store: Store, source: Path, name: str, *, valid_days: float = DEFAULT_VALID_DAYS
+) -> AddResult:
     """Copy ``source`` (file or directory), build and sign its snapshot, register it.
 
     The package keeps its id across versions; a changed content gets version + 1 and a new
-    hash. Re-adding unchanged content is a no-op that returns the current version.
+    hash. Re-adding unchanged content is a no-op that returns the current version, unless
+    that version's snapshot has expired: then it is renewed (:func:`renew_package`), since
+    an expired version is one no agent can verify.
     """
     source = Path(source)
     if not source.exists():
         raise RepoError(f"{source} does not exist")
     try:
-        return _add_package(store, source, name)
+        return _add_package(store, source, name, valid_days * DAY_S)
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename else ""
         raise RepoError(f"cannot add {source}: {exc.strerror or exc}{where}") from None
@@ -99,7 +107,7 @@ def add_package(store: Store, source: Path, name: str) -> AddResult:
         raise RepoError(f"cannot add {source}: {exc}") from None
 
 
-def _add_package(store: Store, source: Path, name: str) -> AddResult:
+def _add_package(store: Store, source: Path, name: str, valid_for: float) -> AddResult:
     data_dir = store.data_dir
     key = load_private_key(data_dir / KEY_NAME)
     staging = data_dir / "packages" / f".staging-{uuid.uuid4().hex}"
@@ -112,11 +120,13 @@ def _add_package(store: Store, source: Path, name: str) -> AddResult:
             shutil.copy2(source, files / source.name)
         current = store.latest_package(name=name)
         version = current.version + 1 if current else 1
-        snap = build_snapshot(files, name, version=version)
+        snap = build_snapshot(files, name, version=version, valid_for=valid_for)
         if current is not None:
             old = load_snapshot(data_dir, current.hash)
             if _same_content(old, snap):
-                return AddResult(current, changed=False)
+                if old.expires > time.time():
+                    return AddResult(current, changed=False)
+                return AddResult(_renew(store, current, old, valid_for), changed=True)
         signed = snap.signed(key)
         (staging / "snapshot.xml").write_bytes(signed.to_xml())
         _fsync_tree(staging)
@@ -136,6 +146,80 @@ def _add_package(store: Store, source: Path, name: str) -> AddResult:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def renew_package(
+    store: Store, row: PackageRow, *, valid_days: float = DEFAULT_VALID_DAYS
+) -> PackageRow:
+    """Re-sign the newest version ``row`` of a package with a new validity: a new version
+    with the same files and hash units. The package hash covers the validity, so the renewal
+    is a new hash that tasks follow like any new version; the policy lists the versions it
+    renews (:func:`same_content_as`) so an agent that has the package already keeps its job
+    and does not fetch or run it again."""
+    newest = store.latest_package(package_id=row.package_id)
+    if newest is None or newest.hash != row.hash:
+        raise StoreError(f"{row.hash[:12]} is not the newest version of {row.name!r}: renew that")
+    try:
+        return _renew(store, row, load_snapshot(store.data_dir, row.hash), valid_days * DAY_S)
+    except OSError as exc:
+        raise RepoError(f"cannot renew {row.name!r}: {exc.strerror or exc}") from None
+
+
+def _renew(store: Store, row: PackageRow, old: Snapshot, valid_for: float) -> PackageRow:
+    data_dir = store.data_dir
+    key = load_private_key(data_dir / KEY_NAME)
+    now = int(time.time())
+    snap = replace(
+        old, version=row.version + 1, created=now, expires=int(now + valid_for),
+        key_id="", signature=b"",
+    ).signed(key)  # fmt: skip
+    staging = data_dir / "packages" / f".staging-{uuid.uuid4().hex}"
+    try:
+        # the files are immutable once in place: links cost no space (a copy where they fail)
+        shutil.copytree(package_dir(data_dir, row.hash) / "files", staging / "files",
+                        copy_function=_link_or_copy)  # fmt: skip
+        (staging / "snapshot.xml").write_bytes(snap.to_xml())
+        _fsync_tree(staging)
+        os.rename(staging, package_dir(data_dir, snap.package_hash_hex))
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    new = replace(row, hash=snap.package_hash_hex, version=snap.version,
+                  session_key=secrets.token_hex(32))  # fmt: skip
+    store.add_package(new)
+    return new
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def same_content_as(store: Store, row: PackageRow) -> tuple[str, ...]:
+    """The hashes of the versions before ``row`` that hold exactly its content (renewals
+    re-sign; nothing else makes two versions alike), the newest first, at most
+    ``MAX_SAME_CONTENT``; a version whose snapshot is gone ends the chain."""
+    out: list[str] = []
+    try:
+        snap = load_snapshot(store.data_dir, row.hash)
+        for older in store.package_versions(row.package_id):
+            if older.version >= row.version:
+                continue
+            if len(out) == MAX_SAME_CONTENT or older.content_hash != row.content_hash:
+                break
+            if not _same_content(load_snapshot(store.data_dir, older.hash), snap):
+                break
+            out.append(older.hash)
+    except (RepoError, SnapshotError):
+        pass
+    return tuple(out)
+
+
+def remove_files(data_dir: Path, hash_hex: str) -> None:
+    """Remove a package version's directory (after the store forgot it)."""
+    shutil.rmtree(package_dir(data_dir, hash_hex), ignore_errors=True)
 
 
 def _fsync_tree(root: Path) -> None:

@@ -15,6 +15,7 @@ threads, the CLI calls it directly.
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import secrets
 import sqlite3
@@ -25,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from mcast import argtypes
 from mcast.durable import open_store, transaction
 from mcast.errors import UsageError
 from mcast.fleet import PENDING, SETTING_DEFAULTS, DocumentError, StatusEvent, parse_setting
@@ -128,10 +130,17 @@ class StoreError(UsageError, ValueError):
 
 
 def check_setting(key: str, value: str) -> str:
-    """``value`` as setting ``key`` stores it (Agent Settings normalised), or StoreError."""
+    """``value`` as setting ``key`` stores it (Agent Settings normalised), or StoreError
+    with one line that says which rule it breaks (type, range, unknown key)."""
     if key not in DEFAULT_SETTINGS:
         raise StoreError(f"unknown setting {key!r}; known: {', '.join(DEFAULT_SETTINGS)}")
-    if key == SERVER_SITE:
+    if key == SERVER_SITE:  # "" (none) or a site's name; `set_setting` checks it exists
+        value = value.strip()
+        if value:
+            try:
+                argtypes.name(value)
+            except argparse.ArgumentTypeError as exc:
+                raise StoreError(f"{SERVER_SITE} {value[:40]!r}: {exc}") from None
         return value
     try:
         return parse_setting(key, value)
@@ -232,6 +241,9 @@ class Store:
         """Set one setting; returns the value as stored (Agent Settings are normalised)."""
         value = check_setting(key, value)
         with self._write() as db:
+            known = db.execute("SELECT 1 FROM sites WHERE name = ?", (value,)).fetchone()
+            if key == SERVER_SITE and value and not known:
+                raise StoreError(f"unknown site {value!r} (add it with `site add`)")
             db.execute("UPDATE settings SET value = ? WHERE key = ?", (value, key))
         return value
 
@@ -348,6 +360,38 @@ class Store:
                 f"SELECT {self._PKG_COLS} FROM packages ORDER BY name, version"
             ).fetchall()
         return [PackageRow(*r) for r in rows]
+
+    def package_versions(self, package_id: str) -> list[PackageRow]:
+        """Every stored version of a package, the newest first."""
+        with self._read() as db:
+            rows = db.execute(
+                f"SELECT {self._PKG_COLS} FROM packages WHERE package_id = ? "
+                "ORDER BY version DESC",
+                (package_id,),
+            ).fetchall()
+        return [PackageRow(*r) for r in rows]
+
+    def tasks_of_package(self, package_id: str) -> list[str]:
+        """The ids of the tasks that run package ``package_id``."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT task_id FROM tasks WHERE package_id = ? ORDER BY created", (package_id,)
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def remove(self, *, tasks: list[str], packages: list[str]) -> int:
+        """Remove tasks (their targets and status) and package versions (by hash) in one
+        transaction; returns how many tasks were removed. The events stay: they are the log
+        of what happened."""
+        removed = 0
+        with self._write() as db:
+            for task_id in tasks:
+                db.execute("DELETE FROM task_targets WHERE task_id = ?", (task_id,))
+                db.execute("DELETE FROM task_status WHERE task_id = ?", (task_id,))
+                removed += db.execute("DELETE FROM tasks WHERE task_id = ?", (task_id,)).rowcount
+            for hash_hex in packages:
+                db.execute("DELETE FROM packages WHERE hash = ?", (hash_hex,))
+        return removed
 
     # -- computers and tasks -----------------------------------------------------------
     def add_computer(self, guid: str, name: str = "") -> None:

@@ -10,6 +10,7 @@ port so that no other run's sessions interfere.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -18,11 +19,16 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import cast
 
 import pytest
 import trio
 
 from agent import Agent
+from agent.cache import PARTIAL_STALE_HOURS, PeerCache
+from agent.config import AgentConfig
+from agent.state import AgentState
+from mcast.fleet import AgentSettings
 from server_stub.store import Store
 from tests.test_agent_engine import RecordingFetch
 from tests.test_agent_support import NS, agent_config, make_ns
@@ -267,3 +273,39 @@ async def test_as_a_service_the_agent_serves_its_cache(ns: NS, url: str, tmp_pat
             proc.kill()
             await proc.wait()
         await proc.stdout.aclose()
+
+
+def _package_dir(state: AgentState, name: str, size: int, age_h: float, now: float) -> str:
+    h = hashlib.sha256(name.encode()).hexdigest()
+    work = state.cache_dir(h) / ".mcast" / h
+    work.mkdir(parents=True)
+    (work / "payload.bin").write_bytes(b"p" * size)
+    for path in [state.cache_dir(h), *state.cache_dir(h).rglob("*")]:
+        os.utime(path, (now - age_h * 3600, now - age_h * 3600))
+    return h
+
+
+def test_partial_downloads_are_pruned_when_stale_or_past_the_cap(tmp_path: Path) -> None:
+    """A partial download no unfinished job needs goes once it is stale, or, the oldest
+    first, when it does not fit under peerCacheMaxMB beside the cached packages; one a job
+    needs stays whatever its age, and a complete package within the cap stays."""
+    now = 1_900_000_000.0
+    state = AgentState(tmp_path / "state")
+    done = _package_dir(state, "complete", 300_000, 1, now)
+    state.mark_package(done, "Done", 1, 300_000, complete=True)
+    stale = _package_dir(state, "stale", 10_000, PARTIAL_STALE_HOURS + 1, now)
+    needed = _package_dir(state, "needed", 10_000, 10 * PARTIAL_STALE_HOURS, now)
+    fresh = _package_dir(state, "fresh", 200_000, 1, now)
+    older = _package_dir(state, "older", 600_000, 2, now)  # does not fit beside the others
+    settings = AgentSettings(peer_cache_max_mb=1)
+    events: list[dict[str, object]] = []
+    cache = PeerCache(state, cast(AgentConfig, None), lambda: settings, lambda: None,
+                      lambda kind, **kw: events.append(kw))  # fmt: skip
+    gone = cache.prune({needed}, now=now)
+    assert sorted(gone) == sorted([stale, older])
+    left = {d.name for d in (state.dir / "cache").iterdir() if d.is_dir()}
+    assert left == {done, needed, fresh}
+    assert state.package_complete(done)
+    assert [e["action"] for e in events] == ["pruned-partial", "pruned-partial"]
+    # the job that needed it finished: now it is just a stale partial download
+    assert cache.prune(set(), now=now) == [needed]

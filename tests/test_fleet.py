@@ -55,16 +55,10 @@ counts = st.integers(0, MAX_INT)
 
 settings_st = st.builds(
     AgentSettings,
-    multicast_enabled=st.booleans(),
-    min_multicast_size=counts,
-    max_sessions_per_subnet=st.integers(1, MAX_INT),
-    speed_test_codebases=st.booleans(),
-    max_trying_time_mins=counts,
-    check_in_interval_mins=st.integers(1, MAX_INT),
-    multicast_hold_secs=st.integers(0, 60),
-    min_session_kbps=counts,
-    peer_cache_hours=counts,
-    peer_cache_max_mb=counts,
+    **{  # each setting over its whole range, as fleet.SETTINGS declares it
+        s.attr: st.booleans() if s.minimum is None else st.integers(s.minimum, s.maximum)
+        for s in fleet.SETTINGS
+    },
 )
 
 
@@ -302,6 +296,12 @@ def test_every_prefix_and_trailing_junk_is_refused(parse: Any, doc: bytes) -> No
         b"</ClientPolicies>",
         b'<ClientPolicies><Tasks><Task id="t" packageId="p" packageSize="1e3"/></Tasks>'
         b"</ClientPolicies>",
+        b'<ClientPolicies><Tasks><Task id="t" packageId="p" sameContentAs="zz"/></Tasks>'
+        b"</ClientPolicies>",
+        b'<ClientPolicies><Tasks><Task id="t" packageId="p" sameContentAs="'
+        + b" ".join([b"ab" * 32] * 17)
+        + b'"/></Tasks></ClientPolicies>',
+        b'<ClientPolicies><AgentSettings checkInIntervalMins="10081"/></ClientPolicies>',
         b'<ClientPolicies><Tasks><Task id="t" packageId="p"><Execution runFrom="moon"/></Task>'
         b"</Tasks></ClientPolicies>",
         b'<ClientPolicies><Tasks><Task id="t" packageId="p" packageVersion="'

@@ -30,8 +30,7 @@ from mcast.http_fetch import HttpFetchError, coalesce, fetch_missing, speed_test
 from mcast.partial import PartialDownload
 from mcast.snapshot import Snapshot
 from server_stub import repo
-from server_stub.app import create_app
-from server_stub.ranges import RangeError, parse_range
+from server_stub.app import _one_range, create_app
 from server_stub.serve import serve
 from server_stub.testing import Populated, populate, running_server
 from tests.harness import WAIT_S, within
@@ -140,14 +139,13 @@ class Adversary:
             status, lo, hi = 200, 0, len(data)
             headers: dict[str, str] = {}
             if self.mode != "ignore_range":
-                try:
-                    rng = parse_range(request.headers.get("range"), len(data))
-                except RangeError as exc:
-                    return Response(str(exc), status_code=exc.status)
-                if rng is not None:
-                    status, lo, hi = 206, rng.start, rng.end
+                rng = _one_range(request.headers.get("range"), len(data))
+                if rng == 416:
+                    return Response("not satisfiable", status_code=416)
+                if isinstance(rng, tuple):
+                    status, (lo, hi) = 206, rng
                     if self.mode != "no_content_range":
-                        headers["Content-Range"] = rng.content_range(len(data))
+                        headers["Content-Range"] = f"bytes {lo}-{hi - 1}/{len(data)}"
             headers["Content-Length"] = str(hi - lo)
 
             cut = hi if self.truncate_at is None else min(hi, lo + self.truncate_at)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import uuid
@@ -115,6 +116,20 @@ def test_settings_are_stored_normalised(data: Path, capsys: pytest.CaptureFixtur
     assert Store(data).settings()["multicastEnabled"] == "false"
 
 
+def test_settings_show_marks_a_stored_value_it_refuses(
+    data: Path, capsys: pytest.CaptureFixture[str]
+):
+    with sqlite3.connect(data / "ns.sqlite3") as db:
+        db.execute("UPDATE settings SET value = 'two' WHERE key = 'maxSessionsPerSubnet'")
+    code, out, _ = run(capsys, "settings", "show", "--data", str(data))
+    (line,) = [x for x in out.splitlines() if x.startswith("maxSessionsPerSubnet")]
+    assert code == 0 and "refused" in line and "not an integer" in line and "'2'" in line
+    assert "refused" not in out.replace(line, "")
+    assert run(capsys, "site", "add", "hq", "--data", str(data))[0] == 0
+    assert run(capsys, "settings", "set", "serverSite", "hq", "--data", str(data))[0] == 0
+    assert Store(data).settings()["serverSite"] == "hq"
+
+
 G = "12345678-1234-5678-1234-567812345678"
 TASK = ["task", "add", "--package", "One", "--command", "run.cmd", "--targets", G]
 # bad argument -> exit code -> a word of the one-line message. "{data}" is an initialised data
@@ -147,6 +162,11 @@ BAD_ARGUMENTS = [
     (["settings", "set", "minMulticastSize", "-1"], 2, "is not an integer"),
     (["settings", "set", "multicastEnabled", "maybe"], 2, "not a boolean"),
     (["settings", "set", "checkInIntervalMins", "1e3", "--data", "{empty}"], 2, "not an integer"),
+    (["settings", "set", "checkInIntervalMins", "10081"], 2, "at most 10080"),
+    (["settings", "set", "peerCacheHours", "9000"], 2, "at most 8784"),
+    (["settings", "set", "maxSessionsPerSubnet", "two"], 2, "is not an integer"),
+    (["settings", "set", "serverSite", "nowhere"], 2, "unknown site"),
+    (["settings", "set", "serverSite", "a\x01b"], 2, "serverSite"),
     (["serve", "--bind", "nohostport"], 2, "expected HOST:PORT"),
     (["serve", "--bind", "127.0.0.1:99999"], 2, "expected HOST:PORT"),
     (["serve", "--mode", "package-server"], 2, "needs --site"),

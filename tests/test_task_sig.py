@@ -42,6 +42,7 @@ CHANGES = {
     "schedule": "2030-01-01T00:00:00Z",
     "credentials": "root",
     "run_from": "server",
+    "same_content_as": ("ef" * 32,),  # would make the agent skip a run it owes
 }
 
 
@@ -51,6 +52,11 @@ def test_signed_task_verifies_and_survives_the_policy_xml() -> None:
     (back,) = parse_policy(policy_xml(Policy(COMPUTER, AgentSettings(), (signed,)))).tasks
     assert back == signed
     assert verify_task(KEY.public_key(), COMPUTER, back) == signed
+    renewal = sign_task(KEY, COMPUTER, replace(TASK, same_content_as=("ab" * 32, "cd" * 32)))
+    (back,) = parse_policy(policy_xml(Policy(COMPUTER, AgentSettings(), (renewal,)))).tasks
+    assert back == renewal and verify_task(KEY.public_key(), COMPUTER, back) == renewal
+    with pytest.raises(TaskSignatureError, match="bad signature"):
+        verify_task(KEY.public_key(), COMPUTER, replace(renewal, same_content_as=()))
 
 
 def test_every_field_but_the_signature_is_covered() -> None:
