@@ -472,9 +472,15 @@ class Store:
             ).fetchone()
             if pending >= max_pending:
                 return "full"
-            db.execute(
-                "INSERT INTO credentials VALUES (?, ?, 0, ?)", (guid, secret.hex(), time.time())
+            cur = db.execute(
+                "INSERT INTO credentials VALUES (?, ?, 0, ?) ON CONFLICT (guid) DO NOTHING",
+                (guid, secret.hex(), time.time()),
             )
+            if cur.rowcount == 0:  # another server recorded a request for it meanwhile
+                (stored,) = db.execute(
+                    "SELECT secret FROM credentials WHERE guid = ?", (guid,)
+                ).fetchone()
+                return "pending" if stored == secret.hex() else "conflict"
         return "pending"
 
     def approve(self, guid: str) -> None:

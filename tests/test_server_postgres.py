@@ -205,3 +205,22 @@ async def test_a_server_answers_from_the_shared_store(tmp_path: Path, pg_url: st
         assert fleet.parse_policy(resp.content).settings.peer_cache_hours == 7
     finally:
         server.stop()
+
+
+def test_store_sql_with_percent_literals_and_placeholders_runs_on_both(
+    tmp_path: Path, ns_database: str | None
+) -> None:
+    """The adapter's translation: a ``%`` in a literal stays a ``%`` while ``?`` binds."""
+    pop = populate(tmp_path / "ns", computers=1, package_bytes=10, database=ns_database)
+    store = Store(pop.data_dir)
+    try:
+        with store._read() as db:
+            rows = db.execute(
+                "SELECT key FROM settings WHERE key LIKE 'multicast%' AND value != ? ORDER BY key",
+                ("no such value",),
+            ).fetchall()
+            (pct,) = db.execute("SELECT '100%'").fetchone()
+        assert [k for (k,) in rows] == ["multicastEnabled", "multicastHoldSecs"]
+        assert pct == "100%"
+    finally:
+        store.close()
