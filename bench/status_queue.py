@@ -12,6 +12,8 @@ retries, rows, processed, counted, lost, twice, computers_ok, wall_s, and engine
 events_per_s (events / wall_s: posted, stored, processed, through one SIGKILL and restart).
 A correct server has rows == processed == counted == events and lost == twice == 0.
 
+``--servers N`` runs N ``mcast-ns serve`` processes on the one store; a client whose post
+fails tries the next server, and the first server is the one SIGKILLed and restarted.
 ``--database postgresql`` keeps the store in a private PostgreSQL server the bench starts
 (``server_stub.pgserver``: unix socket in a temp dir, fsync on) and stops; the default is
 SQLite in the data directory.
@@ -47,7 +49,7 @@ STATES = ("downloading", "downloaded", "running", "succeeded")
 
 @dataclass
 class Run:
-    server: ServerProcess
+    servers: list[ServerProcess]  # servers[0] is the one SIGKILLed
     db: Database
     kill_at: int
     acked: int = 0
@@ -59,6 +61,10 @@ class Run:
     at_kill: dict[str, int] = field(default_factory=dict)
     restarted: trio.Event = field(default_factory=trio.Event)
     reached: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def server(self) -> ServerProcess:
+        return self.servers[0]
 
 
 def _events_for(computer: str, task_id: str, n: int) -> list[EventRecord]:
@@ -79,16 +85,22 @@ def _events_for(computer: str, task_id: str, n: int) -> list[EventRecord]:
     ]
 
 
-async def _post_until_acked(client: httpx.AsyncClient, run: Run, body: bytes) -> None:
+async def _post_until_acked(client: httpx.AsyncClient, run: Run, body: bytes, first: int) -> None:
+    """Post until acknowledged, starting with server ``first``; a failed try moves on to the
+    next server (with one server: retries the same), as an agent's outbox would resend."""
+    k = first
     while True:
+        url = run.servers[k % len(run.servers)].url
         try:
-            resp = await client.post(f"{run.server.url}/PostEvent.aspx", content=body)
+            resp = await client.post(f"{url}/PostEvent.aspx", content=body)
         except httpx.TransportError:
             run.retries += 1
+            k += 1
             await trio.sleep(0.05)
             continue
         if resp.status_code >= 500:
             run.retries += 1
+            k += 1
             await trio.sleep(0.05)
             continue
         if resp.status_code != 200:
@@ -106,11 +118,10 @@ async def _post_until_acked(client: httpx.AsyncClient, run: Run, body: bytes) ->
 
 async def _client(run: Run, fixture: Populated, guid: str, events: list[EventRecord]) -> None:
     timeout = httpx.Timeout(10.0, connect=2.0)
-    async with fixture.client(
-        run.server.url, fixture.computers.index(guid), timeout=timeout
-    ) as client:
+    index = fixture.computers.index(guid)
+    async with fixture.client(run.server.url, index, timeout=timeout) as client:
         for ev in events:
-            await _post_until_acked(client, run, event_xml(ev))
+            await _post_until_acked(client, run, event_xml(ev), first=index)
 
 
 async def _killer(run: Run) -> None:
@@ -155,28 +166,37 @@ async def run_crash_test(
     clients: int = 50,
     kill_at: int | None = None,
     database: str | None = None,
+    servers: int = 1,
 ) -> dict[str, Any]:
     """The whole scenario; returns the figures (see the module docstring). ``database``: a
-    PostgreSQL URL for the store (default SQLite in ``data_dir``)."""
+    PostgreSQL URL for the store (default SQLite in ``data_dir``); ``servers``: how many
+    ``mcast-ns serve`` processes share the store (client i starts with server i mod N; the
+    first server is the one killed)."""
     per_client = events // clients
     if per_client * clients != events:
         raise ValueError("events must be a multiple of clients")
     fixture = populate(data_dir, computers=clients, package_bytes=1000, database=database)
     store_db = open_database(data_dir, SCHEMA)
     try:
-        return await _run(fixture, store_db, events, clients, kill_at)
+        return await _run(fixture, store_db, events, clients, kill_at, servers)
     finally:
         store_db.close()
 
 
 async def _run(
-    fixture: Populated, store_db: Database, events: int, clients: int, kill_at: int | None
+    fixture: Populated,
+    store_db: Database,
+    events: int,
+    clients: int,
+    kill_at: int | None,
+    servers: int,
 ) -> dict[str, Any]:
     data_dir = fixture.data_dir
     per_client = events // clients
-    server = ServerProcess(data_dir)
-    await trio.to_thread.run_sync(server.start)
-    run = Run(server, store_db, kill_at if kill_at is not None else events // 2)
+    procs = [ServerProcess(data_dir) for _ in range(servers)]
+    run = Run(procs, store_db, kill_at if kill_at is not None else events // 2)
+    for proc in procs:
+        await trio.to_thread.run_sync(proc.start)
     t0 = time.monotonic()
     try:
         async with trio.open_nursery() as nursery:
@@ -190,11 +210,13 @@ async def _run(
         await wait_drained(store_db, limit_s=60)
         wall = time.monotonic() - t0
     finally:
-        server.stop()
+        for proc in procs:
+            proc.stop()
     fig = queue_figures(store_db)
     per = fig.pop("per_computer")
     return {
         "engine": store_db.engine,
+        "servers": servers,
         "events": events,
         "clients": clients,
         "killed_at": run.killed_at,
@@ -225,7 +247,15 @@ def main(argv: list[str] | None = None) -> int:
         default="sqlite",
         help="the store's engine; postgresql starts a private server for the run",
     )
+    p.add_argument(
+        "--servers",
+        type=int,
+        default=1,
+        help="mcast-ns serve processes sharing the store (the first is the one killed)",
+    )
     args = p.parse_args(argv)
+    if args.servers < 1:
+        p.error("--servers must be at least 1")
     if args.database == "postgresql" and (reason := unavailable()):
         p.error(f"--database postgresql: {reason}")
     with tempfile.TemporaryDirectory(prefix="status-queue-") as tmp, ExitStack() as stack:
@@ -236,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         out = trio.run(
             lambda: run_crash_test(
                 data, events=args.events, clients=args.clients, kill_at=args.kill_at,
-                database=url,
+                database=url, servers=args.servers,
             )
         )  # fmt: skip
     print(json.dumps(out))

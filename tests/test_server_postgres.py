@@ -224,3 +224,24 @@ def test_store_sql_with_percent_literals_and_placeholders_runs_on_both(
         assert pct == "100%"
     finally:
         store.close()
+
+
+@pytest.mark.slow
+async def test_one_of_two_servers_sigkilled_mid_run_loses_and_doubles_nothing(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Two serve processes on one PostgreSQL store, the first SIGKILLed half-way and
+    restarted; clients whose post fails resend to the other server."""
+    from bench.status_queue import run_crash_test
+
+    out = await run_crash_test(
+        tmp_path / "ns", events=1000, clients=50, kill_at=500, database=pg_url, servers=2
+    )
+    print(out)
+    assert out["engine"] == "postgresql" and out["servers"] == 2
+    assert out["errors"] == []
+    assert out["killed_at"] is not None and 500 <= out["killed_at"] < 1000
+    assert out["acked"] == 1000
+    assert out["rows"] == out["processed"] == out["counted"] == 1000
+    assert out["lost"] == 0 and out["twice"] == 0
+    assert out["computers_ok"] == 50
