@@ -182,7 +182,11 @@ async def test_a_request_outside_the_skew_is_refused(
     header = _sign(pop, method, target, body, now=time.time() + offset)
     resp = await _send(url, method, target, body, header)
     assert resp.status_code == 401 and "server's clock" in resp.text
-    assert Store(pop.data_dir).queue_counts()["events"] == 0
+    store = Store(pop.data_dir)
+    try:
+        assert store.queue_counts()["events"] == 0
+    finally:
+        store.close()
 
 
 async def test_an_event_time_of_1e300_is_clamped_and_cannot_pin_the_task(
