@@ -73,6 +73,7 @@ def test_a_sqlite_data_dir_cannot_move_to_postgresql(
 def test_an_unreachable_database_is_one_line_and_exit_4(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    pytest.importorskip("psycopg", reason="psycopg not installed")
     nowhere = tmp_path / "no-server"
     nowhere.mkdir()
     url = f"postgresql://mcast:s3cret@/ns?host={nowhere}&port=5432"
@@ -84,8 +85,9 @@ def test_an_unreachable_database_is_one_line_and_exit_4(
 
 
 def test_a_command_on_a_database_that_went_away_is_exit_4(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], pg_server: LocalPostgres
 ) -> None:
+    # a server of its own to stop (pg_server: only so that the test skips where none starts)
     with LocalPostgres(durable=False) as pg:
         url = pg.create_database()
         data = tmp_path / "ns"
