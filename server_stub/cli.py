@@ -3,7 +3,8 @@
 This module owns argument parsing and the presentation of results; every action is a call
 into the store or the repository. Commands::
 
-    mcast-ns init [--hostname H ...]                create DATA (store, signing key, TLS CA
+    mcast-ns init [--hostname H ...] [--database postgresql://...]
+                                                    create DATA (store, signing key, TLS CA
                                                     and the server's certificate)
     mcast-ns package add DIR --name N               copy, hash and sign a package version;
                                                     the package servers pre-stage it
@@ -30,7 +31,9 @@ into the store or the repository. Commands::
                    [--console-allow CIDR ...]      the web console /console (read-only)
                    [--prestage-kbps K]
 
-Every command takes ``--data DIR`` (default: $MCAST_NS_DATA, else ./ns-data). ``serve``
+Every command takes ``--data DIR`` (default: $MCAST_NS_DATA, else ./ns-data). The store is
+SQLite in DATA, or the PostgreSQL database ``init --database URL`` recorded in
+``DATA/database.url``; every later command opens that one. ``serve``
 prints the bound URL (``https://HOST:PORT``) as its first line on stdout; it serves HTTPS
 with ``DATA/tls/server.pem`` (or ``--tls-dir DIR``), and plain HTTP only with
 ``--plain-http``, after a warning on stderr.
@@ -68,6 +71,7 @@ from mcast.snapshot import TrustStore, load_trust_key
 
 from . import console_auth, repo, tls
 from .console import DEFAULT_ALLOW
+from .db import check_url
 from .ratelimit import DEFAULT_BURST, DEFAULT_RATE
 from .store import (
     DEFAULT_SETTINGS,
@@ -88,19 +92,26 @@ def _data_dir(args: argparse.Namespace) -> Path:
     return Path(args.data or os.environ.get("MCAST_NS_DATA") or "ns-data")
 
 
+_opened: list[Store] = []  # closed by main() when the command ends
+
+
 def _open(args: argparse.Namespace) -> Store:
     data = _data_dir(args)
     if not (data / repo.KEY_NAME).exists():
         raise StorageError(f"{data} is not initialised; run `mcast-ns init --data {data}`")
-    return Store(data)
+    store = Store(data)
+    _opened.append(store)
+    return store
 
 
 def cmd_init(args: argparse.Namespace) -> int:
     data = _data_dir(args)
-    repo.init_data_dir(data).close()
+    store = repo.init_data_dir(data, args.database)
+    where = store.where
+    store.close()
     files = tls.init_tls(data, args.hostname)
     names = ", ".join(tls.cert_hostnames(files.cert))
-    print(f"initialised {data} (public key: {data / repo.PUB_NAME})")
+    print(f"initialised {data} (public key: {data / repo.PUB_NAME}, store: {where})")
     print(f"TLS: CA {tls.tls_dir(data) / tls.CA_CERT} (agents pin it), server certificate "
           f"for {names}")  # fmt: skip
     return 0
@@ -448,6 +459,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _database_url(value: str) -> str:
+    try:
+        return check_url(value)
+    except UsageError as exc:
+        argtypes.bad(str(exc))
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = Parser(add_help=False)
     common.add_argument("--data", help="data directory (default $MCAST_NS_DATA or ./ns-data)")
@@ -461,6 +479,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=argtypes.hostname,
         help="a name or address agents reach the server by, for its TLS certificate "
         "(repeatable; default localhost and 127.0.0.1)",
+    )
+    a.add_argument(
+        "--database",
+        type=_database_url,
+        help="keep the store in this PostgreSQL database (postgresql://USER[:PASSWORD]@HOST"
+        "[:PORT]/DB, or with ?host=/socket/dir); recorded in DATA/database.url (0600) for "
+        "every later command. Default: SQLite in DATA",
     )
     a.set_defaults(fn=cmd_init)
 
@@ -664,6 +689,9 @@ def main(argv: list[str] | None = None) -> int:
     except McastError as exc:
         print(f"mcast-ns: error: {one_line(exc)}", file=sys.stderr)
         return int(exc.exit_code)
+    finally:
+        while _opened:
+            _opened.pop().close()
 
 
 if __name__ == "__main__":

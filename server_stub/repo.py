@@ -2,7 +2,8 @@
 
 Layout of a data directory::
 
-    DATA/ns.sqlite3                  the store (see store.py)
+    DATA/ns.sqlite3                  the store (see store.py), unless database.url names one
+    DATA/database.url                the PostgreSQL URL of the store, if it is there (0600)
     DATA/signing.key                 Ed25519 private key that signs snapshots (0600)
     DATA/signing.pub                 its public half, for agents' trust stores
     DATA/packages/<hash>/snapshot.xml   the signed snapshot of one package version
@@ -39,6 +40,7 @@ from mcast.snapshot import (
     save_private_key,
 )
 
+from .db import check_choice, record_url
 from .store import PackageRow, Store, StoreError
 
 DAY_S = 24 * 3600
@@ -52,9 +54,14 @@ class RepoError(StorageError):
     """A package could not be added or read."""
 
 
-def init_data_dir(data_dir: Path) -> Store:
-    """Create the data directory, the store and the signing key (idempotent)."""
+def init_data_dir(data_dir: Path, database: str | None = None) -> Store:
+    """Create the data directory, the store and the signing key (idempotent).
+
+    ``database``: a PostgreSQL URL to keep the store in, recorded in ``DATA/database.url``;
+    None keeps the store the directory has (SQLite in ``DATA/ns.sqlite3`` for a new one)."""
     data_dir = Path(data_dir)
+    if database is not None:
+        check_choice(data_dir, database)  # refused before anything is written
     try:
         (data_dir / "packages").mkdir(parents=True, exist_ok=True)
         key_path = data_dir / KEY_NAME
@@ -64,7 +71,14 @@ def init_data_dir(data_dir: Path) -> Store:
             (data_dir / PUB_NAME).write_bytes(public_key_pem(key.public_key()))
     except OSError as exc:
         raise RepoError(f"cannot create data directory {data_dir}: {exc.strerror or exc}") from None
-    return Store(data_dir)
+    store = Store(data_dir, database)  # a database that cannot be reached is not recorded
+    if database is not None:
+        try:
+            record_url(data_dir, database)
+        except BaseException:
+            store.close()
+            raise
+    return store
 
 
 def package_dir(data_dir: Path, hash_hex: str) -> Path:

@@ -1,4 +1,4 @@
-"""The embedded store: one SQLite database per data directory.
+"""The server's store: SQLite in the data directory (the default) or a PostgreSQL database.
 
 This module owns the schema and every SQL statement of the server: agent settings, sites and
 their subnets, the discovery key of each site (and one server-wide key for addresses in no
@@ -6,11 +6,11 @@ site), package servers, packages (one row per signed version), tasks and their t
 computers, each computer's secret (approved, or an enrolment request waiting for approval),
 the status event queue and the task status it is processed into.
 
-Durability rules (``mcast.durable``): the database runs in WAL mode with ``synchronous=FULL``
-and every write is an explicit ``BEGIN IMMEDIATE ... COMMIT``, so a write that returned is on
-disk. One
-:class:`Store` holds one connection guarded by a lock; the HTTP app calls it from worker
-threads, the CLI calls it directly.
+Every statement is written once, with ``?`` placeholders and SQL both engines run (``INSERT
+... ON CONFLICT``, ``CASE``); :mod:`server_stub.db` runs it on SQLite (``mcast.durable``'s
+rules: WAL, ``synchronous=FULL``, every write ``BEGIN IMMEDIATE``, so a write that returned is
+on disk) or on PostgreSQL (a connection pool; several servers may share the database). The
+HTTP app calls a :class:`Store` from worker threads, the CLI calls it directly.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import secrets
-import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,12 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mcast import argtypes
-from mcast.durable import open_store, transaction
 from mcast.errors import UsageError
 from mcast.fleet import PENDING, SETTING_DEFAULTS, DocumentError, StatusEvent, parse_setting
 
-DB_NAME = "ns.sqlite3"
+from .db import DB_NAME, Conn, Database, open_database
 
+# One schema for both engines: DOUBLE PRECISION for times (PostgreSQL's REAL is 4 bytes),
+# BIGINT for byte counts, {serial_pk} for the queue's sequence number (see server_stub.db).
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS settings (
     key   TEXT PRIMARY KEY,
@@ -58,10 +57,10 @@ CREATE TABLE IF NOT EXISTS packages (
     package_id  TEXT NOT NULL,
     name        TEXT NOT NULL,
     version     INTEGER NOT NULL,
-    size        INTEGER NOT NULL,
+    size        BIGINT NOT NULL,
     content_hash TEXT NOT NULL,
     session_key TEXT NOT NULL,
-    added       REAL NOT NULL,
+    added       DOUBLE PRECISION NOT NULL,
     UNIQUE (package_id, version)
 );
 CREATE INDEX IF NOT EXISTS packages_by_name ON packages(name, version);
@@ -73,7 +72,7 @@ CREATE TABLE IF NOT EXISTS credentials (
     guid     TEXT PRIMARY KEY,
     secret   TEXT NOT NULL,
     approved INTEGER NOT NULL,
-    created  REAL NOT NULL
+    created  DOUBLE PRECISION NOT NULL
 );
 CREATE TABLE IF NOT EXISTS tasks (
     task_id     TEXT PRIMARY KEY,
@@ -82,7 +81,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     schedule    TEXT NOT NULL,
     credentials TEXT NOT NULL,
     run_from    TEXT NOT NULL,
-    created     REAL NOT NULL
+    created     DOUBLE PRECISION NOT NULL
 );
 CREATE TABLE IF NOT EXISTS task_targets (
     task_id  TEXT NOT NULL REFERENCES tasks(task_id),
@@ -90,18 +89,18 @@ CREATE TABLE IF NOT EXISTS task_targets (
     PRIMARY KEY (task_id, computer)
 );
 CREATE TABLE IF NOT EXISTS events (
-    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq        {serial_pk},
     event_id   TEXT NOT NULL UNIQUE,
     digest     TEXT NOT NULL,
     computer   TEXT NOT NULL,
     task_id    TEXT NOT NULL,
     state      TEXT NOT NULL,
     exit_code  INTEGER,
-    bytes_multicast INTEGER NOT NULL,
-    bytes_http INTEGER NOT NULL,
+    bytes_multicast BIGINT NOT NULL,
+    bytes_http BIGINT NOT NULL,
     message    TEXT NOT NULL,
-    agent_time REAL NOT NULL,
-    received   REAL NOT NULL,
+    agent_time DOUBLE PRECISION NOT NULL,
+    received   DOUBLE PRECISION NOT NULL,
     processed  INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS events_unprocessed ON events(processed, seq);
@@ -110,12 +109,12 @@ CREATE TABLE IF NOT EXISTS task_status (
     task_id    TEXT NOT NULL,
     state      TEXT NOT NULL,
     exit_code  INTEGER,
-    bytes_multicast INTEGER NOT NULL,
-    bytes_http INTEGER NOT NULL,
+    bytes_multicast BIGINT NOT NULL,
+    bytes_http BIGINT NOT NULL,
     message    TEXT NOT NULL,
-    agent_time REAL NOT NULL,
+    agent_time DOUBLE PRECISION NOT NULL,
     events     INTEGER NOT NULL,
-    updated    REAL NOT NULL,
+    updated    DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (computer, task_id)
 );
 """
@@ -206,31 +205,39 @@ class StatusRow:
 
 
 class Store:
-    """One SQLite connection to ``DATA/ns.sqlite3`` with the server's operations."""
+    """The store of one data directory (``DATA/ns.sqlite3``, or the PostgreSQL database
+    ``DATA/database.url`` names) with the server's operations."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, database: str | None = None) -> None:
+        """``database``: a PostgreSQL URL to use instead of the one the directory names."""
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / DB_NAME
-        self._lock = threading.Lock()
-        self._db = open_store(self.path, SCHEMA, threads=True, foreign_keys=True)
+        self._db: Database = open_database(self.data_dir, SCHEMA, database)
+        self.engine = self._db.engine
         with self._write() as db:
             for key, value in DEFAULT_SETTINGS.items():
-                db.execute("INSERT OR IGNORE INTO settings VALUES (?, ?)", (key, value))
+                db.execute(
+                    "INSERT INTO settings VALUES (?, ?) ON CONFLICT (key) DO NOTHING", (key, value)
+                )
+
+    @property
+    def where(self) -> str:
+        """Where the store is (a path, or the PostgreSQL URL without its password)."""
+        return self._db.where
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One durable transaction: committed (fsynced) on exit, rolled back on error."""
-        with self._lock, transaction(self._db) as db:
+    def _write(self) -> Iterator[Conn]:
+        """One durable transaction: committed (on disk) on exit, rolled back on error."""
+        with self._db.write() as db:
             yield db
 
     @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            yield self._db
+    def _read(self) -> Iterator[Conn]:
+        with self._db.read() as db:
+            yield db
 
     # -- settings ----------------------------------------------------------------------
     def settings(self) -> dict[str, str]:
@@ -256,12 +263,14 @@ class Store:
             except ValueError:
                 raise StoreError(f"{cidr!r} is not a subnet in CIDR form") from None
         with self._write() as db:
-            db.execute("INSERT OR IGNORE INTO sites VALUES (?)", (name,))
+            db.execute("INSERT INTO sites VALUES (?) ON CONFLICT (name) DO NOTHING", (name,))
             for net in nets:
                 owner = db.execute("SELECT site FROM subnets WHERE cidr = ?", (net,)).fetchone()
                 if owner and owner[0] != name:
                     raise StoreError(f"subnet {net} already belongs to site {owner[0]!r}")
-                db.execute("INSERT OR IGNORE INTO subnets VALUES (?, ?)", (net, name))
+                db.execute(
+                    "INSERT INTO subnets VALUES (?, ?) ON CONFLICT (cidr) DO NOTHING", (net, name)
+                )
 
     def sites(self) -> dict[str, list[str]]:
         with self._read() as db:
@@ -294,7 +303,7 @@ class Store:
         name = site or ""
         with self._write() as db:
             db.execute(
-                "INSERT OR IGNORE INTO discovery_keys VALUES (?, ?)",
+                "INSERT INTO discovery_keys VALUES (?, ?) ON CONFLICT (site) DO NOTHING",
                 (name, secrets.token_bytes(32).hex()),
             )
             (key,) = db.execute("SELECT key FROM discovery_keys WHERE site = ?", (name,)).fetchone()
@@ -304,7 +313,11 @@ class Store:
         with self._write() as db:
             if not db.execute("SELECT 1 FROM sites WHERE name = ?", (site,)).fetchone():
                 raise StoreError(f"unknown site {site!r} (add it with `site add`)")
-            db.execute("INSERT OR REPLACE INTO pkgservers VALUES (?, ?)", (url, site))
+            db.execute(
+                "INSERT INTO pkgservers VALUES (?, ?) "
+                "ON CONFLICT (url) DO UPDATE SET site = excluded.site",
+                (url, site),
+            )
 
     def pkgservers(self, site: str | None = None) -> list[tuple[str, str]]:
         """(url, site) pairs, of one site or of all."""
@@ -423,8 +436,14 @@ class Store:
                 ),
             )
             for guid in targets:
-                db.execute("INSERT OR IGNORE INTO computers (guid) VALUES (?)", (guid,))
-                db.execute("INSERT OR IGNORE INTO task_targets VALUES (?, ?)", (task.task_id, guid))
+                db.execute(
+                    "INSERT INTO computers (guid) VALUES (?) ON CONFLICT (guid) DO NOTHING", (guid,)
+                )
+                db.execute(
+                    "INSERT INTO task_targets VALUES (?, ?) "
+                    "ON CONFLICT (task_id, computer) DO NOTHING",
+                    (task.task_id, guid),
+                )
 
     def tasks_for(self, guid: str) -> list[TaskRow]:
         with self._read() as db:
@@ -466,7 +485,9 @@ class Store:
                 (guid, name),
             )
             db.execute(
-                "INSERT OR REPLACE INTO credentials VALUES (?, ?, 1, ?)",
+                "INSERT INTO credentials VALUES (?, ?, 1, ?) ON CONFLICT (guid) DO UPDATE SET "
+                "secret = excluded.secret, approved = excluded.approved, "
+                "created = excluded.created",
                 (guid, secret.hex(), time.time()),
             )
 
@@ -495,9 +516,15 @@ class Store:
             ).fetchone()
             if pending >= max_pending:
                 return "full"
-            db.execute(
-                "INSERT INTO credentials VALUES (?, ?, 0, ?)", (guid, secret.hex(), time.time())
+            cur = db.execute(
+                "INSERT INTO credentials VALUES (?, ?, 0, ?) ON CONFLICT (guid) DO NOTHING",
+                (guid, secret.hex(), time.time()),
             )
+            if cur.rowcount == 0:  # another server recorded a request for it meanwhile
+                (stored,) = db.execute(
+                    "SELECT secret FROM credentials WHERE guid = ?", (guid,)
+                ).fetchone()
+                return "pending" if stored == secret.hex() else "conflict"
         return "pending"
 
     def approve(self, guid: str) -> None:
@@ -507,7 +534,9 @@ class Store:
             if row is None:
                 raise StoreError(f"computer {guid} has not asked to be enrolled")
             db.execute("UPDATE credentials SET approved = 1 WHERE guid = ?", (guid,))
-            db.execute("INSERT OR IGNORE INTO computers (guid) VALUES (?)", (guid,))
+            db.execute(
+                "INSERT INTO computers (guid) VALUES (?) ON CONFLICT (guid) DO NOTHING", (guid,)
+            )
 
     def computers(self) -> list[tuple[str, str, str, str]]:
         """(guid, name, state, secret) of every computer and enrolment request; state is
@@ -535,9 +564,9 @@ class Store:
         when = ev.agent_time if order_time is None else order_time
         with self._write() as db:
             cur = db.execute(
-                "INSERT OR IGNORE INTO events (event_id, digest, computer, task_id, state, "
+                "INSERT INTO events (event_id, digest, computer, task_id, state, "
                 "exit_code, bytes_multicast, bytes_http, message, agent_time, received) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
                 (
                     ev.event_id,
                     digest,
@@ -561,36 +590,48 @@ class Store:
             raise StoreError(f"event id {ev.event_id} was already used for a different event")
         return False
 
+    # a newer (or equally new) event by agent time decides state and figures
+    _NEWER = (
+        "CASE WHEN excluded.agent_time >= task_status.agent_time "
+        "THEN excluded.{0} ELSE task_status.{0} END"
+    )
+
     def process_events(self, limit: int = 500) -> int:
         """Fold up to ``limit`` unprocessed events into task_status; returns how many.
 
         The fold and the ``processed`` mark are one transaction: after a crash an event is
-        either fully counted and marked, or neither.
+        either fully counted and marked, or neither. Several processes may drain one queue:
+        on PostgreSQL each takes its batch with ``FOR UPDATE SKIP LOCKED`` (an event another
+        transaction holds is left to it, and a committed one is no longer unprocessed); on
+        SQLite ``BEGIN IMMEDIATE`` lets one writer in at a time.
         """
         now = time.time()
+        lock = " FOR UPDATE SKIP LOCKED" if self.engine == "postgresql" else ""
+        newer = self._NEWER
+        fold = (
+            "INSERT INTO task_status VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?) "
+            "ON CONFLICT (computer, task_id) DO UPDATE SET "
+            "events = task_status.events + 1, updated = excluded.updated, "
+            f"state = {newer.format('state')}, "
+            f"exit_code = {newer.format('exit_code')}, "
+            f"bytes_multicast = {newer.format('bytes_multicast')}, "
+            f"bytes_http = {newer.format('bytes_http')}, "
+            f"message = {newer.format('message')}, "
+            f"agent_time = {newer.format('agent_time')}"
+        )
         with self._write() as db:
             rows = db.execute(
                 "SELECT seq, computer, task_id, state, exit_code, bytes_multicast, bytes_http, "
-                "message, agent_time FROM events WHERE processed = 0 ORDER BY seq LIMIT ?",
+                "message, agent_time FROM events WHERE processed = 0 ORDER BY seq LIMIT ?" + lock,
                 (limit,),
             ).fetchall()
-            for seq, computer, task_id, state, code, bmc, bhttp, msg, atime in rows:
+            # Fold in (computer, task, seq) order: concurrent batches then lock the status
+            # rows they share in the same order, and one key's events keep their queue order.
+            for seq, computer, task_id, state, code, bmc, bhttp, msg, atime in sorted(
+                rows, key=lambda r: (r[1], r[2], r[0])
+            ):
                 # Count every event; the newest by agent time decides state and figures.
-                db.execute(
-                    "INSERT INTO task_status VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?) "
-                    "ON CONFLICT(computer, task_id) DO UPDATE SET "
-                    "events = events + 1, updated = excluded.updated, "
-                    "state = iif(excluded.agent_time >= agent_time, excluded.state, state), "
-                    "exit_code = iif(excluded.agent_time >= agent_time, excluded.exit_code, "
-                    "exit_code), "
-                    "bytes_multicast = iif(excluded.agent_time >= agent_time, "
-                    "excluded.bytes_multicast, bytes_multicast), "
-                    "bytes_http = iif(excluded.agent_time >= agent_time, excluded.bytes_http, "
-                    "bytes_http), "
-                    "message = iif(excluded.agent_time >= agent_time, excluded.message, message), "
-                    "agent_time = max(agent_time, excluded.agent_time)",
-                    (computer, task_id, state, code, bmc, bhttp, msg, atime, now),
-                )
+                db.execute(fold, (computer, task_id, state, code, bmc, bhttp, msg, atime, now))
                 db.execute("UPDATE events SET processed = 1 WHERE seq = ?", (seq,))
         return len(rows)
 

@@ -61,12 +61,14 @@ def populate(
     computers: int = 2,
     package_bytes: int = 300_000,
     subnet: str = "127.0.0.0/8",
+    database: str | None = None,
 ) -> Populated:
     """Init ``data_dir`` with one package of random bytes (two files), one site owning
     ``subnet`` and one task that targets ``computers`` fresh GUIDs, each with a secret; and
-    the CA and server certificate of ``DATA/tls``."""
+    the CA and server certificate of ``DATA/tls``. ``database``: a PostgreSQL URL for the
+    store (default SQLite in the data directory)."""
     data_dir = Path(data_dir)
-    store = repo.init_data_dir(data_dir)
+    store = repo.init_data_dir(data_dir, database)
     tls.init_tls(data_dir)
     src = data_dir.parent / f"{data_dir.name}-src"
     (src / "sub").mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import sqlite3
 import stat
 import time
 import uuid
@@ -39,14 +38,14 @@ from server_stub import repo
 from server_stub.app import create_app
 from server_stub.cli import main as ns_main
 from server_stub.docs import event_xml
-from server_stub.store import DB_NAME, EventRecord, Store, TaskRow
+from server_stub.store import EventRecord, Store, TaskRow
 from server_stub.testing import Populated, agent_client, populate, running_server
 from tests.harness import WAIT_S, await_for
 
 
 @pytest.fixture
-def pop(tmp_path: Path) -> Populated:
-    return populate(tmp_path / "ns", computers=2, package_bytes=5000)
+def pop(tmp_path: Path, ns_database: str | None) -> Populated:
+    return populate(tmp_path / "ns", computers=2, package_bytes=5000, database=ns_database)
 
 
 @pytest.fixture
@@ -183,7 +182,11 @@ async def test_a_request_outside_the_skew_is_refused(
     header = _sign(pop, method, target, body, now=time.time() + offset)
     resp = await _send(url, method, target, body, header)
     assert resp.status_code == 401 and "server's clock" in resp.text
-    assert Store(pop.data_dir).queue_counts()["events"] == 0
+    store = Store(pop.data_dir)
+    try:
+        assert store.queue_counts()["events"] == 0
+    finally:
+        store.close()
 
 
 async def test_an_event_time_of_1e300_is_clamped_and_cannot_pin_the_task(
@@ -201,13 +204,10 @@ async def test_an_event_time_of_1e300_is_clamped_and_cannot_pin_the_task(
         await await_for(lambda: store.queue_counts()["pending"] == 0, "the fold", WAIT_S)
         row = {r.computer: r for r in store.task_status()}[guid]
         assert row.state == "failed" and row.events == 2
+        with store._read() as db:
+            times = [t for (t,) in db.execute("SELECT agent_time FROM events ORDER BY seq")]
     finally:
         store.close()
-    db = sqlite3.connect(pop.data_dir / DB_NAME)
-    try:
-        times = [t for (t,) in db.execute("SELECT agent_time FROM events ORDER BY seq")]
-    finally:
-        db.close()
     assert times[0] <= after  # clamped to the server's receive time
 
 

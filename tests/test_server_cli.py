@@ -9,7 +9,9 @@ import sqlite3
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -19,6 +21,7 @@ from server_stub.store import Store
 from server_stub.testing import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -27,10 +30,19 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
+def _with_store(data: Path, fn: Callable[[Store], T]) -> T:
+    store = Store(data)
+    try:
+        return fn(store)
+    finally:
+        store.close()
+
+
 @pytest.fixture
-def data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+def data(tmp_path: Path, capsys: pytest.CaptureFixture[str], ns_database: str | None) -> Path:
     d = tmp_path / "ns"
-    assert run(capsys, "init", "--data", str(d))[0] == 0
+    db = ["--database", ns_database] if ns_database else []
+    assert run(capsys, "init", "--data", str(d), *db)[0] == 0
     return d
 
 
@@ -42,7 +54,7 @@ def test_package_add_signs_and_a_change_gets_a_new_hash(
     (src / "setup.exe").write_bytes(os.urandom(5000))
     code, out, _ = run(capsys, "package", "add", str(src), "--name", "App", "--data", str(data))
     assert code == 0 and out.startswith("added") and "version 1" in out
-    first = Store(data).latest_package(name="App")
+    first = _with_store(data, lambda s: s.latest_package(name="App"))
     assert first is not None and (data / "packages" / first.hash / "snapshot.xml").exists()
 
     code, out, _ = run(capsys, "package", "add", str(src), "--name", "App", "--data", str(data))
@@ -50,7 +62,7 @@ def test_package_add_signs_and_a_change_gets_a_new_hash(
 
     (src / "setup.exe").write_bytes(os.urandom(5000))
     code, out, _ = run(capsys, "package", "add", str(src), "--name", "App", "--data", str(data))
-    second = Store(data).latest_package(name="App")
+    second = _with_store(data, lambda s: s.latest_package(name="App"))
     assert second is not None
     assert code == 0 and "version 2" in out
     assert second.hash != first.hash and second.package_id == first.package_id
@@ -113,7 +125,7 @@ def test_commands_refuse_an_uninitialised_data_dir(
 def test_settings_are_stored_normalised(data: Path, capsys: pytest.CaptureFixture[str]):
     code, out, _ = run(capsys, "settings", "set", "multicastEnabled", "NO", "--data", str(data))
     assert code == 0 and out.strip() == "multicastEnabled = false"
-    assert Store(data).settings()["multicastEnabled"] == "false"
+    assert _with_store(data, Store.settings)["multicastEnabled"] == "false"
 
 
 def test_settings_show_marks_a_stored_value_it_refuses(
@@ -205,13 +217,13 @@ def test_bad_arguments(
     args = [a.format_map({k[1:-1]: v for k, v in places.items()}) for a in argv]
     if argv and "--data" not in args and argv[0] != "frob":
         args += ["--data", str(one_package)]
-    before = Store(one_package).settings(), Store(one_package).task_status()
+    before = _with_store(one_package, lambda s: (s.settings(), s.task_status()))
     proc = _subprocess(*args)
     assert proc.returncode == code, proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("mcast-ns: error: ") and needle in lines[0]
-    assert (Store(one_package).settings(), Store(one_package).task_status()) == before
+    assert _with_store(one_package, lambda s: (s.settings(), s.task_status())) == before
 
 
 def test_serve_on_a_busy_port_is_a_network_error(data: Path) -> None:

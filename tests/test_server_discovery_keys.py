@@ -18,8 +18,8 @@ from server_stub.testing import Populated, populate, running_server
 
 
 @pytest.fixture
-def pop(tmp_path: Path) -> Populated:
-    pop = populate(tmp_path / "ns", computers=1, subnet="127.0.0.0/8")
+def pop(tmp_path: Path, ns_database: str | None) -> Populated:
+    pop = populate(tmp_path / "ns", computers=1, subnet="127.0.0.0/8", database=ns_database)
     store = Store(pop.data_dir)
     try:
         store.add_site("branch", ["198.18.5.0/24"])

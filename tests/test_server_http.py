@@ -28,8 +28,10 @@ PACKAGE_BYTES = 700_000  # > 10 hash units of 64 KiB, not a multiple of one
 
 
 @pytest.fixture
-def pop(tmp_path: Path) -> Populated:
-    return populate(tmp_path / "ns", computers=2, package_bytes=PACKAGE_BYTES)
+def pop(tmp_path: Path, ns_database: str | None) -> Populated:
+    return populate(
+        tmp_path / "ns", computers=2, package_bytes=PACKAGE_BYTES, database=ns_database
+    )
 
 
 @pytest.fixture
