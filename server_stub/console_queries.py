@@ -144,14 +144,14 @@ def tasks(store: Store) -> list[TaskSummary]:
     with store._read() as db:
         rows = db.execute(
             f"SELECT t.task_id, {_package_name_sql('t')}, t.command, t.created, "
-            "coalesce(s.state, ?), count(*) "
+            "s.state, count(*) "
             "FROM tasks t JOIN task_targets g ON g.task_id = t.task_id "
             "LEFT JOIN task_status s ON s.computer = g.computer AND s.task_id = g.task_id "
-            "GROUP BY t.task_id, t.package_id, t.command, t.created, coalesce(s.state, ?)",
-            (PENDING, PENDING),
-        ).fetchall()
+            "GROUP BY t.task_id, t.package_id, t.command, t.created, s.state"
+        ).fetchall()  # grouped on plain columns: PostgreSQL does not match two "?" as one
     out: dict[str, TaskSummary] = {}
     for task_id, package, command, created, state, n in rows:
+        state = state or PENDING  # no status row yet: the job is pending
         summary = out.setdefault(task_id, TaskSummary(task_id, package, command, created))
         summary.counts[state] = summary.counts.get(state, 0) + n
     return sorted(out.values(), key=lambda t: (-t.failed, -t.created, t.task_id))

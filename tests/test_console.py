@@ -50,10 +50,11 @@ def _event(
     )
 
 
-def make_fleet(tmp_path: Path) -> Fleet:
+def make_fleet(tmp_path: Path, database: str | None = None) -> Fleet:
     """A store with known events: the first task failed on one computer, the newer second
-    task has no failure, so "failures first" is not "newest first"."""
-    pop = populate(tmp_path / "ns", computers=3, package_bytes=50_000)
+    task has no failure, so "failures first" is not "newest first". ``database``: a
+    PostgreSQL URL, or None for SQLite."""
+    pop = populate(tmp_path / "ns", computers=3, package_bytes=50_000, database=database)
     a, b, c = pop.computers
     store = Store(pop.data_dir)
     try:
@@ -89,8 +90,9 @@ def make_fleet(tmp_path: Path) -> Fleet:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Fleet:
-    return make_fleet(tmp_path)
+def fleet(tmp_path: Path, ns_database: str | None) -> Fleet:
+    """The same fleet on each engine: the console's queries are plain SQL for both."""
+    return make_fleet(tmp_path, ns_database)
 
 
 @pytest.fixture

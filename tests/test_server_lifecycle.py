@@ -30,8 +30,9 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture
-def pop(tmp_path: Path) -> Populated:
-    return populate(tmp_path / "ns", computers=2, package_bytes=150_000)
+def pop(tmp_path: Path, ns_database: str | None) -> Populated:
+    """On each engine: renewal and removal are plain SQL for SQLite and PostgreSQL."""
+    return populate(tmp_path / "ns", computers=2, package_bytes=150_000, database=ns_database)
 
 
 @pytest.fixture
