@@ -491,14 +491,18 @@ class Agent:
     def _renewed_job(self, t: PolicyTask) -> Job | None:
         """A job of this task for an earlier version with the same content (``package
         renew`` only re-signed it) that got its package already: it stands for the new
-        version, so a renewal never runs a command again. A job still downloading gives way to
-        the new version (its snapshot may be the one expiring)."""
+        version, so a renewal never runs a command again. A job still downloading, or one that
+        failed before its command ran, gives way to the new version (its snapshot may be the
+        one that expired)."""
         if self.state.job(t.task_id, t.package_hash) is not None:
             return None
         for h in t.same_content_as:
             job = self.state.job(t.task_id, h)
-            if job is not None and job.state in _HAS_PACKAGE:
-                return job
+            if job is None or job.state not in _HAS_PACKAGE:
+                continue
+            if job.state is JobState.FAILED and not job.runs:
+                continue  # it failed before its command ran (an expired snapshot, say)
+            return job
         return None
 
     # -- steps 2-9 for one job -----------------------------------------------------------

@@ -4,6 +4,7 @@ the removal of tasks and packages; and what an agent does when a package it ran 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from server_stub.cli import main
 from server_stub.store import Store
 from server_stub.testing import Populated, populate, running_server
 from tests.test_agent_flow import make_agent
-from tests.test_agent_support import NS, CountingFetcher, make_ns
+from tests.test_agent_support import NS, CountingFetcher, make_ns, wait_until
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -215,3 +216,33 @@ async def test_an_agent_that_ran_a_package_does_not_run_its_renewal(
         assert (await b.run_once()).ok
         job = b.state.job(task, renewed.hash)
         assert job is not None and job.state.value == "succeeded"
+
+
+async def test_an_expired_package_is_refused_then_renewed_and_agents_download_it(
+    ns: NS, url: str, tmp_path: Path
+) -> None:
+    """The admin's lifecycle end to end: a package whose snapshot has expired cannot be
+    downloaded (every agent refuses an expired snapshot), `package renew` re-signs it, and
+    the same agent then downloads and runs it."""
+    guid = ns.guids[0]
+    store = Store(ns.data)
+    (ns.src / "payload.bin").write_bytes(os.urandom(150_000))
+    short = repo.add_package(store, ns.src, ns.package_name, valid_days=2 / 86400).row  # 2 s
+    snap = repo.load_snapshot(ns.data, short.hash)
+    await wait_until(lambda: time.time() > snap.expires + 0.5, what="the snapshot to expire")
+    task = ns.add_task()
+    with make_agent(ns, url, guid, tmp_path) as a:
+        await a.run_once()
+        job = a.state.job(task, short.hash)
+        assert job is not None and job.state.value != "succeeded"
+        assert ns.runs(guid) == []  # nothing ran from an expired package
+        renewed = repo.renew_package(store, short)
+        for _ in range(5):  # the failed try's back-off may hold the first check-in
+            await a.run_once()
+            done = a.state.job(task, renewed.hash)
+            if done is not None and done.state.value == "succeeded":
+                break
+        done = a.state.job(task, renewed.hash)
+        assert done is not None and done.state.value == "succeeded", done
+        assert len(ns.runs(guid)) == 1
+    store.close()
