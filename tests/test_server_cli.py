@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sqlite3
 import subprocess
 import sys
 import uuid
@@ -131,8 +130,10 @@ def test_settings_are_stored_normalised(data: Path, capsys: pytest.CaptureFixtur
 def test_settings_show_marks_a_stored_value_it_refuses(
     data: Path, capsys: pytest.CaptureFixture[str]
 ):
-    with sqlite3.connect(data / "ns.sqlite3") as db:
+    store = Store(data)
+    with store._write() as db:  # behind the CLI's back, as an older version might have
         db.execute("UPDATE settings SET value = 'two' WHERE key = 'maxSessionsPerSubnet'")
+    store.close()
     code, out, _ = run(capsys, "settings", "show", "--data", str(data))
     (line,) = [x for x in out.splitlines() if x.startswith("maxSessionsPerSubnet")]
     assert code == 0 and "refused" in line and "not an integer" in line and "'2'" in line

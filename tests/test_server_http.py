@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -93,14 +92,19 @@ async def test_a_stored_bad_setting_is_never_a_500(
     pop: Populated,
     client: httpx.AsyncClient,
     caplog: pytest.LogCaptureFixture,
+    ns_database: str | None,
     key: str,
     stored: object,
 ):
     """A value an older version stored and this one refuses: policy and package info still
     answer 200, with the setting's default, and the server logs what it ignored."""
-    with sqlite3.connect(pop.data_dir / "ns.sqlite3") as db:
+    if ns_database is not None and isinstance(stored, bytes):
+        stored = stored.replace(b"\x00", b"").decode()  # PostgreSQL text holds no NUL byte
+    store = Store(pop.data_dir)
+    with store._write() as db:  # behind the CLI's back, as an older version might have
         db.execute("UPDATE settings SET value = ? WHERE key = ?", (stored, key))
-    assert Store(pop.data_dir).settings()[key] == stored
+    assert store.settings()[key] == stored
+    store.close()
     resp = await client.get("/GetClientPolicies.aspx", params={"guid": pop.computers[0]})
     assert resp.status_code == 200, resp.text
     got = xml(resp).find("AgentSettings").get(key)
