@@ -34,9 +34,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit
 
 import trio
@@ -44,7 +43,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from mcast import argtypes
 from mcast.argtypes import Parser, bad, one_line, read_file
-from mcast.discovery import SessionTable
 from mcast.errors import (
     ExitCode,
     McastError,
@@ -54,9 +52,6 @@ from mcast.errors import (
     UsageError,
 )
 from mcast.events import FailureKind
-from mcast.partial import PartialDownload
-from mcast.receiver import ReceiverConfig
-from mcast.recv_driver import Channel, ReceiveProgress, ReceiveResult, receive
 from mcast.send_driver import SendProgress, send
 from mcast.sender import SenderConfig
 from mcast.snapshot import (
@@ -77,6 +72,7 @@ from mcast.udp import (
     DEFAULT_PORT,
     DISCOVERY_GROUP,
     DISCOVERY_PORT,
+    Channel,
     Endpoint,
     UnsafeAddress,
     check_endpoint,
@@ -85,7 +81,11 @@ from mcast.udp import (
 from mcast.units import parse_rate, parse_size
 from mcast.wire import Announce, BadPacket, End, decode_untrusted
 
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
+
 PLUGIN_GROUP = "mcast.commands"
+BUILTIN = ("snapshot", "send", "recv", "fetch", "sessions", "dissect")
 # Plug-in commands the documentation promises, and where they come from when not installed.
 DOCUMENTED_PLUGINS = {"demo": "the project's bench package (pip install -e . in the repository)"}
 
@@ -429,6 +429,11 @@ _FOLLOW = (FailureKind.SILENT, FailureKind.ENDED)  # the sender went away: it ma
 
 
 def cmd_recv(args: argparse.Namespace, out: Output) -> int:
+    # the receive side is imported here: ``mcast send`` should not wait for it at start-up
+    from mcast.partial import PartialDownload
+    from mcast.receiver import ReceiverConfig
+    from mcast.recv_driver import ReceiveProgress, ReceiveResult, receive
+
     keyed = authenticated(args)
     snap = verified_snapshot(args.snapshot, args.trust_key)
     ch = _channel(args)
@@ -552,6 +557,8 @@ def cmd_fetch(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_sessions(args: argparse.Namespace, out: Output) -> int:
+    from mcast.discovery import SessionTable
+
     ch = _channel(args)
     key = args.session_key if args.discovery_key is None else args.discovery_key
     table = SessionTable()
@@ -674,6 +681,8 @@ def _session_id(text: str) -> int:
 
 def plugin_commands() -> dict[str, EntryPoint]:
     """The subcommands other installed packages add (entry-point group ``mcast.commands``)."""
+    from importlib.metadata import entry_points
+
     return {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
 
 
@@ -799,9 +808,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     out = Output("--json" in words)  # for errors before the arguments are parsed
     try:
-        plugins = plugin_commands()
         command = words[0] if words else ""
-        builtin = command in ("snapshot", "send", "recv", "fetch", "sessions", "dissect")
+        builtin = command in BUILTIN
+        # the installed plug-ins are looked up only when they may be asked for: reading the
+        # entry points costs a start-up that ``mcast send`` should not pay
+        plugins = {} if builtin else plugin_commands()
         if not builtin and (command in plugins or command in DOCUMENTED_PLUGINS):
             return run_plugin(command, plugins, words[1:])
         args = build_parser(plugins).parse_args(words)

@@ -40,12 +40,12 @@ from mcast.events import FailureKind
 from mcast.http_fetch import HttpFetchError, fetch_missing
 from mcast.partial import DownloadError, PartialDownload
 from mcast.receiver import ReceiverConfig
-from mcast.recv_driver import Channel, receive
+from mcast.recv_driver import receive
 from mcast.send_driver import SendResult, send
 from mcast.sender import PackageSource, SenderConfig
 from mcast.snapshot import Snapshot
 from mcast.source import FileSource, SourceMismatch
-from mcast.udp import DEFAULT_INTERFACE, DISCOVERY_GROUP, DISCOVERY_PORT
+from mcast.udp import DEFAULT_INTERFACE, DISCOVERY_GROUP, DISCOVERY_PORT, Channel
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from mcast.events import Completed, FailureKind, SessionFailed, SessionJoined, U
 from mcast.partial import PartialDownload
 from mcast.receiver import Receiver, ReceiverConfig, ReceiverStats
 from mcast.snapshot import Snapshot
-from mcast.udp import DEFAULT_GROUP, DEFAULT_INTERFACE, DEFAULT_PORT, Endpoint
+from mcast.udp import Channel, Endpoint
 from mcast.wire import Announce
 
 _CHECKPOINT_EVERY = 1.0
@@ -56,13 +56,6 @@ class ReceiveResult:
     timeline: dict[str, float] = field(default_factory=dict)  # time.monotonic() of milestones
     failure: FailureKind | None = None  # why the session ended early, if it did
     take_over: bool = False  # the master went silent and this receiver should master now
-
-
-@dataclass(frozen=True)
-class Channel:
-    group: str = DEFAULT_GROUP
-    port: int = DEFAULT_PORT
-    interface: str = DEFAULT_INTERFACE
 
 
 async def receive(

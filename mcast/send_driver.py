@@ -19,11 +19,10 @@ from pathlib import Path
 import trio
 
 from mcast.events import SenderFinished
-from mcast.recv_driver import Channel
 from mcast.sender import PackageSource, Sender, SenderConfig, SenderStats
 from mcast.snapshot import Snapshot
 from mcast.source import FileSource, SourceMismatch
-from mcast.udp import Endpoint, is_loopback
+from mcast.udp import Channel, Endpoint, is_loopback
 from mcast.wire import BadPacket, MsgType, reseal, reseal_untrusted
 
 _PROGRESS_EVERY = 0.5

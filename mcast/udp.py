@@ -36,6 +36,15 @@ MAX_GSO_BYTES = 65000
 DEFAULT_INTERFACE = "127.0.0.1"
 DEFAULT_GROUP = "239.255.77.1"
 DEFAULT_PORT = 47000
+
+
+@dataclass(frozen=True)
+class Channel:
+    """Where a session's data goes: its group, port, and the interface to use."""
+
+    group: str = DEFAULT_GROUP
+    port: int = DEFAULT_PORT
+    interface: str = DEFAULT_INTERFACE
 DISCOVERY_GROUP = "239.255.77.77"
 DISCOVERY_PORT = 47077
 

@@ -14,11 +14,10 @@ import trio
 from bench.http_serve import make_server
 from bench.lab_fetch import max_live_sessions
 from mcast.fetch import FetchResult, FetchSettings, Route, fetch
-from mcast.recv_driver import Channel
 from mcast.send_driver import send
 from mcast.sender import SenderConfig
 from mcast.snapshot import Snapshot, build_snapshot, generate_key
-from mcast.udp import Endpoint
+from mcast.udp import Channel, Endpoint
 from mcast.wire import Announce, BadPacket, End, decode_untrusted
 from tests.harness import WAIT_S, await_for, await_joined, within
 

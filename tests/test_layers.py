@@ -231,3 +231,21 @@ def test_the_cli_needs_no_package_above_the_engine(module: str) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_the_cli_loads_only_the_send_side_before_a_command_needs_more() -> None:
+    """``mcast send`` should reach its first datagram soon after the process starts: the
+    CLI itself loads neither the receive side, nor fetch and discovery, nor the entry-point
+    machinery (read only for a plug-in command), nor rich (only on a terminal)."""
+    code = (
+        "import sys, mcast.cli; "
+        "print(sorted(m for m in ('mcast.receiver', 'mcast.recv_driver', 'mcast.partial', "
+        "'mcast.fetch', 'mcast.discovery', 'mcast.http_fetch', 'importlib.metadata', 'rich', "
+        "'httpx') if m in sys.modules))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+        check=False, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

@@ -16,12 +16,12 @@ import trio
 from mcast import partial as partial_mod
 from mcast.partial import DownloadError, PartialDownload
 from mcast.receiver import ReceiverConfig
-from mcast.recv_driver import Channel, ReceiveProgress, receive
+from mcast.recv_driver import ReceiveProgress, receive
 from mcast.send_driver import send
 from mcast.sender import SenderConfig
 from mcast.snapshot import build_snapshot, generate_key
 from mcast.source import SourceMismatch
-from mcast.udp import UnsafeAddress, check_endpoint, gso_batches
+from mcast.udp import Channel, UnsafeAddress, check_endpoint, gso_batches
 from tests.harness import JsonProc, await_joined, event_is, expect_json, wait_joined
 
 KEY = generate_key()
