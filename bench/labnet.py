@@ -546,6 +546,7 @@ class Lab:
         popen = subprocess.Popen(
             self._wrap(host, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, text=True, bufsize=1,
+            errors="replace",
             env=child_env(), cwd=cwd, start_new_session=True)
         proc = Proc(host, argv, popen)
         self.procs.append(proc)
