@@ -38,6 +38,7 @@ from mcast.wire import (
     Parity,
     Solicit,
     Status,
+    TagMismatch,
     decode_untrusted,
     peek_session_untrusted,
 )
@@ -105,9 +106,10 @@ class Judge:
         for name, key in self.keys.items():
             try:
                 return decode_untrusted(data, key), name, ""
+            except TagMismatch:
+                continue  # perhaps the next key's
             except BadPacket as exc:
-                if "tag" not in str(exc):
-                    return None, "", f"malformed: {exc}"
+                return None, "", f"malformed: {exc}"
         return None, "", "no tag" if data[-TAG_LEN:] == bytes(TAG_LEN) else "bad tag"
 
     def _fresh(self, msg: Message, data: bytes) -> bool:

@@ -61,7 +61,12 @@ MAX_ECHOES = 64  # SOLICIT nonces one ANNOUNCE echoes
 
 
 class BadPacket(McastError):
-    """A datagram that is not a valid, authentic version-1 message."""
+    """A datagram that is not a valid, authentic message of this wire version."""
+
+
+class TagMismatch(BadPacket):
+    """Well formed as far as the header goes, but its tag is not the key's: forged, changed
+    on the way, or made under another key."""
 
 
 class MsgType(IntEnum):
@@ -453,7 +458,7 @@ def decode_shard_untrusted(
     if key:
         tag = hmac.digest(session_key(key, session), memoryview(data)[:-TAG_LEN], hashlib.sha256)
         if not hmac.compare_digest(tag[:TAG_LEN], data[-TAG_LEN:]):
-            raise BadPacket("authentication tag mismatch")
+            raise TagMismatch("authentication tag mismatch")
     return kind, session, block, index, data[_SHARD_HEADER.size : -TAG_LEN]
 
 
@@ -466,7 +471,7 @@ def _authentic_untrusted(data: bytes, key: bytes | None) -> tuple[MsgType, int, 
     view = memoryview(data)
     signed, tag = view[:-TAG_LEN], view[-TAG_LEN:]
     if key and not hmac.compare_digest(compute_tag(key, signed), tag):
-        raise BadPacket("authentication tag mismatch")
+        raise TagMismatch("authentication tag mismatch")
     return kind, session, signed
 
 
