@@ -245,11 +245,11 @@ class Receiver:
         if self.session_id is not None and msg.session != self.session_id:
             self.stats.other_session += 1
             return
-        if not self._fresh(msg):
-            self.stats.replays += 1
-            return
         if self.phase is Phase.WAITING and not isinstance(msg, Announce):
             self._early.keep(data)  # shards need the session's geometry: keep for later
+            return  # (its freshness is judged when it is replayed, once, after the join)
+        if not self._fresh(msg):
+            self.stats.replays += 1
             return
         _HANDLERS[type(msg)](self, msg, now)
 

@@ -98,3 +98,18 @@ def test_replayed_announces_of_the_joined_session_are_dropped() -> None:
     end_replay = wire.encode(wire.End(7, "all receivers done", genuine.seq - 1), KEY)
     rcv.receive_datagram(end_replay, None, 0.7)
     assert rcv.stats.replays == 2
+
+
+def test_control_messages_heard_before_the_join_are_not_taken_for_replays() -> None:
+    """A peer's STATUS and the sender's END heard while waiting are kept with the early
+    datagrams and judged once, when they are replayed after the join: judging them on
+    arrival too made each one its own replay, so the peer went unheard."""
+    s = sender()
+    rcv = Receiver(SNAP, receiver_id=5, now=0.0, rng=random.Random(1), key=KEY)
+    rcv.receive_datagram(wire.encode(wire.Status(7, 9, 1, False, seq=3), KEY), None, 0.0)
+    genuine = wire.decode_untrusted(s.datagrams_to_send(0.6)[0], KEY)
+    assert isinstance(genuine, wire.Announce)
+    rcv.receive_datagram(answered(rcv, genuine, 0.6, KEY), None, 0.6)
+    assert rcv.phase is Phase.RECEIVING and rcv.stats.replays == 0
+    rcv.receive_datagram(wire.encode(wire.Status(7, 9, 1, False, seq=3), KEY), None, 0.7)
+    assert rcv.stats.replays == 1  # heard again after the join: that one is a replay
