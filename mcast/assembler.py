@@ -141,7 +141,7 @@ class Assembler:
         if b >= g.block_count or index >= g.k(b):
             self._stats.bad_packets += 1
             return False
-        if length != g.shard_span(b, index)[1]:
+        if length != g.shard_len(b, index):
             self._stats.wrong_length += 1
             return False
         return True

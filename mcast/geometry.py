@@ -22,6 +22,7 @@ class Geometry:
     parity_ratio_pct: int = 100
     _k: tuple[int, ...] = field(default=(), init=False, repr=False, compare=False)
     _first: tuple[int, ...] = field(default=(), init=False, repr=False, compare=False)
+    _spu: int = field(default=1, init=False, repr=False, compare=False)  # shards per unit
 
     def __post_init__(self) -> None:
         if self.packet_size < 2 or self.packet_size % 2:
@@ -39,6 +40,7 @@ class Geometry:
             firsts.append(total)
             total += k
         object.__setattr__(self, "_first", tuple(firsts))
+        object.__setattr__(self, "_spu", self.shards_per_unit)
 
     @property
     def shards_per_unit(self) -> int:
@@ -92,6 +94,14 @@ class Geometry:
 
     def unit_first_shard(self, unit: int) -> int:
         return (unit % self.units_per_block) * self.shards_per_unit
+
+    def shard_len(self, block: int, index: int) -> int:
+        """Length of source shard ``index`` of ``block``: ``shard_span()[1]``, on the hot path."""
+        spu = self._spu
+        unit = block * self.units_per_block + index // spu
+        inner = (index % spu) * self.packet_size
+        unit_len = min(self.unit_size, self.total_size - unit * self.unit_size)
+        return min(self.packet_size, unit_len - inner)
 
     def shard_span(self, block: int, index: int) -> tuple[int, int]:
         """Offset in the package and length of source shard ``index`` of ``block``."""

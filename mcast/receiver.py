@@ -229,12 +229,14 @@ class Receiver:
             return
         if shard is None:
             self._receive_message(data, now)
-        elif shard[1] != self.session_id:
+            return
+        kind, session, block, index, payload = shard
+        if session != self.session_id:
             self.stats.other_session += 1
-        elif shard[0] == MsgType.DATA:
-            self._handle_data(Data(*shard[1:]), now)
+        elif kind == MsgType.DATA:
+            self._data(block, index, payload, now)
         else:
-            self._handle_parity(Parity(*shard[1:]), now)
+            self._parity(block, index, payload, now)
 
     def _receive_message(self, data: bytes, now: float) -> None:
         try:
@@ -383,32 +385,38 @@ class Receiver:
         return True
 
     def _handle_data(self, msg: Data, now: float) -> None:
-        g = self.geometry
-        assert g is not None
-        if not self._assembler.fits_source(msg.block, msg.index, len(msg.payload)):
-            return
-        self._liveness.shard(now, authentic=self._key is not None)
-        if msg.block + 1 > self._naks.frontier:
-            self._naks.advance(msg.block, now)  # the sender has moved past earlier blocks
-        self.stats.data_shards += 1
-        self._overrun.note_shard(g.first_shard(msg.block) + msg.index)
-        before = self.verified_units
-        if self._assembler.add_source(msg.block, msg.index, msg.payload):
-            self._after_arrival(msg.block, now, before)
+        self._data(msg.block, msg.index, msg.payload, now)
 
     def _handle_parity(self, msg: Parity, now: float) -> None:
+        self._parity(msg.block, msg.seq, msg.payload, now)
+
+    def _data(self, block: int, index: int, payload: bytes, now: float) -> None:
+        """DATA, the hot path: taken apart by the caller, not built into a message object."""
         g = self.geometry
         assert g is not None
-        if not self._assembler.fits_parity(msg.block, len(msg.payload)):
+        assembler = self._assembler
+        if not assembler.fits_source(block, index, len(payload)):
             return
-        if msg.block >= self._naks.frontier + _PARITY_AHEAD:
+        self._liveness.shard(now, authentic=self._key is not None)
+        if block + 1 > self._naks.frontier:
+            self._naks.advance(block, now)  # the sender has moved past earlier blocks
+        self.stats.data_shards += 1
+        self._overrun.note_shard(g.first_shard(block) + index)
+        before = assembler.verified_count
+        if assembler.add_source(block, index, payload):
+            self._after_arrival(block, now, before)
+
+    def _parity(self, block: int, seq: int, payload: bytes, now: float) -> None:
+        if not self._assembler.fits_parity(block, len(payload)):
+            return
+        if block >= self._naks.frontier + _PARITY_AHEAD:
             self.stats.bad_packets += 1  # repairs never precede the pass: nothing to hold
             return
         self._liveness.shard(now, authentic=self._key is not None)
         self.stats.parity_shards += 1
-        before = self.verified_units
-        if self._assembler.add_parity(msg.block, msg.seq, msg.payload):
-            self._after_arrival(msg.block, now, before)
+        before = self._assembler.verified_count
+        if self._assembler.add_parity(block, seq, payload):
+            self._after_arrival(block, now, before)
 
     def _after_arrival(self, b: int, now: float, verified_before: int) -> None:
         """Something new arrived for block ``b``: give a waiting NAK more time, decode when
@@ -419,9 +427,10 @@ class Receiver:
             self._naks.forget(b)
             if self._assembler.complete:
                 self._finish(now)
-        if self.verified_units > verified_before:
+        if self._assembler.verified_count > verified_before:
             self._liveness.progress(now)
-        self._check_failures(now)
+        if self.stats.verify_failures:  # nothing to judge until a unit has failed
+            self._check_failures(now)
 
     def _check_failures(self, now: float) -> None:
         """Keyed, every shard came from a key holder: a session whose data keeps failing has

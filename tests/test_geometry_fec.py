@@ -77,3 +77,16 @@ def test_too_few_shards_is_a_fec_error():
     parity = fec.encode(source, 2)
     with pytest.raises(fec.FecError):
         fec.decode(4, 2, {0: source[0]}, {0: parity[0]})
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    total=st.integers(0, 300_000), unit=st.integers(1, 70_000),
+    packet=st.integers(1, 800).map(lambda n: 2 * n), upb=st.integers(1, 20),
+)  # fmt: skip
+def test_shard_len_is_shard_span_length(total: int, unit: int, packet: int, upb: int) -> None:
+    """The hot path's shard_len must say exactly what shard_span says, for every shard."""
+    g = Geometry(total, unit, packet, upb)
+    for b in range(g.block_count):
+        for i in range(g.k(b)):
+            assert g.shard_len(b, i) == g.shard_span(b, i)[1]
