@@ -101,6 +101,7 @@ def _geometry_of(snapshot: Snapshot, a: Announce) -> Geometry | None:
 class ReceiverConfig:
     nak_backoff: float = 0.02  # a NAK waits a random time up to this, listening for others
     nak_retry: float = 0.08  # a NAKed block that makes no progress for this long is NAKed again
+    nak_min_retry: float = 0.01  # ... or sooner, as fast as repairs have been answering NAKs
     # (longer than the sender's repair_holdoff, or the re-NAK is taken for one in flight)
     status_interval: float = 1.0
     congestion_window: float = 0.1  # loss and socket drops are judged over windows this long
@@ -187,8 +188,9 @@ class Receiver:
             verified_units=verified_units, load_unit=load_unit,
         )  # fmt: skip
         self._naks = NakSchedule(
-            self._assembler, self._rng, backoff=cfg.nak_backoff, retry=cfg.nak_retry
-        )
+            self._assembler, self._rng, backoff=cfg.nak_backoff, retry=cfg.nak_retry,
+            min_retry=cfg.nak_min_retry,
+        )  # fmt: skip
         self._overrun = OverrunMonitor(
             now, window=cfg.congestion_window,
             loss_permille=cfg.congestion_loss_permille, backlog=cfg.congestion_backlog,
