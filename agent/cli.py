@@ -117,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
         "package-server, wired, laptop or wireless (default wired)",
     )
     p.add_argument(
+        "--yield",
+        dest="yield_bandwidth",
+        action="store_true",
+        help="bandwidth protection: a multicast session this agent masters backs off when "
+        "other traffic needs the link (delay-based, LEDBAT)",
+    )
+    p.add_argument(
         "--discovery",
         default=f"{DISCOVERY_GROUP}:{DISCOVERY_PORT}",
         type=argtypes.group_port,
@@ -271,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             ip=args.ip,
             interface=interface,
             rank=args.rank,
+            yield_bandwidth=args.yield_bandwidth,
             download_attempts=args.download_attempts,
             discovery_group=group,
             discovery_port=port,

@@ -39,6 +39,8 @@ class SendProgress:
     receivers_heard: int
     bytes_sent: int
     repairs_sent: int
+    rate_bps: float = 0.0  # the pace now
+    qdelay_us: int = 0  # --yield: the worst queueing delay the rate is steered by
 
 
 @dataclass
@@ -248,4 +250,6 @@ def _progress(core: Sender, now: float) -> SendProgress:
         receivers_heard=len(core.peers),
         bytes_sent=core.stats.bytes_sent,
         repairs_sent=core.stats.parity_sent,
+        rate_bps=core.rate_bps,
+        qdelay_us=core.yield_qdelay_us,
     )
