@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import shlex
 import shutil
@@ -226,7 +227,9 @@ class CrossPlan:
     """A bulk TCP download (curl, bench.cross_traffic) from h0 to h1 during the session."""
 
     size: int  # bytes it downloads (a sparse file on h0: read as zeros, no disk)
-    delay_s: float = 1.0  # after the session's go: its receivers first see the link idle
+    # after the session's go: its receivers first see the link idle. Negative: the download
+    # runs that long before the session starts (LEDBAT's latecomer case, see DESIGN.md)
+    delay_s: float = 1.0
 
 
 def _start_cross(lab: Lab, plan: CrossPlan, work: Path) -> tuple[Proc, Proc]:
@@ -240,7 +243,7 @@ def _start_cross(lab: Lab, plan: CrossPlan, work: Path) -> tuple[Proc, Proc]:
         raise LabError(f"cross-traffic server did not start: {server.describe()}")
     url = f"http://{lab.addr('h0')}:{CROSS_PORT}/big.bin"
     client = lab.popen(CROSS_HOST, [PY, "-m", "bench.cross_traffic", url, "--delay",
-                                    str(plan.delay_s)], stdin=True)
+                                    str(max(0.0, plan.delay_s))], stdin=True)
     if client.wait_json(lambda o: o.get("event") == "ready", 20) is None:
         raise LabError(f"cross-traffic client did not start: {client.describe()}")
     return server, client
@@ -259,22 +262,23 @@ def _bytes_at(lines: list[tuple[float, dict[str, Any]]], t: float) -> float:
     return prev[1]
 
 
-def _cross_report(client: Proc, plan: CrossPlan, t_end: float | None,
+def _cross_report(client: Proc, plan: CrossPlan, t0: float, t_end: float | None,
                   rate_bps: int) -> dict[str, Any]:
     """What the download got while the session ran: bytes over the overlap of the two (from
     the download's start to the session's end, or to the download's, whichever is first)."""
     if client.popen.poll() is None:
         client.popen.send_signal(signal.SIGTERM)
     client.wait_json(lambda o: o.get("event") == "done", 30)
-    info = cross_share(client.json_lines(), plan, t_end, rate_bps)
+    info = cross_share(client.json_lines(), plan, t_end, rate_bps, t0=t0)
     if info.get("error"):
         info["error"] = client.describe()
     return info
 
 
 def cross_share(json_lines: list[tuple[float, dict[str, Any]]], plan: CrossPlan,
-                t_end: float | None, rate_bps: int) -> dict[str, Any]:
-    """The download's figures from its timestamped JSON lines (see :func:`_cross_report`)."""
+                t_end: float | None, rate_bps: int, *, t0: float = -math.inf) -> dict[str, Any]:
+    """The download's figures from its timestamped JSON lines (see :func:`_cross_report`);
+    ``t0`` is the session's start (a download that began earlier counts from there)."""
     lines = [(t, o) for t, o in json_lines if o.get("event") in ("started", "progress", "done")]
     info: dict[str, Any] = {"size": plan.size, "delay_s": plan.delay_s}
     started = next((t for t, o in lines if o["event"] == "started"), None)
@@ -283,8 +287,9 @@ def cross_share(json_lines: list[tuple[float, dict[str, Any]]], plan: CrossPlan,
         return {**info, "error": "the download or the session did not run"}
     finished = done is not None and not done[1].get("stopped") and done[1]["bytes"] >= plan.size
     stop = min(t_end, done[0]) if finished and done is not None else t_end
-    window = stop - started
-    got = _bytes_at(lines, stop)
+    begin = max(started, t0)
+    window = stop - begin
+    got = _bytes_at(lines, stop) - _bytes_at(lines, begin)
     mbps = got * 8 / window / 1e6 if window > 0 else 0.0
     info.update(window_s=round(window, 3), bytes_in_window=int(got),
                 mbit_s=round(mbps, 2),
@@ -390,8 +395,13 @@ def run_multicast(lab: Lab, pkg: Package, work: Path, timeout: float, keep_going
         startup_s = round(time.monotonic() - t0, 3)
         before = lab.link_stats("h0")
         t0 = time.monotonic()
+        if cross_procs is not None and cross is not None and cross.delay_s < 0:
+            cross_procs[1].send("go\n")  # a download already running when the session starts
+            cross_procs[1].wait_json(lambda o: o.get("event") == "started", 20)
+            time.sleep(-cross.delay_s)
+            t0 = time.monotonic()
         sender.send("go\n")
-        if cross_procs is not None:
+        if cross_procs is not None and cross is not None and cross.delay_s >= 0:
             cross_procs[1].send("go\n")
         if restart_sender_at is not None:
             sender, restart = _restart_sender(lab, active, sender, send_argv, restart_sender_at,
@@ -404,7 +414,7 @@ def run_multicast(lab: Lab, pkg: Package, work: Path, timeout: float, keep_going
         if cross is not None and cross_procs is not None:
             done_at = [f[0] for f in finals.values() if f]
             t_last = max(done_at) if len(done_at) == len(active) else None
-            cross_info = _cross_report(cross_procs[1], cross, t_last, lab.rate_bps or 0)
+            cross_info = _cross_report(cross_procs[1], cross, t0, t_last, lab.rate_bps or 0)
             cross_info["sender_timeline"] = [  # (s after go, Mbit/s paced, worst delay ms)
                 (round(t - t0, 2), round(o.get("rate_bps", 0) / 1e6, 1), o.get("qdelay_ms"))
                 for t, o in sender.json_lines() if o.get("event") == "progress"]
@@ -587,6 +597,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="multicast mode: curl on h1 downloads SIZE (default 256M) over HTTP"
                          " from h0, through the session's bottleneck, starting 1 s after the"
                          " session; the report says what share of the link it got meanwhile")
+    ap.add_argument("--cross-delay", type=float, default=1.0, metavar="S",
+                    help="the download starts S seconds after the session (negative: S seconds"
+                         " before it)")
     ap.add_argument("--keep-going", action="store_true",
                     help="wait for every receiver even after one failed")
     ap.add_argument("--timeout", type=float, default=None, help="seconds (default from size/rate)")
@@ -646,7 +659,8 @@ def main(argv: list[str] | None = None) -> int:
                          restart_sender_at=args.restart_sender_at, rogue=rogue,
                          package_dir=args.package_dir and args.package_dir.resolve(),
                          yield_bandwidth=args.yield_bandwidth,
-                         cross=CrossPlan(args.cross_traffic) if args.cross_traffic else None)
+                         cross=(CrossPlan(args.cross_traffic, args.cross_delay)
+                                if args.cross_traffic else None))
     except KeyboardInterrupt:
         print(json.dumps({"mode": args.mode, "completed": False, "verified": False,
                           "error": "interrupted"}), flush=True)

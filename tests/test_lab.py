@@ -105,6 +105,10 @@ def test_cross_traffic_share_is_over_the_overlap_with_the_session() -> None:
                            100_000_000)  # fmt: skip
     assert finished["window_s"] == 5.0 and finished["share_of_link"] == 0.32
     assert finished["download_finished"] and finished["download_s"] == 5.0
+    # a download already running when the session started counts from the session's start
+    early = cross_share([*lines, (20.0, {"event": "done", "bytes": 40 * mb, "stopped": True})],
+                        plan, 13.0, 100_000_000, t0=12.0)  # fmt: skip
+    assert early["window_s"] == 1.0 and early["bytes_in_window"] == 5 * mb
     assert "error" in cross_share([], plan, 13.0, 100_000_000)
 
 
