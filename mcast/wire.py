@@ -18,9 +18,10 @@ echoes, which is how a receiver knows a session is live now and not a recording.
 DATA carries source shard ``index`` of FEC block ``block``; PARITY carries repair sequence
 number ``index``, which ``Geometry.repair_symbol`` maps to a Reed-Solomon recovery shard or,
 once those are used up, a zero-padded source shard. The control messages are ANNOUNCE (a
-session describes itself; ``claiming`` marks an agent's bid to start one), NAK, STATUS (with
-the overrun signals for rate control), END and SOLICIT (who sends this package?). The hot
-path uses fixed ``struct`` formats; control bodies are msgpack, decoded with size limits.
+session describes itself; ``claiming`` marks an agent's bid to start one; ``report_ms`` asks
+for frequent STATUS under ``--yield``), NAK, STATUS (with the overrun signals for rate control
+and the queueing delay ``--yield`` steers by), END and SOLICIT (who sends this package?). The
+hot path uses fixed ``struct`` formats; control bodies are msgpack, decoded with size limits.
 
 The decoders take bytes from the network and raise only :class:`BadPacket`. A receiver that
 holds the key drops any datagram whose tag does not match before parsing the body.
