@@ -346,3 +346,23 @@ def test_without_yield_the_queue_stays_full_under_cross_traffic():
     during = [d for t, d in link.trace if 3.0 <= t < 6.0]
     assert sum(during) / len(during) > 0.04  # at the 50 ms limit: the other flow is starved
     assert run.sender().stats.yield_backed_off_s == 0.0
+
+
+def test_a_fetch_master_yields_when_its_settings_say_so(monkeypatch):
+    """--yield reaches the sender config wherever a session is mastered (fetch, agent)."""
+    import trio
+
+    from mcast import fetch as fetch_mod
+
+    seen = []
+
+    async def fake_send(snapshot, source, **kw):
+        seen.append(kw["config"])
+
+    monkeypatch.setattr(fetch_mod, "send", fake_send)
+    snap = make_snapshot(bytes(4096))
+    for yielding in (False, True):
+        settings_ = fetch_mod.FetchSettings(yield_bandwidth=yielding)
+        trio.run(lambda s=settings_: fetch_mod.serve_session(snap, BytesSource(b""), s, 1,
+                                                            key=None, hold=0.0))  # fmt: skip
+    assert [c.yield_bandwidth for c in seen] == [False, True]
