@@ -334,6 +334,7 @@ def test_the_session_yields_to_cross_traffic_and_takes_the_link_back_after():
     assert sum(during) / len(during) < 0.025
     assert max(before) < 0.02
     stats = run.sender().stats
+    assert run.sender().rate_bps > 0.9 * LINK  # the other flow is gone: the link is back
     assert stats.yield_backed_off_s > 2.0
     assert stats.yield_min_rate_bps < 0.35 * LINK
     # 6 MiB at 8 Mbit/s is 6.3 s at the full rate; the 4 s of cross traffic cost about 80%
