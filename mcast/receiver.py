@@ -205,6 +205,7 @@ class Receiver:
             send=self._out.append, stats=self.stats, config=cfg,
         )  # fmt: skip
         self._delay = DelayMeter()  # the sender's announces' one-way delay (mcast.ledbat)
+        self._arrived = now  # when the datagram being handled reached this host
         self._early = EarlyBuffer(cfg.early_buffer)  # datagrams from before the join
         self._peers = PeerView(stale_after=3 * cfg.status_interval)
         self._sender_guard = ReplayGuard(max_origins=64)  # by session id
@@ -221,8 +222,13 @@ class Receiver:
     def verified_units(self) -> int:
         return self._assembler.verified_count
 
-    def receive_datagram(self, data: bytes, addr: object, now: float) -> None:
+    def receive_datagram(
+        self, data: bytes, addr: object, now: float, *, arrived: float | None = None
+    ) -> None:
+        """``arrived``: when the datagram reached this host, if the driver knows better than
+        ``now`` (a kernel timestamp); only the delay samples of announces use it."""
         self.stats.datagrams += 1
+        self._arrived = arrived if arrived is not None and arrived <= now else now  # NaN: now
         if self.phase is not Phase.RECEIVING:
             if self.phase is Phase.WAITING:
                 self._receive_message(data, now)
@@ -378,7 +384,7 @@ class Receiver:
         self.announce = msg
         # Fresh (the replay guard passed it) and of our session: its seq is the sender's clock
         # when it left, so its arrival now is a one-way delay sample (mcast.ledbat).
-        self._delay.sample(msg.seq, now)
+        self._delay.sample(msg.seq, self._arrived)
         self._reports.asked_every(msg.report_ms, now)
         authentic = self._key is not None  # unkeyed, anyone can repeat or forge an announce
         self._liveness.announced(msg, now, self.verified_units, authentic=authentic)

@@ -232,6 +232,21 @@ def test_receiver_reports_the_queueing_delay_of_the_announces_as_often_as_asked(
     assert abs(statuses[-1].qdelay_us - 15_000) <= 1
 
 
+def test_a_receiver_read_late_counts_the_kernel_arrival_not_its_own_lateness():
+    """The driver passes the kernel's receive time: a receiver that was busy for 50 ms
+    reads its queue late, and that is not a queue on the network."""
+    for knows_arrival in (True, False):
+        rcv, ann = _joined_receiver()
+        t = 1.0
+        for _ in range(6):
+            t += 0.025
+            msg = wire.encode(dataclasses.replace(ann, seq=round(t * 1e6)), KEY)
+            arrived = t if knows_arrival else None
+            rcv.receive_datagram(msg, None, t + 0.05, arrived=arrived)
+        assert rcv.qdelay_us == (0 if knows_arrival else 50_000)
+    rcv.receive_datagram(msg, None, t + 1, arrived=float("nan"))  # a stamp it did not get
+
+
 def test_a_replayed_announce_is_no_delay_sample():
     """A host that records an announce and replays it late would make a huge delay sample;
     the replay guard drops it (its seq is not newer), so the delay does not move."""

@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from mcast.send_driver import send
 from mcast.sender import SenderConfig
 from mcast.snapshot import build_snapshot, generate_key
 from mcast.source import SourceMismatch
-from mcast.udp import Channel, UnsafeAddress, check_endpoint, gso_batches
+from mcast.udp import Channel, Endpoint, UnsafeAddress, check_endpoint, gso_batches
 from tests.harness import JsonProc, await_joined, event_is, expect_json, wait_joined
 
 KEY = generate_key()
@@ -246,6 +247,32 @@ def test_safety_rules_refuse_groups_interfaces_and_ttl_outside_the_lab() -> None
     ):
         with pytest.raises(UnsafeAddress):
             check_endpoint(group, iface, ttl)
+
+
+async def test_a_stamping_endpoint_knows_when_each_datagram_arrived() -> None:
+    """Kernel receive times (--yield's delay samples): one per datagram, in time.time()
+    seconds, before the reader got to them; a plain endpoint keeps none."""
+    ch = channel()
+    stamped = Endpoint.open(ch.group, ch.port, stamps=True)
+    plain = Endpoint.open(ch.group, ch.port)
+    try:
+        sent = time.time()
+        await plain.send_many([b"a" * 100, b"b" * 100, b"c" * 50])
+        await trio.sleep(0.05)  # the reader is late: the stamps are not
+        got: list[bytes] = []
+        stamps: list[float] = []
+        while len(got) < 3:
+            got += [d for d, _ in await stamped.receive_batch()]
+            stamps += stamped.arrivals
+        read = time.time()
+        assert sorted(got) == [b"a" * 100, b"b" * 100, b"c" * 50]
+        assert len(stamps) == 3
+        assert all(sent - 0.01 <= t <= read - 0.04 for t in stamps), (sent, stamps, read)
+        await plain.receive_batch()
+        assert plain.arrivals == []
+    finally:
+        stamped.close()
+        plain.close()
 
 
 def test_gso_batches_keep_order_and_equal_sizes() -> None:
