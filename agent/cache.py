@@ -219,6 +219,7 @@ class PeerCache:
             discovery_port=self.config.discovery_port,
             max_sessions_per_subnet=max(1, s.max_sessions_per_subnet),
             rank=self.config.rank,
+            yield_bandwidth=self.config.yield_bandwidth,
             hold_s=float(s.multicast_hold_secs),
         )
 

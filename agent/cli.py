@@ -4,7 +4,7 @@
 
     mcast-agent --server URL --guid G --state DIR --trust-key PUB --secret-file F
                 [--ca-file CA.pem] [--enrol] [--ip A] [--interface 127.0.0.1|auto]
-                [--rank wired] [--discovery GROUP:PORT]
+                [--rank wired] [--yield] [--discovery GROUP:PORT]
                 [--once [--serve-cache-for SECONDS]] [--json] [--download-attempts N]
                 [--interval SECONDS] [--command-timeout SECONDS]
                 [--fetcher MODULE:FUNCTION] [-v]
@@ -27,17 +27,18 @@ administrator compares in ``mcast-ns computer list`` before ``mcast-ns computer 
 An https server is verified against ``--ca-file`` only (the server's ``DATA/tls/ca.pem``);
 a plain http server gets a warning on stderr.
 
-Every argument is checked when given, and every expected failure is one line on stderr with
-the exit code of :mod:`mcast.errors`: 2 a bad argument, 3 a trust key, secret or CA file that
-is not one, or a server certificate the CA did not sign, 4 a file or state directory that
-cannot be used (a missing trust key, secret or CA file), 5 an interface the network safety
-rules refuse (``--interface auto`` is the IPv4 address of the interface that routes to the
-server, found once at start-up by a UDP ``connect()`` that sends nothing, and checked by the
-same rules). ``--rank`` is what this machine weighs when the agents
-of a subnet elect a multicast session's master. ``--json`` prints one JSON object per line on
-stdout for everything the agent does (a ``job`` event for a finished download also names the
-multicast ``session`` it joined or led); otherwise a short human line each. ``--fetcher`` picks
-the download function (default ``mcast.fetch:fetch``; ``agent.httpfetch:fetch`` is HTTP only).
+Every argument is checked when given, and every expected failure is one line on stderr with the
+exit code of :mod:`mcast.errors`: 2 a bad argument, 3 a trust key, secret or CA file that is
+not one, or a server certificate the CA did not sign, 4 a file or state directory that cannot
+be used (a missing trust key, secret or CA file), 5 an interface the network safety rules
+refuse (``--interface auto`` is the IPv4 address of the interface that routes to the server,
+found once at start-up by a UDP ``connect()`` that sends nothing, and checked by the same
+rules). ``--rank`` is what this machine weighs when the agents of a subnet elect a multicast
+session's master; ``--yield`` makes the sessions it masters (and its peer cache serves) back
+off when other traffic needs the link. ``--json`` prints one JSON object per line on stdout for
+everything the agent does (a ``job`` event for a finished download also names the multicast
+``session`` it joined or led); otherwise a short human line each. ``--fetcher`` picks the
+download function (default ``mcast.fetch:fetch``; ``agent.httpfetch:fetch`` is HTTP only).
 """
 
 from __future__ import annotations
@@ -115,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=argtypes.rank,
         help="what this machine weighs when the agents of a subnet elect a session's master: "
         "package-server, wired, laptop or wireless (default wired)",
+    )
+    p.add_argument(
+        "--yield",
+        dest="yield_bandwidth",
+        action="store_true",
+        help="bandwidth protection: a multicast session this agent masters backs off when "
+        "other traffic needs the link (delay-based, LEDBAT)",
     )
     p.add_argument(
         "--discovery",
@@ -271,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             ip=args.ip,
             interface=interface,
             rank=args.rank,
+            yield_bandwidth=args.yield_bandwidth,
             download_attempts=args.download_attempts,
             discovery_group=group,
             discovery_port=port,

@@ -40,6 +40,7 @@ class AgentConfig:
     retry_cap_s: float = 300.0  # ... doubles from base up to this cap, with jitter
     output_tail_bytes: int = 2048
     rank: Rank = Rank.WIRED  # what this machine weighs in a multicast master election
+    yield_bandwidth: bool = False  # sessions this agent masters back off for other traffic
     download_attempts: int = 8  # failed download attempts before a job fails (see core) ...
     download_retry_base_s: float = 30.0  # ... backing off from this (capped at retry_cap_s)
     # whom a task that names no run-as user (``system``) runs as; never root (agent.runas)

@@ -683,6 +683,7 @@ class Agent:
             discovery_group=self.config.discovery_group,
             discovery_port=self.config.discovery_port,
             rank=self.config.rank,
+            yield_bandwidth=self.config.yield_bandwidth,
             hold_s=float(s.multicast_hold_secs),
             min_session_bps=s.min_session_kbps * 1024.0,
             tls=self._tls,

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import shlex
 import shutil
@@ -217,6 +218,86 @@ class RoguePlan:
 
 
 ROGUE_HOST = "rogue"
+CROSS_PORT = 8081
+CROSS_HOST = "h1"  # downloads over the same bottleneck (h0's uplink) the session uses
+
+
+@dataclass(frozen=True)
+class CrossPlan:
+    """A bulk TCP download (curl, bench.cross_traffic) from h0 to h1 during the session."""
+
+    size: int  # bytes it downloads (a sparse file on h0: read as zeros, no disk)
+    # after the session's go: its receivers first see the link idle. Negative: the download
+    # runs that long before the session starts (LEDBAT's latecomer case, see DESIGN.md)
+    delay_s: float = 1.0
+
+
+def _start_cross(lab: Lab, plan: CrossPlan, work: Path) -> tuple[Proc, Proc]:
+    root = work / "cross"
+    root.mkdir()
+    with open(root / "big.bin", "wb") as f:
+        f.truncate(plan.size)
+    server = lab.popen("h0", [PY, "-m", "bench.http_serve", "--root", str(root),
+                              "--bind", lab.addr("h0"), "--port", str(CROSS_PORT)])
+    if server.wait_json(lambda o: o.get("event") == "ready", 20) is None:
+        raise LabError(f"cross-traffic server did not start: {server.describe()}")
+    url = f"http://{lab.addr('h0')}:{CROSS_PORT}/big.bin"
+    client = lab.popen(CROSS_HOST, [PY, "-m", "bench.cross_traffic", url, "--delay",
+                                    str(max(0.0, plan.delay_s))], stdin=True)
+    if client.wait_json(lambda o: o.get("event") == "ready", 20) is None:
+        raise LabError(f"cross-traffic client did not start: {client.describe()}")
+    return server, client
+
+
+def _bytes_at(lines: list[tuple[float, dict[str, Any]]], t: float) -> float:
+    """The download's byte count at time ``t``, interpolated between its progress lines."""
+    prev = (lines[0][0], 0.0)
+    for when, obj in lines:
+        got = float(obj.get("bytes", 0))
+        if when >= t:
+            if when == prev[0]:
+                return got
+            return prev[1] + (got - prev[1]) * (t - prev[0]) / (when - prev[0])
+        prev = (when, got)
+    return prev[1]
+
+
+def _cross_report(client: Proc, plan: CrossPlan, t0: float, t_end: float | None,
+                  rate_bps: int) -> dict[str, Any]:
+    """What the download got while the session ran: bytes over the overlap of the two (from
+    the download's start to the session's end, or to the download's, whichever is first)."""
+    if client.popen.poll() is None:
+        client.popen.send_signal(signal.SIGTERM)
+    client.wait_json(lambda o: o.get("event") == "done", 30)
+    info = cross_share(client.json_lines(), plan, t_end, rate_bps, t0=t0)
+    if info.get("error"):
+        info["error"] = client.describe()
+    return info
+
+
+def cross_share(json_lines: list[tuple[float, dict[str, Any]]], plan: CrossPlan,
+                t_end: float | None, rate_bps: int, *, t0: float = -math.inf) -> dict[str, Any]:
+    """The download's figures from its timestamped JSON lines (see :func:`_cross_report`);
+    ``t0`` is the session's start (a download that began earlier counts from there)."""
+    lines = [(t, o) for t, o in json_lines if o.get("event") in ("started", "progress", "done")]
+    info: dict[str, Any] = {"size": plan.size, "delay_s": plan.delay_s}
+    started = next((t for t, o in lines if o["event"] == "started"), None)
+    done = next(((t, o) for t, o in lines if o["event"] == "done"), None)
+    if started is None or t_end is None:
+        return {**info, "error": "the download or the session did not run"}
+    finished = done is not None and not done[1].get("stopped") and done[1]["bytes"] >= plan.size
+    stop = min(t_end, done[0]) if finished and done is not None else t_end
+    begin = max(started, t0)
+    window = stop - begin
+    got = _bytes_at(lines, stop) - _bytes_at(lines, begin)
+    mbps = got * 8 / window / 1e6 if window > 0 else 0.0
+    info.update(window_s=round(window, 3), bytes_in_window=int(got),
+                mbit_s=round(mbps, 2),
+                share_of_link=round(mbps * 1e6 / rate_bps, 3) if rate_bps else None,
+                download_finished=finished,
+                download_s=round(done[0] - started, 3) if finished and done else None,
+                bytes_total=done[1]["bytes"] if done else None)
+    return info
 
 
 def _start_rogue(lab: Lab, plan: RoguePlan) -> Proc:
@@ -248,14 +329,18 @@ def run_multicast(lab: Lab, pkg: Package, work: Path, timeout: float, keep_going
                   sender_rate: str | None,
                   mcast_cmd: Sequence[str] | None = None,
                   restart_sender_at: float | None = None,
-                  rogue_plan: RoguePlan | None = None) -> dict[str, Any]:
+                  rogue_plan: RoguePlan | None = None,
+                  yield_bandwidth: bool = False,
+                  cross: CrossPlan | None = None) -> dict[str, Any]:
     """The engine run via its CLI contract (``mcast_cmd`` replaces ``python -m mcast.cli``).
 
     With ``restart_sender_at`` the sender is SIGKILLed once every receiver has verified that
     fraction and started again a second later; the receivers follow the new session with
     what they kept (a shorter silence timeout, ``RESTART_RECV_TIMEOUT``, lets them notice).
     With ``rogue_plan`` a rogue host (bench.rogue) joins the groups before the sender starts
-    and replays what it hears, with forged sources, until every receiver is done."""
+    and replays what it hears, with forged sources, until every receiver is done. With
+    ``yield_bandwidth`` the sender runs with ``--yield``; with ``cross`` a bulk TCP download
+    from h0 to h1 starts ``cross.delay_s`` after the sender's go and shares h0's uplink."""
     if mcast_cmd is None:
         ok, why = mcast_cli_has_send()
         if not ok:
@@ -289,6 +374,8 @@ def run_multicast(lab: Lab, pkg: Package, work: Path, timeout: float, keep_going
     sender: Proc | None = None
     rogue: Proc | None = None
     rogue_info: dict[str, Any] | None = None
+    cross_procs: tuple[Proc, Proc] | None = None
+    cross_info: dict[str, Any] | None = None
     restart: dict[str, Any] | None = None
     finals: dict[str, tuple[float, dict[str, Any]] | None] = {}
     startup_s = None
@@ -296,7 +383,10 @@ def run_multicast(lab: Lab, pkg: Package, work: Path, timeout: float, keep_going
         # Like the HTTP baseline (server up, clients started on "go"), the sender loads first
         # and the clock starts at "go"; its start-up time is reported on its own.
         send_argv = [*cli, "send", str(pkg.root), "--trust-key", str(pub),
-                     "--interface", lab.addr("h0"), *rate, *common]
+                     "--interface", lab.addr("h0"), *rate, *common,
+                     *(["--yield"] if yield_bandwidth else [])]
+        if cross is not None:
+            cross_procs = _start_cross(lab, cross, work)
         if rogue_plan is not None:
             rogue = _start_rogue(lab, rogue_plan)  # it hears the session from its first datagram
         sender = lab.popen("h0", [*send_argv, "--wait-go"], stdin=True)
@@ -305,7 +395,14 @@ def run_multicast(lab: Lab, pkg: Package, work: Path, timeout: float, keep_going
         startup_s = round(time.monotonic() - t0, 3)
         before = lab.link_stats("h0")
         t0 = time.monotonic()
+        if cross_procs is not None and cross is not None and cross.delay_s < 0:
+            cross_procs[1].send("go\n")  # a download already running when the session starts
+            cross_procs[1].wait_json(lambda o: o.get("event") == "started", 20)
+            time.sleep(-cross.delay_s)
+            t0 = time.monotonic()
         sender.send("go\n")
+        if cross_procs is not None and cross is not None and cross.delay_s >= 0:
+            cross_procs[1].send("go\n")
         if restart_sender_at is not None:
             sender, restart = _restart_sender(lab, active, sender, send_argv, restart_sender_at,
                                               t0 + timeout)
@@ -314,6 +411,13 @@ def run_multicast(lab: Lab, pkg: Package, work: Path, timeout: float, keep_going
                            keep_going)
         if rogue is not None:  # the transfer is over: so is the attack on it
             rogue_info = _stop_rogue(rogue)
+        if cross is not None and cross_procs is not None:
+            done_at = [f[0] for f in finals.values() if f]
+            t_last = max(done_at) if len(done_at) == len(active) else None
+            cross_info = _cross_report(cross_procs[1], cross, t0, t_last, lab.rate_bps or 0)
+            cross_info["sender_timeline"] = [  # (s after go, Mbit/s paced, worst delay ms)
+                (round(t - t0, 2), round(o.get("rate_bps", 0) / 1e6, 1), o.get("qdelay_ms"))
+                for t, o in sender.json_lines() if o.get("event") == "progress"]
         if len(finals) == len(active) and all(finals.values()):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 sender.wait(timeout=30)  # it exits by itself once every receiver is done
@@ -340,7 +444,8 @@ def run_multicast(lab: Lab, pkg: Package, work: Path, timeout: float, keep_going
             "sender": sender_info, "sender_rc": sender.popen.poll() if sender else None,
             "sender_startup_s": startup_s,
             **({"restart": restart} if restart_sender_at is not None else {}),
-            **({"rogue": rogue_info} if rogue_plan is not None else {})}
+            **({"rogue": rogue_info} if rogue_plan is not None else {}),
+            **({"cross_traffic": cross_info} if cross is not None else {})}
 
 
 def _wait_joined(lab: Lab, receivers: dict[str, Proc], group: str, timeout: float) -> set[str]:
@@ -378,7 +483,9 @@ def run_lab(receivers: int, size: int, rate_bps: int, loss: float, mode: str, *,
             source_rate_bps: int | None = None,
             restart_sender_at: float | None = None,
             rogue: RoguePlan | None = None,
-            package_dir: Path | None = None) -> dict[str, Any]:
+            package_dir: Path | None = None,
+            yield_bandwidth: bool = False,
+            cross: CrossPlan | None = None) -> dict[str, Any]:
     """Build the lab, run one distribution, tear everything down; return the report dict."""
     line_rate_s = size * 8 / rate_bps if rate_bps else None
     if timeout is None:
@@ -408,7 +515,8 @@ def run_lab(receivers: int, size: int, rate_bps: int, loss: float, mode: str, *,
             else:
                 res = run_multicast(lab, pkg, work, timeout, keep_going, sender_rate,
                                     mcast_cmd, restart_sender_at=restart_sender_at,
-                                    rogue_plan=rogue)
+                                    rogue_plan=rogue, yield_bandwidth=yield_bandwidth,
+                                    cross=cross)
         leftovers = lab.leftovers()  # after close: must be empty
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -481,6 +589,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--package-dir", type=Path, default=None, metavar="DIR",
                     help="multicast mode: keep the package, its snapshot and keys in DIR and"
                          " reuse them next time (the same package version across runs)")
+    ap.add_argument("--yield", dest="yield_bandwidth", action="store_true",
+                    help="multicast mode: the sender backs off for other traffic (mcast send"
+                         " --yield)")
+    ap.add_argument("--cross-traffic", nargs="?", const="256M", default=None, type=parse_size,
+                    metavar="SIZE",
+                    help="multicast mode: curl on h1 downloads SIZE (default 256M) over HTTP"
+                         " from h0, through the session's bottleneck, starting 1 s after the"
+                         " session; the report says what share of the link it got meanwhile")
+    ap.add_argument("--cross-delay", type=float, default=1.0, metavar="S",
+                    help="the download starts S seconds after the session (negative: S seconds"
+                         " before it)")
     ap.add_argument("--keep-going", action="store_true",
                     help="wait for every receiver even after one failed")
     ap.add_argument("--timeout", type=float, default=None, help="seconds (default from size/rate)")
@@ -506,6 +625,8 @@ def main(argv: list[str] | None = None) -> int:
         rogue = RoguePlan(rate, args.rogue_record and args.rogue_record.resolve(),
                           args.rogue_replay_file and args.rogue_replay_file.resolve(),
                           args.rogue_control_share, args.rogue_garbage)
+    if (args.yield_bandwidth or args.cross_traffic) and args.mode != "multicast":
+        ap.error("--yield and --cross-traffic are multicast-mode options")
     if args.package_dir is not None and args.mode != "multicast":
         ap.error("--package-dir is for multicast mode")
     if args.restart_sender_at is not None:
@@ -536,7 +657,10 @@ def main(argv: list[str] | None = None) -> int:
                          kill_sender_at=args.kill_sender_at,
                          source_rate_bps=args.source_rate,
                          restart_sender_at=args.restart_sender_at, rogue=rogue,
-                         package_dir=args.package_dir and args.package_dir.resolve())
+                         package_dir=args.package_dir and args.package_dir.resolve(),
+                         yield_bandwidth=args.yield_bandwidth,
+                         cross=(CrossPlan(args.cross_traffic, args.cross_delay)
+                                if args.cross_traffic else None))
     except KeyboardInterrupt:
         print(json.dumps({"mode": args.mode, "completed": False, "verified": False,
                           "error": "interrupted"}), flush=True)

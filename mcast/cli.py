@@ -55,7 +55,7 @@ from mcast.errors import (
 )
 from mcast.events import FailureKind
 from mcast.send_driver import SendProgress, send
-from mcast.sender import SenderConfig
+from mcast.sender import SenderConfig, SenderStats
 from mcast.snapshot import (
     Snapshot,
     SnapshotError,
@@ -270,6 +270,12 @@ def _discovery_key_arg(p: argparse.ArgumentParser) -> None:
                    " on the discovery group (default: the session key)")  # fmt: skip
 
 
+def _yield_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--yield", dest="yield_bandwidth", action="store_true",
+                   help="bandwidth protection: the session backs off when other traffic needs"
+                   " the link (delay-based, LEDBAT), down to 2%% of --rate")  # fmt: skip
+
+
 def _hold_arg(p: argparse.ArgumentParser, default: float) -> None:
     p.add_argument("--hold", type=argtypes.non_negative_seconds, default=default,
                    help="a new session announces this long before its first data, so that"
@@ -383,6 +389,15 @@ def cmd_snapshot(args: argparse.Namespace, out: Output) -> int:
     return ExitCode.OK
 
 
+def _yield_stats(cfg: SenderConfig, s: SenderStats) -> dict[str, object]:
+    """What --yield did: the time it spent backed off, how low it went, the worst delay."""
+    if not cfg.yield_bandwidth:
+        return {"yield_bandwidth": False}
+    return {"yield_bandwidth": True, "yield_backed_off_s": s.yield_backed_off_s,
+            "yield_min_rate_bps": s.yield_min_rate_bps,
+            "yield_max_qdelay_ms": round(s.yield_max_qdelay_us / 1000, 1)}  # fmt: skip
+
+
 def cmd_send(args: argparse.Namespace, out: Output) -> int:
     keyed = authenticated(args)
     snap = verified_snapshot(args.snapshot, args.trust_key)
@@ -390,10 +405,11 @@ def cmd_send(args: argparse.Namespace, out: Output) -> int:
     cfg = SenderConfig(
         group=ch.group, port=ch.port, rate_bps=args.rate, linger=args.linger,
         receiver_timeout=args.receiver_timeout, hold_s=args.hold,
+        yield_bandwidth=args.yield_bandwidth,
     )  # fmt: skip
     out.event("start", hash=snap.package_hash_hex, size=snap.total_size, rate_bps=args.rate,
               group=ch.group, port=ch.port, interface=ch.interface,
-              authenticated=keyed)  # fmt: skip
+              authenticated=keyed, yield_bandwidth=args.yield_bandwidth)  # fmt: skip
     if args.wait_go:  # everything is loaded: start on a line on stdin (benchmarks, udp-sender)
         out.event("ready")
         sys.stdin.readline()
@@ -402,9 +418,10 @@ def cmd_send(args: argparse.Namespace, out: Output) -> int:
     def progress(p: SendProgress) -> None:
         out.update(p.progress * snap.total_size,
                    f"sending {snap.name} ({p.receivers_active} receivers)")  # fmt: skip
-        if out.due(1.0):
+        if out.due(0.5):
             out.event("progress", progress=round(p.progress, 4), receivers=p.receivers_active,
-                      bytes_sent=p.bytes_sent, repairs=p.repairs_sent)  # fmt: skip
+                      bytes_sent=p.bytes_sent, repairs=p.repairs_sent,
+                      rate_bps=int(p.rate_bps), qdelay_ms=round(p.qdelay_us / 1000, 1))  # fmt: skip
 
     group, port = args.discovery
     disc = None if args.no_discovery else Channel(group, port, ch.interface)
@@ -419,6 +436,7 @@ def cmd_send(args: argparse.Namespace, out: Output) -> int:
         wall_s=round(result.wall_s, 3), data_packets=s.data_sent, repair_packets=s.parity_sent,
         naks=s.naks_received, feedback_refused=s.feedback_refused, peak_rss_mb=peak_rss_mb(),
         rate_bps=s.rate_bps, rate_cuts=s.rate_cuts, timeline=result.timeline,
+        **_yield_stats(cfg, s),
     )  # fmt: skip
     out.say(
         f"session ended ({result.reason}): {result.receivers_done} receivers done,"
@@ -450,7 +468,7 @@ def cmd_recv(args: argparse.Namespace, out: Output) -> int:
         if p.joined and not joined[0]:
             joined[0] = True
             out.event("joined")
-        if out.due(0.2):  # often enough for an observer to act at a given fraction
+        if out.due(0.5):  # often enough for an observer to act at a given fraction
             out.event("progress", units=p.units_verified, total=p.units_total,
                       bytes=p.bytes_verified)  # fmt: skip
 
@@ -524,7 +542,7 @@ def cmd_fetch(args: argparse.Namespace, out: Output) -> int:
         session_key=args.session_key, interface=ch.interface,
         discovery_group=ch.group, discovery_port=ch.port, rate_bps=args.rate,
         serve_after_s=args.linger, discovery_key=args.discovery_key, hold_s=args.hold,
-        min_session_bps=args.min_session_kbps * 1024,
+        min_session_bps=args.min_session_kbps * 1024, yield_bandwidth=args.yield_bandwidth,
     )  # fmt: skip
     out.event("start", hash=snap.package_hash_hex, size=snap.total_size, out=str(args.out),
               authenticated=keyed)  # fmt: skip
@@ -714,6 +732,7 @@ def build_parser(plugins: dict[str, EntryPoint] | None = None) -> argparse.Argum
     p.add_argument("--linger", type=argtypes.positive_seconds, default=2.0,
                    help="seconds to stay after the last receiver is done")  # fmt: skip
     p.add_argument("--receiver-timeout", type=argtypes.positive_seconds, default=5.0)
+    _yield_arg(p)
     p.add_argument("--discovery", type=argtypes.group_port,
                    default=(DISCOVERY_GROUP, DISCOVERY_PORT), metavar="GROUP:PORT",
                    help="the subnet's discovery group, where the session announces itself")
@@ -756,6 +775,7 @@ def build_parser(plugins: dict[str, EntryPoint] | None = None) -> argparse.Argum
     p.add_argument("--min-multicast-size", type=parse_size, default=0)
     p.add_argument("--rate", type=parse_rate, default=100_000_000,
                    help="rate of a session this agent starts; 0 = no cap")  # fmt: skip
+    _yield_arg(p)
     p.add_argument("--linger", type=argtypes.positive_seconds, default=2.0,
                    help="a master serves this long after its last receiver")  # fmt: skip
     p.add_argument("--min-session-kbps", type=argtypes.at_least(0), default=64,

@@ -138,12 +138,13 @@ def describe(msg: Message) -> str:
     if isinstance(msg, Announce):
         what = "claim" if msg.claiming else f"next_block={msg.next_block}"
         return (f"package={msg.package_hash.hex()[:16]} group={msg.group}:{msg.port} {what}"
-                f" seq={msg.seq} echoes={len(msg.echoes)}")  # fmt: skip
+                f" seq={msg.seq} echoes={len(msg.echoes)}"
+                + (f" report_ms={msg.report_ms}" if msg.report_ms else ""))  # fmt: skip
     if isinstance(msg, Nak):
         return f"receiver={msg.receiver_id:x} entries={len(msg.entries)} seq={msg.seq}"
     if isinstance(msg, Status):
         return (f"receiver={msg.receiver_id:x} verified={msg.verified_units} done={msg.done}"
-                f" seq={msg.seq}")  # fmt: skip
+                f" qdelay_us={msg.qdelay_us} seq={msg.seq}")  # fmt: skip
     if isinstance(msg, End):
         return f"reason={msg.reason!r} seq={msg.seq}"
     return (f"package={msg.package_hash.hex()[:16]} receiver={msg.receiver_id:x}"

@@ -65,6 +65,7 @@ class FetchSettings:
     discovery_group: str = DISCOVERY_GROUP
     discovery_port: int = DISCOVERY_PORT
     rate_bps: int = 100_000_000  # for a session this agent starts
+    yield_bandwidth: bool = False  # a session this agent starts backs off for other traffic
     serve_after_s: float = 2.0  # a master keeps serving this long after its last receiver
     session_silence_s: float = 1.5  # a master this quiet is dead: a receiver takes over
     rank: Rank = Rank.WIRED  # what this machine weighs in a master election
@@ -388,7 +389,8 @@ async def serve_session(
     download (``available``); a peer cache serves from disk."""
     group, port = data_channel(snapshot.package_hash)
     config = SenderConfig(group=group, port=port, rate_bps=s.rate_bps, linger=s.serve_after_s,
-                          hold_s=hold, rank=s.rank)  # fmt: skip
+                          hold_s=hold, rank=s.rank,
+                          yield_bandwidth=s.yield_bandwidth)  # fmt: skip
     return await send(
         snapshot, source, channel=Channel(group, port, s.interface), key=key, config=config,
         session_id=session_id, discovery=Channel(s.discovery_group, s.discovery_port, s.interface),

@@ -5,6 +5,8 @@ send)."""
 
 from __future__ import annotations
 
+from mcast.ledbat import DelayController
+
 
 class TokenBucket:
     """``rate`` tokens per second up to ``burst``; ``rate`` 0 means unlimited."""
@@ -132,15 +134,26 @@ class Pacer:
     window before growing it.
     """
 
-    def __init__(self, cap_bps: float, start_bps: float, burst_bytes: float, now: float) -> None:
+    def __init__(
+        self,
+        cap_bps: float,
+        start_bps: float,
+        burst_bytes: float,
+        now: float,
+        *,
+        yielding: DelayController | None = None,
+    ) -> None:
         start = cap_bps or start_bps
         self.control = RateController(cap_bps or NO_CAP_BPS, now, start_rate=start)
-        self.bucket = TokenBucket(self.control.rate / 8, burst_bytes, now)
+        self.yielding = yielding  # --yield: a delay-based limit under the AIMD rate
+        self.bucket = TokenBucket(self.rate_bps / 8, burst_bytes, now)
         self.limited = False
 
     @property
     def rate_bps(self) -> float:
-        return self.control.rate
+        if self.yielding is None:
+            return self.control.rate
+        return min(self.control.rate, self.yielding.rate)
 
     @property
     def cuts(self) -> int:
@@ -149,10 +162,18 @@ class Pacer:
     def tick(self, bytes_sent: int, now: float) -> None:
         """The sender's running total of bytes sent, at each timer."""
         self.control.observe(bytes_sent * 8, now)
+        self.steer(now)
         if self.limited:  # grow only a rate that is in use (cwnd validation)
             self.control.tick(now)
             self._apply()
             self.limited = False
+
+    def steer(self, now: float) -> None:
+        """Move the --yield rate by the delays reported so far (at each timer, and at each
+        report: a slow session wakes rarely, and must not steer by old news)."""
+        if self.yielding is not None:
+            self.yielding.update(now)
+            self._apply()
 
     def congested(self, now: float) -> None:
         self.control.congested(now)
@@ -168,4 +189,4 @@ class Pacer:
         return self.bucket.ready_at(nbytes)
 
     def _apply(self) -> None:
-        self.bucket.rate = self.control.rate / 8
+        self.bucket.rate = self.rate_bps / 8

@@ -51,6 +51,7 @@ from mcast.early import EarlyBuffer
 from mcast.events import Completed, Event, FailureKind, SessionFailed, SessionJoined
 from mcast.freshness import ReplayGuard
 from mcast.geometry import Geometry
+from mcast.ledbat import DelayMeter
 from mcast.liveness import Liveness
 from mcast.nak_schedule import NakSchedule
 from mcast.overrun import OverrunMonitor
@@ -200,8 +201,11 @@ class Receiver:
             now, session_id=session_id, receiver_id=receiver_id,
             package_hash=snapshot.package_hash, key=self._key, rng=self._rng,
             overrun=self._overrun, verified=lambda: self._assembler.verified_count,
+            qdelay=lambda: self._delay.qdelay_us,
             send=self._out.append, stats=self.stats, config=cfg,
         )  # fmt: skip
+        self._delay = DelayMeter()  # the sender's announces' one-way delay (mcast.ledbat)
+        self._arrived = now  # when the datagram being handled reached this host
         self._early = EarlyBuffer(cfg.early_buffer)  # datagrams from before the join
         self._peers = PeerView(stale_after=3 * cfg.status_interval)
         self._sender_guard = ReplayGuard(max_origins=64)  # by session id
@@ -218,8 +222,13 @@ class Receiver:
     def verified_units(self) -> int:
         return self._assembler.verified_count
 
-    def receive_datagram(self, data: bytes, addr: object, now: float) -> None:
+    def receive_datagram(
+        self, data: bytes, addr: object, now: float, *, arrived: float | None = None
+    ) -> None:
+        """``arrived``: when the datagram reached this host, if the driver knows better than
+        ``now`` (a kernel timestamp); only the delay samples of announces use it."""
         self.stats.datagrams += 1
+        self._arrived = arrived if arrived is not None and arrived <= now else now  # NaN: now
         if self.phase is not Phase.RECEIVING:
             if self.phase is Phase.WAITING:
                 self._receive_message(data, now)
@@ -306,6 +315,11 @@ class Receiver:
     def statistics(self) -> ReceiverStats:
         return self.stats
 
+    @property
+    def qdelay_us(self) -> int:
+        """The queueing delay this receiver reports (mcast.ledbat.DelayMeter)."""
+        return self._delay.qdelay_us
+
     def missing_units(self) -> list[int]:
         return self._assembler.missing_units()
 
@@ -368,6 +382,10 @@ class Receiver:
                 self.stats.bad_packets += 1  # not the session we joined: no say in it
                 return
         self.announce = msg
+        # Fresh (the replay guard passed it) and of our session: its seq is the sender's clock
+        # when it left, so its arrival now is a one-way delay sample (mcast.ledbat).
+        self._delay.sample(msg.seq, self._arrived)
+        self._reports.asked_every(msg.report_ms, now)
         authentic = self._key is not None  # unkeyed, anyone can repeat or forge an announce
         self._liveness.announced(msg, now, self.verified_units, authentic=authentic)
         assert self.geometry is not None

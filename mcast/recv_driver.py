@@ -103,7 +103,7 @@ async def receive(
 
     try:
         if not core.complete:
-            endpoint = Endpoint.open(ch.group, ch.port, ch.interface)
+            endpoint = Endpoint.open(ch.group, ch.port, ch.interface, stamps=True)
             try:
                 reason = await _loop(core, endpoint, part, progress, timeline, on_complete,
                                      ended.append)  # fmt: skip
@@ -149,6 +149,7 @@ async def _loop(
     next_checkpoint = now + _CHECKPOINT_EVERY
     next_progress = now
     ended_at: float | None = None
+    offset: float | None = None  # time.time() - trio.current_time()
     reason = ""
     try:
         while True:
@@ -158,8 +159,14 @@ async def _loop(
             with trio.move_on_at(timer if timer is not None else math.inf):
                 batch = await endpoint.receive_batch()
                 now = trio.current_time()
-                for data, addr in batch:
-                    core.receive_datagram(data, addr, now)
+                if endpoint.arrivals:  # each datagram's kernel receive time, on trio's clock
+                    offset = _realtime_offset(offset)
+                if endpoint.arrivals and offset is not None:
+                    for (data, addr), at in zip(batch, endpoint.arrivals, strict=True):
+                        core.receive_datagram(data, addr, now, arrived=at - offset)
+                else:
+                    for data, addr in batch:
+                        core.receive_datagram(data, addr, now)
                 core.note_socket_drops(endpoint.socket_drops)
                 if len(batch) > 64:  # only a long queue is worth a look at its depth
                     core.note_backlog(endpoint.backlog())
@@ -194,6 +201,22 @@ async def _loop(
     finally:
         if progress is not None:
             progress(_progress(core))
+
+
+_CLOCK_PAIR_S = 0.0002  # two reads of trio's clock closer than this bracket time.time()
+
+
+def _realtime_offset(previous: float | None) -> float | None:
+    """time.time() - trio.current_time(), read so that being preempted between the reads
+    cannot skew it (a skew would be an error in every delay sample, and a base delay set
+    too low stays for minutes): trio's clock is read on both sides of time.time(), and a
+    pair too far apart keeps the previous offset."""
+    before = trio.current_time()
+    real = time.time()
+    after = trio.current_time()
+    if after - before > _CLOCK_PAIR_S:
+        return previous
+    return real - (before + after) / 2
 
 
 def _progress(core: Receiver) -> ReceiveProgress:

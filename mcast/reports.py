@@ -1,17 +1,18 @@
 """What the receiver tells the sender, and when.
 
-It packs the NAK entries the NAK schedule says are due, ``max_nak_entries`` to a datagram,
-and owns three schedules of its own: a SOLICIT every ``solicit_interval`` (jittered by half
-either way) while no session is heard; a STATUS every ``status_interval`` while receiving, or
-at once when the overrun monitor closes a window that says the sender is too fast; and the
-final STATUS, which goes out ``done_status_repeats`` times ``done_status_spacing`` apart when
-complete (the sender may lose one) and once when failed. A STATUS carries the verified-unit
-count and the overrun signals. Every datagram carries this receiver's counter (the sender
-drops one that is not newer: a replay), and every SOLICIT a new nonce, which ``nonces``
-remembers: the receiver joins only a session whose announce echoes one of them; an announce
-that echoes none brings the next SOLICIT forward (``solicit_soon``). Datagrams go to ``send``
-in the order they are made; the receiver core reads ``next_solicit``, ``next_status`` or
-``final_deadline()`` as its phase selects.
+It packs the NAK entries the NAK schedule says are due, ``max_nak_entries`` to a datagram, and
+owns three schedules of its own: a SOLICIT every ``solicit_interval`` (jittered by half either
+way) while no session is heard; a STATUS every ``status_interval`` while receiving, or at once
+when the overrun monitor closes a window that says the sender is too fast (or as often as the
+session's announce asks: a yielding sender steers by the queueing delay each STATUS carries);
+and the final STATUS, which goes out ``done_status_repeats`` times ``done_status_spacing``
+apart when complete (the sender may lose one) and once when failed. A STATUS carries the
+verified-unit count, the overrun signals and the queueing delay. Every datagram carries this
+receiver's counter (the sender drops one that is not newer: a replay), and every SOLICIT a new
+nonce, which ``nonces`` remembers: the receiver joins only a session whose announce echoes one
+of them; an announce that echoes none brings the next SOLICIT forward (``solicit_soon``).
+Datagrams go to ``send`` in the order they are made; the receiver core reads ``next_solicit``,
+``next_status`` or ``final_deadline()`` as its phase selects.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class Reports:
         rng: random.Random,
         overrun: OverrunMonitor,
         verified: Callable[[], int],
+        qdelay: Callable[[], int] | None = None,
         send: Callable[[bytes], None],
         stats: ReportStats,
         config: ReportConfig,
@@ -73,8 +75,9 @@ class Reports:
         self._rng = rng
         self._overrun = overrun
         self._verified = verified
+        self._qdelay = qdelay or (lambda: 0)
         self._send = send
-        self._status_interval = config.status_interval
+        self._own_interval = self._status_interval = config.status_interval
         self._solicit_interval = config.solicit_interval
         self._final_repeats = config.done_status_repeats
         self._final_spacing = config.done_status_spacing
@@ -107,6 +110,16 @@ class Reports:
         self.session_id = session_id
         self.status(now, done=False)
         self.next_status = now + self._status_interval
+
+    def asked_every(self, report_ms: int, now: float) -> None:
+        """The session's announce asks for a STATUS every ``report_ms`` (0: our own
+        interval): a yielding sender steers by the delay each one reports."""
+        interval = self._own_interval
+        if report_ms:
+            interval = min(interval, report_ms / 1000)
+        if interval != self._status_interval:
+            self._status_interval = interval
+            self.next_status = min(self.next_status, now + interval)
 
     def periodic(self, now: float, *, urgent: bool) -> None:
         if urgent or now >= self.next_status:
@@ -148,6 +161,7 @@ class Reports:
         msg = Status(
             self.session_id, self._receiver_id, self._verified(), done, failed,
             o.loss_permille, o.socket_drops, o.backlog_pct, self._rank, self._seq.next(now),
+            self._qdelay(),
         )  # fmt: skip
         self._send(encode(msg, self._key))
         self._stats.status_sent += 1

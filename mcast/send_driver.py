@@ -28,6 +28,11 @@ from mcast.wire import BadPacket, MsgType, reseal, reseal_untrusted
 _PROGRESS_EVERY = 0.5
 _AVAILABLE_POLL = 0.02  # how often a streaming master looks for newly downloaded units
 _BEACON_TYPES = (int(MsgType.ANNOUNCE), int(MsgType.END))
+# A yielding session announces every 25 ms on its data group (each announce is a delay
+# sample); the discovery group, which every agent of the subnet hears, still gets about one
+# per BEACON_EVERY, and the next ECHO_BEACONS after a SOLICIT heard there (they echo it).
+BEACON_EVERY = 0.45
+ECHO_BEACONS = 2
 
 
 @dataclass
@@ -39,6 +44,8 @@ class SendProgress:
     receivers_heard: int
     bytes_sent: int
     repairs_sent: int
+    rate_bps: float = 0.0  # the pace now
+    qdelay_us: int = 0  # --yield: the worst queueing delay the rate is steered by
 
 
 @dataclass
@@ -93,6 +100,7 @@ async def send(
                 beacon = _Beacon(
                     Endpoint.open(discovery.group, discovery.port, ch.interface, loop=True),
                     key if discovery_key is None else discovery_key, key,
+                    thin=cfg.yield_bandwidth,
                 )  # fmt: skip
             core = Sender(
                 snapshot, src, session_id=sid, sender_id=random.getrandbits(63),
@@ -127,13 +135,28 @@ class _Beacon:
     endpoint: Endpoint
     key: bytes | None  # the discovery group's
     session_key: bytes | None
+    thin: bool = False  # announces come often (--yield): pass on only some of them
+    _last: float = field(default=-math.inf, init=False)
+    _echo_left: int = field(default=0, init=False)
 
-    def outgoing(self, out: list[bytes]) -> list[bytes]:
-        beacons = [d for d in out if d[3] in _BEACON_TYPES]
+    def outgoing(self, out: list[bytes], now: float) -> list[bytes]:
+        beacons = [d for d in out if d[3] in _BEACON_TYPES and self._passes(d, now)]
         return beacons if self.key == self.session_key else [reseal(d, self.key) for d in beacons]
+
+    def _passes(self, datagram: bytes, now: float) -> bool:
+        if not self.thin or datagram[3] != MsgType.ANNOUNCE:
+            return True
+        if self._echo_left:
+            self._echo_left -= 1
+        elif now - self._last < BEACON_EVERY:
+            return False
+        self._last = now
+        return True
 
     def incoming(self, data: bytes) -> bytes | None:
         """A datagram heard there, as the core (which knows only the session key) reads it."""
+        if len(data) > 3 and data[3] == MsgType.SOLICIT:
+            self._echo_left = ECHO_BEACONS  # the announces that answer it go out here too
         if self.key == self.session_key:
             return data
         try:
@@ -221,7 +244,7 @@ async def _send_loop(
             timeline.setdefault("first_send", time.monotonic())
             await endpoint.send_many(out)
             if beacon is not None:  # the session's announces and END, for the whole subnet
-                await beacon.endpoint.send_many(beacon.outgoing(out))
+                await beacon.endpoint.send_many(beacon.outgoing(out, now))
             if core.pass_done:
                 timeline.setdefault("pass_done", time.monotonic())
         while (event := core.next_event()) is not None:
@@ -248,4 +271,6 @@ def _progress(core: Sender, now: float) -> SendProgress:
         receivers_heard=len(core.peers),
         bytes_sent=core.stats.bytes_sent,
         repairs_sent=core.stats.parity_sent,
+        rate_bps=core.rate_bps,
+        qdelay_us=core.yield_qdelay_us,
     )

@@ -50,12 +50,15 @@ from mcast.events import Event, SenderFinished
 from mcast.first_pass import FirstPass
 from mcast.freshness import Counter, Echoes, ReplayGuard
 from mcast.geometry import Geometry
+from mcast.ledbat import DelayController
 from mcast.pacing import Pacer, SourceLimiter
 from mcast.peers import PeerTable
 from mcast.repair_queue import RepairQueue
 from mcast.snapshot import Snapshot
 from mcast.wire import (
     MAX_HOLD_MS,
+    MAX_REPORT_MS,
+    MIN_REPORT_MS,
     Announce,
     BadPacket,
     End,
@@ -96,6 +99,16 @@ class SenderConfig:
     max_batch: int = 256
     hold_s: float = 0.0  # announce this long before the first data: arrivals start together
     rank: int = 0  # this master's Rank, announced for the election (mcast.discovery)
+    # --yield: back off when other traffic needs the link (mcast.ledbat). Announces go out
+    # every yield_probe_s (their seq is our clock: each is a one-way delay sample at every
+    # receiver), receivers report their queueing delay every yield_report_ms, and the rate is
+    # steered to keep the worst of them near yield_target_ms, never under yield_floor of the cap.
+    yield_bandwidth: bool = False
+    yield_target_ms: float = 5.0
+    yield_gain: float = 0.5  # the share of the cap the rate moves per second, on target by 1x
+    yield_floor: float = 0.02
+    yield_probe_s: float = 0.025
+    yield_report_ms: int = 50
 
 
 class SenderPhase(Enum):
@@ -128,6 +141,9 @@ class SenderStats:
     receivers_heard: int = 0
     rate_cuts: int = 0
     rate_bps: int = 0
+    yield_backed_off_s: float = 0.0  # --yield: time spent below 90% of the cap
+    yield_min_rate_bps: int = 0  # --yield: the lowest rate it yielded to
+    yield_max_qdelay_us: int = 0  # --yield: the worst queueing delay a receiver reported
 
 
 __all__ = ["BytesSource", "PackageSource", "Sender", "SenderConfig", "SenderPhase", "SenderStats"]
@@ -163,7 +179,16 @@ class Sender:
         self._key = check_key(key)
         self._encoder = BlockEncoder(source, g, cache_blocks=cfg.parity_cache_blocks)
         self._repairs = RepairQueue(g, holdoff=cfg.repair_holdoff)
-        self._pacer = Pacer(cfg.rate_bps, cfg.start_rate_bps, cfg.burst_bytes, now)
+        self._yield: DelayController | None = None
+        if cfg.yield_bandwidth:  # an uncapped session yields under the rate it starts at
+            self._yield = DelayController(
+                cfg.rate_bps or cfg.start_rate_bps, now,
+                target_us=round(cfg.yield_target_ms * 1000), gain=cfg.yield_gain,
+                floor_share=cfg.yield_floor, stale_s=max(1.0, 10 * cfg.yield_report_ms / 1000),
+            )  # fmt: skip
+        self._pacer = Pacer(
+            cfg.rate_bps, cfg.start_rate_bps, cfg.burst_bytes, now, yielding=self._yield
+        )
         self._sync_rate()
         self._limiter = SourceLimiter(cfg.feedback_rate, cfg.feedback_burst)
         self._guard = ReplayGuard()
@@ -172,7 +197,13 @@ class Sender:
         self._pass = FirstPass(g, hold_until=now + cfg.hold_s if cfg.hold_s > 0 else 0.0)
         self._repairs_in_row = 0
         self._pending: bytes | None = None  # built, waiting for pacing tokens
-        self._announces = AnnounceSchedule(now, interval=cfg.announce_interval)
+        interval = cfg.announce_interval
+        if self._yield is not None:  # each announce is a delay sample for the receivers
+            interval = min(interval, cfg.yield_probe_s)
+        self._announces = AnnounceSchedule(now, interval=interval)
+        self._report_ms = 0  # what the announces ask of the receivers: 0, their own interval
+        if self._yield is not None:
+            self._report_ms = max(MIN_REPORT_MS, min(MAX_REPORT_MS, cfg.yield_report_ms))
         self._ends = EndSchedule()
         self._last_activity = now
         self._events: deque[Event] = deque()
@@ -269,6 +300,11 @@ class Sender:
     def rate_bps(self) -> float:
         return self._pacer.rate_bps
 
+    @property
+    def yield_qdelay_us(self) -> int:
+        """--yield: the worst queueing delay the rate was last steered by (0 without)."""
+        return self._yield.worst_us if self._yield is not None else 0
+
     def set_available_units(self, units: int) -> None:
         """Only the first ``units`` hash units can be read yet: a master that streams the
         package from HTTP as it downloads sends each block once all of its units are in."""
@@ -303,6 +339,10 @@ class Sender:
     def _sync_rate(self) -> None:
         self.stats.rate_cuts = self._pacer.cuts
         self.stats.rate_bps = int(self._pacer.rate_bps)
+        if self._yield is not None:
+            self.stats.yield_backed_off_s = round(self._yield.backed_off_s, 3)
+            self.stats.yield_min_rate_bps = int(self._yield.min_rate)
+            self.stats.yield_max_qdelay_us = self._yield.max_reported_us
 
     # -- feedback ----------------------------------------------------------------------------
     def _handle_nak(self, msg: Nak, addr: object, now: float) -> None:
@@ -332,6 +372,13 @@ class Sender:
         if peer is None:
             return
         overrun = peer.report(msg)
+        if self._yield is not None:
+            if peer.finished:
+                self._yield.forget(msg.receiver_id)  # its link no longer matters to it
+            else:
+                self._yield.report(msg.receiver_id, msg.qdelay_us, now)
+            self._pacer.steer(now)
+            self._sync_rate()
         too_fast = msg.loss_permille > self.config.congestion_loss_permille or msg.backlog_pct > 50
         if overrun or too_fast:
             self._pacer.congested(now)
@@ -391,6 +438,7 @@ class Sender:
             hold_ms=min(round(self._pass.hold_left(now) * 1000), MAX_HOLD_MS),
             seq=self._seq.next(now),
             echoes=self._echoes.take(),
+            report_ms=self._report_ms,
         )
         self.stats.announces_sent += 1
         return encode(msg, self._key)

@@ -34,6 +34,8 @@ class Link:
     duplicate: float = 0.0
     jitter: float = 0.0  # uniform extra delay in [0, jitter): reorders datagrams
     drop: Callable[[bytes], bool] | None = None  # a custom filter: True drops the datagram
+    # extra delay of a datagram sent at a time: a bottleneck's queue (tests of --yield)
+    queue: Callable[[float, bytes], float] | None = None
 
 
 @dataclass
@@ -149,4 +151,6 @@ class SimNet:
             copies = 2 if link.duplicate and rng.random() < link.duplicate else 1
             for _ in range(copies):
                 extra = rng.random() * link.jitter if link.jitter else 0.0
+                if link.queue is not None:
+                    extra += link.queue(self.now, dgram)
                 self._push(self.now + self.delay + extra, _DELIVER, name, dgram, src)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
+import math
 import os
 import socket
 import struct
@@ -31,6 +32,9 @@ UDP_SEGMENT = 103
 UDP_GRO = 104
 SO_RXQ_OVFL = 40  # ancillary data: datagrams this socket has dropped, cumulative
 SO_MEMINFO = 55  # receive memory in use and the receive buffer size
+SO_TIMESTAMPNS = 35  # ancillary data: when the kernel received the datagram (CLOCK_REALTIME)
+_TIMESPEC = struct.Struct("=qq")
+_ANCILLARY = 128  # room for GRO, overflow and timestamp messages together
 MAX_GSO_SEGMENTS = 64
 MAX_GSO_BYTES = 65000
 DEFAULT_INTERFACE = "127.0.0.1"
@@ -206,6 +210,11 @@ class Endpoint:
         self.datagrams_received = 0
         self.send_drops = 0
         self.socket_drops = 0  # what the kernel dropped because we read too slowly
+        # With stamps: when the kernel received each datagram of the last batch (time.time()
+        # seconds; NaN where it did not say), so a reader that is late does not count its own
+        # lateness as network delay (mcast.ledbat).
+        self.stamps = False
+        self.arrivals: list[float] = []
 
     @classmethod
     def open(
@@ -216,10 +225,19 @@ class Endpoint:
         *,
         ttl: int = 1,
         loop: bool = True,
+        stamps: bool = False,
     ) -> Endpoint:
-        """``loop=False``: this socket's own sends are not delivered to this host."""
+        """``loop=False``: this socket's own sends are not delivered to this host.
+        ``stamps``: record the kernel's receive time of each datagram (``arrivals``)."""
         sock, info = open_multicast(group, port, interface, ttl=ttl, loop=loop)
-        return cls(sock, info, group, port)
+        endpoint = cls(sock, info, group, port)
+        if stamps:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                endpoint.stamps = True
+            except OSError:
+                pass  # no kernel timestamps: the reader's clock it is
+        return endpoint
 
     def close(self) -> None:
         self.sock.close()
@@ -285,22 +303,33 @@ class Endpoint:
     async def receive_batch(self, max_datagrams: int = 512) -> list[tuple[bytes, object]]:
         """Wait for at least one datagram, then take what is queued without waiting again."""
         out: list[tuple[bytes, object]] = []
+        arrivals = self.arrivals
+        arrivals.clear()
         while not out:
             await trio.lowlevel.wait_readable(self.sock)
             while len(out) < max_datagrams:
                 try:
-                    data, anc, _flags, addr = self.sock.recvmsg(65536, 64)
+                    data, anc, _flags, addr = self.sock.recvmsg(65536, _ANCILLARY)
                 except BlockingIOError:
                     break
                 seg = 0
+                stamp = math.nan
                 for level, kind, value in anc:
                     if level == SOL_UDP and kind == UDP_GRO and len(value) >= 4:
                         seg = int(struct.unpack("=i", value[:4])[0])
-                    elif level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(value) >= 4:
+                    elif level != socket.SOL_SOCKET:
+                        continue
+                    elif kind == SO_RXQ_OVFL and len(value) >= 4:
                         self.socket_drops = int(struct.unpack("=I", value[:4])[0])
+                    elif kind == SO_TIMESTAMPNS and len(value) >= _TIMESPEC.size:
+                        sec, nsec = _TIMESPEC.unpack_from(value)
+                        stamp = sec + nsec * 1e-9
+                before = len(out)
                 if seg and len(data) > seg:
                     out.extend((data[k : k + seg], addr) for k in range(0, len(data), seg))
                 else:
                     out.append((data, addr))
+                if self.stamps:
+                    arrivals.extend([stamp] * (len(out) - before))
         self.datagrams_received += len(out)
         return out

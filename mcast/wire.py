@@ -18,9 +18,10 @@ echoes, which is how a receiver knows a session is live now and not a recording.
 DATA carries source shard ``index`` of FEC block ``block``; PARITY carries repair sequence
 number ``index``, which ``Geometry.repair_symbol`` maps to a Reed-Solomon recovery shard or,
 once those are used up, a zero-padded source shard. The control messages are ANNOUNCE (a
-session describes itself; ``claiming`` marks an agent's bid to start one), NAK, STATUS (with
-the overrun signals for rate control), END and SOLICIT (who sends this package?). The hot
-path uses fixed ``struct`` formats; control bodies are msgpack, decoded with size limits.
+session describes itself; ``claiming`` marks an agent's bid to start one; ``report_ms`` asks
+for frequent STATUS under ``--yield``), NAK, STATUS (with the overrun signals for rate control
+and the queueing delay ``--yield`` steers by), END and SOLICIT (who sends this package?). The
+hot path uses fixed ``struct`` formats; control bodies are msgpack, decoded with size limits.
 
 The decoders take bytes from the network and raise only :class:`BadPacket`. A receiver that
 holds the key drops any datagram whose tag does not match before parsing the body.
@@ -58,6 +59,8 @@ _MAX_NAK_ENTRIES = 256
 MAX_RANK = 3
 MAX_HOLD_MS = 60_000
 MAX_ECHOES = 64  # SOLICIT nonces one ANNOUNCE echoes
+MIN_REPORT_MS = 20  # the most often an announce may ask each receiver for a STATUS
+MAX_REPORT_MS = 60_000
 
 
 class BadPacket(McastError):
@@ -124,6 +127,9 @@ class Announce:
     hold_ms: int = 0  # a new session holds its first data this long, so arrivals start together
     seq: int = 0  # the sender's counter: an older or repeated one is a replay
     echoes: tuple[int, ...] = ()  # nonces of the SOLICITs this answers: proof it is live now
+    # A yielding sender (``--yield``) asks for a STATUS this often, in ms, to steer its rate by
+    # the receivers' queueing delay; 0: each receiver's own interval. At least MIN_REPORT_MS.
+    report_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +159,9 @@ class Status:
     backlog_pct: int = 0  # how full the receiver's socket queue got over the last interval
     rank: int = 0  # the receiver's Rank: weighed, after its verified units, in a takeover
     seq: int = 0  # the receiver's counter
+    # queueing delay, microseconds: the one-way delay of the sender's announces now, less the
+    # least seen (mcast.ledbat.DelayMeter); what a yielding sender keeps under its target
+    qdelay_us: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +277,7 @@ def _enc_announce(m: Announce, key: bytes | None) -> bytes:
         m.package_hash, m.sender_id, m.packet_size, m.units_per_block, m.parity_ratio_pct,
         m.rate_bps, m.group, m.port, m.next_block, m.pass_done, m.receivers, m.progress_pct,
         m.claiming, m.complete, m.rank, m.verified_units, m.hold_ms, m.seq, list(m.echoes),
+        m.report_ms,
     ]  # fmt: skip
     return _control(MsgType.ANNOUNCE, m.session, fields, key)
 
@@ -280,7 +290,7 @@ def _enc_nak(m: Nak, key: bytes | None) -> bytes:
 def _enc_status(m: Status, key: bytes | None) -> bytes:
     fields = [
         m.receiver_id, m.verified_units, m.done, m.failed, m.loss_permille, m.socket_drops,
-        m.backlog_pct, m.rank, m.seq,
+        m.backlog_pct, m.rank, m.seq, m.qdelay_us,
     ]  # fmt: skip
     return _control(MsgType.STATUS, m.session, fields, key)
 
@@ -351,7 +361,7 @@ def _fields(body: bytes | memoryview, count: int) -> list[Any]:
 
 
 def _dec_announce(session: int, body: memoryview) -> Announce:
-    f = _fields(body, 19)
+    f = _fields(body, 20)
     _hash(f[0])
     packet_size = _u(f[2], 65_000)
     if packet_size < 2 or packet_size % 2:
@@ -364,7 +374,7 @@ def _dec_announce(session: int, body: memoryview) -> Announce:
         session, f[0], _u(f[1], _MAX_U64), packet_size, units, ratio, _u(f[5], _MAX_U64),
         _text(f[6]), _u(f[7], 65535), _u(f[8]), _flag(f[9]), _u(f[10]), _u(f[11], 100),
         _flag(f[12]), _flag(f[13]), _u(f[14], MAX_RANK), _u(f[15]), _u(f[16], MAX_HOLD_MS),
-        _u(f[17], _MAX_U64), _echoes(f[18]),
+        _u(f[17], _MAX_U64), _echoes(f[18]), _report_ms(f[19]),
     )  # fmt: skip
 
 
@@ -381,10 +391,10 @@ def _dec_nak(session: int, body: memoryview) -> Nak:
 
 
 def _dec_status(session: int, body: memoryview) -> Status:
-    f = _fields(body, 9)
+    f = _fields(body, 10)
     return Status(
         session, _u(f[0], _MAX_U64), _u(f[1]), _flag(f[2]), _flag(f[3]), _u(f[4], 1000),
-        _u(f[5]), _u(f[6], 100), _u(f[7], MAX_RANK), _u(f[8], _MAX_U64),
+        _u(f[5]), _u(f[6], 100), _u(f[7], MAX_RANK), _u(f[8], _MAX_U64), _u(f[9]),
     )  # fmt: skip
 
 
@@ -396,6 +406,13 @@ def _dec_end(session: int, body: memoryview) -> End:
 def _dec_solicit(session: int, body: memoryview) -> Solicit:
     f = _fields(body, 4)
     return Solicit(session, _hash(f[0]), _u(f[1], _MAX_U64), _u(f[2], _MAX_U64), _u(f[3], _MAX_U64))
+
+
+def _report_ms(value: Any) -> int:
+    ms = _u(value, MAX_REPORT_MS)
+    if ms and ms < MIN_REPORT_MS:
+        raise BadPacket("announce: status reports asked for too often")
+    return ms
 
 
 def _echoes(value: Any) -> tuple[int, ...]:

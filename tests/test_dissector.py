@@ -69,9 +69,10 @@ CONTROL_FIELDS: dict[type, list[object]] = {
         0,
         0,
         [],
+        0,
     ],
     wire.Nak: [11, [[1, 2, 3], [7, 0, 9]], 21],
-    wire.Status: [12, 99, True, False, 0, 0, 0, 0, 0],
+    wire.Status: [12, 99, True, False, 0, 0, 0, 0, 0, 0],
     wire.End: ["done", 22],
     wire.Solicit: [bytes(range(32)), 13, 23, 2**64 - 1],
 }

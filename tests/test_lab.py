@@ -18,7 +18,7 @@ import pytest
 
 from bench import labnet
 from bench.http_serve import parse_range
-from bench.lab import cleanup_stale_workdirs, mcast_cli_has_send, run_lab
+from bench.lab import CrossPlan, cleanup_stale_workdirs, cross_share, mcast_cli_has_send, run_lab
 from bench.labnet import (
     Lab,
     cleanup_stale,
@@ -85,6 +85,31 @@ def test_a_receiver_is_verified_only_by_what_was_observed(tmp_path: Path) -> Non
     assert not receiver_verified({"event": "done", "complete": False}, True)
     assert not receiver_verified({"event": "error", "complete": True}, True)
     assert not receiver_verified(None, True)
+
+
+def test_cross_traffic_share_is_over_the_overlap_with_the_session() -> None:
+    plan = CrossPlan(size=100_000_000, delay_s=1.0)
+    mb = 1_000_000
+    lines = [(11.0, {"event": "started", "bytes": 0}),
+             (12.0, {"event": "progress", "bytes": 5 * mb}),
+             (14.0, {"event": "progress", "bytes": 15 * mb})]  # fmt: skip
+    # the session ended at 13 s, the download still running: 10 MB (interpolated) in 2 s
+    running = cross_share([*lines, (20.0, {"event": "done", "bytes": 40 * mb, "stopped": True})],
+                          plan, 13.0, 100_000_000)  # fmt: skip
+    assert running["window_s"] == 2.0 and running["bytes_in_window"] == 10 * mb
+    assert running["mbit_s"] == 40.0 and running["share_of_link"] == 0.4
+    assert running["download_finished"] is False
+    # the download finished first (at 16 s, all 20 MB): its own time is the window
+    small = CrossPlan(size=20 * mb)
+    finished = cross_share([*lines, (16.0, {"event": "done", "bytes": 20 * mb})], small, 30.0,
+                           100_000_000)  # fmt: skip
+    assert finished["window_s"] == 5.0 and finished["share_of_link"] == 0.32
+    assert finished["download_finished"] and finished["download_s"] == 5.0
+    # a download already running when the session started counts from the session's start
+    early = cross_share([*lines, (20.0, {"event": "done", "bytes": 40 * mb, "stopped": True})],
+                        plan, 13.0, 100_000_000, t0=12.0)  # fmt: skip
+    assert early["window_s"] == 1.0 and early["bytes_in_window"] == 5 * mb
+    assert "error" in cross_share([], plan, 13.0, 100_000_000)
 
 
 def test_nft_ruleset_shape() -> None:

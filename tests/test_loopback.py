@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from mcast.send_driver import send
 from mcast.sender import SenderConfig
 from mcast.snapshot import build_snapshot, generate_key
 from mcast.source import SourceMismatch
-from mcast.udp import Channel, UnsafeAddress, check_endpoint, gso_batches
+from mcast.udp import Channel, Endpoint, UnsafeAddress, check_endpoint, gso_batches
 from tests.harness import JsonProc, await_joined, event_is, expect_json, wait_joined
 
 KEY = generate_key()
@@ -248,6 +249,32 @@ def test_safety_rules_refuse_groups_interfaces_and_ttl_outside_the_lab() -> None
             check_endpoint(group, iface, ttl)
 
 
+async def test_a_stamping_endpoint_knows_when_each_datagram_arrived() -> None:
+    """Kernel receive times (--yield's delay samples): one per datagram, in time.time()
+    seconds, before the reader got to them; a plain endpoint keeps none."""
+    ch = channel()
+    stamped = Endpoint.open(ch.group, ch.port, stamps=True)
+    plain = Endpoint.open(ch.group, ch.port)
+    try:
+        sent = time.time()
+        await plain.send_many([b"a" * 100, b"b" * 100, b"c" * 50])
+        await trio.sleep(0.05)  # the reader is late: the stamps are not
+        got: list[bytes] = []
+        stamps: list[float] = []
+        while len(got) < 3:
+            got += [d for d, _ in await stamped.receive_batch()]
+            stamps += stamped.arrivals
+        read = time.time()
+        assert sorted(got) == [b"a" * 100, b"b" * 100, b"c" * 50]
+        assert len(stamps) == 3
+        assert all(sent - 0.01 <= t <= read - 0.04 for t in stamps), (sent, stamps, read)
+        await plain.receive_batch()
+        assert plain.arrivals == []
+    finally:
+        stamped.close()
+        plain.close()
+
+
 def test_gso_batches_keep_order_and_equal_sizes() -> None:
     sizes = [1468] * 70 + [900] + [1468] * 3 + [100, 100]
     dgrams = [bytes(n) for n in sizes]
@@ -286,6 +313,35 @@ def test_cli_snapshot_send_recv_end_to_end(tmp_path: Path) -> None:
         recv.kill()
     assert done["event"] == "done" and done["verified"] is True
     assert json.loads(sent.stdout.splitlines()[-1])["receivers_done"] == 1
+    assert same_tree(src, tmp_path / "out")
+
+
+def test_cli_send_yield_completes_and_reports_what_it_yielded(tmp_path: Path) -> None:
+    """--yield on an idle loopback: the session completes, and its summary says how long it
+    spent backed off and the worst queueing delay the receiver reported."""
+    src = make_tree(tmp_path / "src")
+    snapshot, key = tmp_path / "s.xml", tmp_path / "signing.pem"
+    assert _cli("snapshot", str(src), "-o", str(snapshot), "--key", str(key)).returncode == 0
+    sk = tmp_path / "session.key"
+    sk.write_text(os.urandom(32).hex())
+    ch = channel()
+    common = ["--snapshot", str(snapshot), "--group", ch.group, "--port", str(ch.port),
+              "--session-key-file", str(sk), "--json"]  # fmt: skip
+    recv = JsonProc([sys.executable, "-m", "mcast.cli", "recv", "--trust-key", f"{key}.pub",
+                     "--out", str(tmp_path / "out"), *common])  # fmt: skip
+    try:
+        wait_joined(ch.group)
+        sent = _cli("send", str(src), "--linger", "0.3", "--rate", "200mbit", "--yield", *common)
+        assert sent.returncode == 0, sent.stderr
+        done = expect_json(recv, event_is("done", "error"), "the receiver's summary")
+        assert recv.wait() == 0, recv.describe()
+    finally:
+        recv.kill()
+    assert done["event"] == "done" and done["verified"] is True
+    summary = json.loads(sent.stdout.splitlines()[-1])
+    assert summary["receivers_done"] == 1 and summary["yield_bandwidth"] is True
+    assert summary["yield_backed_off_s"] >= 0 and summary["yield_max_qdelay_ms"] >= 0
+    assert 0 < summary["yield_min_rate_bps"] <= 200_000_000
     assert same_tree(src, tmp_path / "out")
 
 

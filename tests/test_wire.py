@@ -6,6 +6,7 @@ either return a message or raise ``BadPacket`` for any bytes at all; nothing els
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import struct
@@ -72,6 +73,7 @@ announces = st.builds(
     claiming=st.booleans(),
     seq=u64,
     echoes=st.lists(u64, max_size=64).map(tuple),
+    report_ms=st.one_of(st.just(0), st.integers(wire.MIN_REPORT_MS, wire.MAX_REPORT_MS)),
 )
 naks = st.builds(
     Nak,
@@ -92,6 +94,7 @@ statuses = st.builds(
     st.integers(0, 100),
     st.integers(0, 3),
     u64,
+    u32,
 )
 solicits = st.builds(Solicit, u64, st.binary(min_size=32, max_size=32), u64, u64, u64)
 # The decoder allows 200 code points; ASCII keeps them under msgpack's 256-byte str limit.
@@ -196,9 +199,25 @@ def test_largest_valid_values_round_trip():
     nak = Nak(
         2**64 - 1, 2**64 - 1, tuple(NakEntry(2**32 - 1, 2**32 - 1, 2**32 - 1) for _ in range(256))
     )
-    status = Status(2**64 - 1, 2**64 - 1, 2**32 - 1, True, True)
+    status = Status(2**64 - 1, 2**64 - 1, 2**32 - 1, True, True, qdelay_us=2**32 - 1)
     for msg in (big, nak, status, End(0, "r" * 200)):
         assert decode_untrusted(encode(msg, KEY), KEY) == msg
+
+
+def test_announce_may_not_ask_for_statuses_too_often():
+    base = Announce(5, bytes(32), 9, 1400, 16, 25, 10**8, "239.255.1.2", 47000, 3, False, 4, 50)
+    for ms in (0, wire.MIN_REPORT_MS, wire.MAX_REPORT_MS):
+        msg = dataclasses.replace(base, report_ms=ms)
+        assert decode_untrusted(encode(msg, KEY), KEY) == msg
+    for ms in (1, wire.MIN_REPORT_MS - 1, wire.MAX_REPORT_MS + 1):  # a status flood, or nonsense
+        with pytest.raises(BadPacket):
+            decode_untrusted(encode(dataclasses.replace(base, report_ms=ms), KEY), KEY)
+
+
+def test_status_queueing_delay_is_bounded_and_defaults_to_zero():
+    assert Status(1, 2, 3, False).qdelay_us == 0
+    with pytest.raises(BadPacket):  # beyond u32 microseconds (71 minutes) is no delay
+        decode_untrusted(encode(Status(1, 2, 3, False, qdelay_us=2**32), KEY), KEY)
 
 
 def test_end_reason_limit_counts_characters():
@@ -485,6 +504,7 @@ GOOD_ANNOUNCE = [
     3000,
     5,
     [1, 2**64 - 1],
+    50,
 ]
 
 
@@ -498,7 +518,7 @@ BAD_BODIES: dict[str, tuple[MsgType, Any]] = {
     # shape
     "announce-as-map": (
         MsgType.ANNOUNCE,
-        dict(zip("abcdefghijklmnopqrs", GOOD_ANNOUNCE, strict=True)),
+        dict(zip("abcdefghijklmnopqrst", GOOD_ANNOUNCE, strict=True)),
     ),
     "announce-too-few": (MsgType.ANNOUNCE, GOOD_ANNOUNCE[:-1]),
     "announce-too-many": (MsgType.ANNOUNCE, [*GOOD_ANNOUNCE, 0]),
@@ -556,6 +576,9 @@ BAD_BODIES: dict[str, tuple[MsgType, Any]] = {
     "announce-units-4097": (MsgType.ANNOUNCE, _announce_with(3, 4097)),
     "announce-ratio-0": (MsgType.ANNOUNCE, _announce_with(4, 0)),
     "announce-ratio-401": (MsgType.ANNOUNCE, _announce_with(4, 401)),
+    "announce-report-ms-1": (MsgType.ANNOUNCE, _announce_with(19, 1)),
+    "announce-report-ms-bool": (MsgType.ANNOUNCE, _announce_with(19, True)),
+    "status-qdelay-negative": (MsgType.STATUS, [1, 2, True, False, 0, 0, 0, 0, 1, -1]),
     # election and rendezvous fields
     "announce-complete-int": (MsgType.ANNOUNCE, _announce_with(13, 1)),
     "announce-rank-4": (MsgType.ANNOUNCE, _announce_with(14, 4)),
