@@ -1,12 +1,16 @@
 """A virtual-time multicast LAN for driving sans-I/O cores: the test and simulation harness.
 
 Every datagram a node sends is fanned out to every other started node, each copy lost,
-duplicated or delayed (jitter, hence reordering) independently by the link model. Nodes are
+duplicated or delayed (jitter, hence reordering) independently by the link model. Copies
+that arrive at the same instant (no jitter) share one queue entry that names their
+recipients, so a datagram to ten thousand receivers costs one heap push, not ten thousand. Nodes are
 anything with the core interface (``receive_datagram``, ``handle_timer``,
 ``datagrams_to_send``, ``get_timer``, ``next_event``); a node may start late (a late joiner)
 or be stopped (a crash). Time is a float that jumps from event to event, so a run of a
 hundred receivers over megabytes takes seconds of real time and is exactly reproducible from
-its seed.
+its seed. Events the cores emit go to ``on_event`` when one is set; only without one are they
+kept in ``events`` (a ``UnitVerified`` carries its unit's bytes: keeping them all would hold
+a copy of the package per receiver).
 """
 
 from __future__ import annotations
@@ -58,7 +62,8 @@ class SimNet:
         self.delay = delay
         self.now = 0.0
         self.nodes: dict[str, _Node] = {}
-        self._heap: list[tuple[float, int, int, str, bytes, str]] = []  # time, seq, kind, ...
+        # time, seq, kind, node(s), datagram, source: a delivery names all its recipients
+        self._heap: list[tuple[float, int, int, str | tuple[str, ...], bytes, str]] = []
         self._seq = 0
         self.events: list[tuple[float, str, Any]] = []
         self.on_event: Callable[[float, str, Any], None] | None = None
@@ -93,31 +98,47 @@ class SimNet:
                 break
             if self._heap[0][0] > until:
                 break
-            time, _, kind, name, data, src = heapq.heappop(self._heap)
+            time, _, kind, target, data, src = heapq.heappop(self._heap)
             self.now = time
-            node = self.nodes[name]
+            if kind == _DELIVER:
+                assert isinstance(target, tuple)
+                self._deliver(target, data, src)
+                continue
+            assert isinstance(target, str)
+            node = self.nodes[target]
             if node.stopped:
                 continue
             if kind == _START:
                 node.core = node.factory(self.now)
             elif node.core is None:
                 continue
-            elif kind == _TIMER:
+            else:
                 if node.timer is None or node.timer > self.now:
                     continue  # stale
                 node.timer = None
                 node.core.handle_timer(self.now)
-            else:
-                node.received += 1
-                self.delivered += 1
-                node.core.receive_datagram(data, src, self.now)
             self._after(node)
         return self.now
 
     # -- internals -------------------------------------------------------------------------
-    def _push(self, time: float, kind: int, node: str, data: bytes = b"", src: str = "") -> None:
+    def _push(
+        self, time: float, kind: int, node: str | tuple[str, ...], data: bytes = b"", src: str = ""
+    ) -> None:
         self._seq += 1
         heapq.heappush(self._heap, (time, self._seq, kind, node, data, src))
+
+    def _deliver(self, names: tuple[str, ...], data: bytes, src: str) -> None:
+        """One datagram reaching its recipients, in the order they were drawn."""
+        nodes, now = self.nodes, self.now
+        for name in names:
+            node = nodes[name]
+            core = node.core
+            if node.stopped or core is None:
+                continue
+            node.received += 1
+            self.delivered += 1
+            core.receive_datagram(data, src, now)
+            self._after(node)
 
     def _after(self, node: _Node) -> None:
         core = node.core
@@ -126,9 +147,10 @@ class SimNet:
             node.sent += 1
             self._fan_out(node.name, dgram)
         while (event := core.next_event()) is not None:
-            self.events.append((self.now, node.name, event))
             if self.on_event is not None:
                 self.on_event(self.now, node.name, event)
+            else:
+                self.events.append((self.now, node.name, event))
         timer = core.get_timer()
         if timer is not None:
             timer = max(timer, self.now + 1e-7)  # a timer in the past fires next, not forever
@@ -137,9 +159,12 @@ class SimNet:
                 self._push(timer, _TIMER, node.name)
 
     def _fan_out(self, src: str, dgram: bytes) -> None:
-        rng = self.rng
+        """Draw each recipient's fate; the copies that arrive after just ``delay`` go out as
+        one delivery, jittered ones each on their own (the draws are the same either way)."""
+        rng, now = self.rng, self.now
+        together: list[str] = []
         for name, dst in self.nodes.items():
-            if name == src or dst.stopped or dst.start_at > self.now:
+            if name == src or dst.stopped or dst.start_at > now:
                 continue
             link = dst.link
             if link.loss and rng.random() < link.loss:
@@ -147,6 +172,11 @@ class SimNet:
             if link.drop is not None and link.drop(dgram):
                 continue
             copies = 2 if link.duplicate and rng.random() < link.duplicate else 1
+            if not link.jitter:
+                together.extend([name] * copies)
+                continue
             for _ in range(copies):
-                extra = rng.random() * link.jitter if link.jitter else 0.0
-                self._push(self.now + self.delay + extra, _DELIVER, name, dgram, src)
+                extra = rng.random() * link.jitter
+                self._push(now + self.delay + extra, _DELIVER, (name,), dgram, src)
+        if together:
+            self._push(now + self.delay, _DELIVER, tuple(together), dgram, src)
