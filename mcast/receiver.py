@@ -46,7 +46,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from mcast.assembler import Assembler
+from mcast import fec
+from mcast.assembler import Assembler, BlockDecoder
 from mcast.early import EarlyBuffer
 from mcast.events import Completed, Event, FailureKind, SessionFailed, SessionJoined
 from mcast.freshness import ReplayGuard
@@ -72,6 +73,9 @@ from mcast.wire import (
     decode_shard_untrusted,
     decode_untrusted,
 )
+
+ShardDecoder = Callable[[bytes, bytes | None], tuple[int, int, int, int, bytes] | None]
+MessageDecoder = Callable[[bytes, bytes | None], Message]
 
 _log = logging.getLogger(__name__)
 _PARITY_AHEAD = 1  # parity is kept up to the block the sender is known to be sending
@@ -169,7 +173,13 @@ class Receiver:
         verified_units: Iterable[int] = (),
         load_unit: Callable[[int], bytes] | None = None,
         session_id: int | None = None,
+        decode_shard: ShardDecoder = decode_shard_untrusted,
+        decode_message: MessageDecoder = decode_untrusted,
+        decode_block: BlockDecoder = fec.decode,
     ) -> None:
+        """``decode_shard``, ``decode_message`` and ``decode_block`` are the wire and erasure
+        decoders (pure functions); a simulator of many receivers passes memoizing ones that
+        give the same answers, so that one datagram is parsed once, not once per receiver."""
         self.snapshot = snapshot
         self.receiver_id = receiver_id
         self.config = cfg = config or ReceiverConfig()
@@ -182,9 +192,11 @@ class Receiver:
         self._key = check_key(key)
         self._events: deque[Event] = deque()
         self._out: list[bytes] = []
+        self._decode_shard = decode_shard
+        self._decode_message = decode_message
         self._assembler = Assembler(
             snapshot, self.stats, self._events.append,
-            verified_units=verified_units, load_unit=load_unit,
+            verified_units=verified_units, load_unit=load_unit, decode=decode_block,
         )  # fmt: skip
         self._naks = NakSchedule(
             self._assembler, self._rng, backoff=cfg.nak_backoff, retry=cfg.nak_retry
@@ -223,7 +235,7 @@ class Receiver:
                 self._receive_message(data, now)
             return
         try:
-            shard = decode_shard_untrusted(data, self._key)
+            shard = self._decode_shard(data, self._key)
         except BadPacket:
             self.stats.bad_packets += 1
             return
@@ -238,7 +250,7 @@ class Receiver:
 
     def _receive_message(self, data: bytes, now: float) -> None:
         try:
-            msg = decode_untrusted(data, self._key)
+            msg = self._decode_message(data, self._key)
         except BadPacket:
             self.stats.bad_packets += 1
             return
