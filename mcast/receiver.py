@@ -10,8 +10,9 @@ loss recovery:
 - ``Assembler`` (``mcast/assembler.py``): shards checked against the geometry, per-block
   reception state, Reed-Solomon decoding, verification of every unit against the signed
   snapshot, and the map of verified units on which completion alone rests;
-- ``NakSchedule`` (``mcast/nak_schedule.py``): the sender's frontier, random back-off,
-  suppression on hearing an equivalent NAK, re-NAK when a block makes no progress;
+- ``NakSchedule`` (``mcast/nak_schedule.py``): the sender's frontier, random back-off
+  scaled to the group size the sender announces, suppression on hearing an equivalent NAK,
+  re-NAK when a block makes no progress;
 - ``OverrunMonitor`` (``mcast/overrun.py``): first-pass loss, socket backlog and drops over
   short windows, the signals the sender's rate control reads;
 - ``Reports`` (``mcast/reports.py``): NAK datagrams, SOLICITs while no session is heard,
@@ -50,7 +51,7 @@ from mcast import fec
 from mcast.assembler import Assembler, BlockDecoder
 from mcast.early import EarlyBuffer
 from mcast.events import Completed, Event, FailureKind, SessionFailed, SessionJoined
-from mcast.freshness import ReplayGuard
+from mcast.freshness import ECHOES_PER_ANNOUNCE, ReplayGuard
 from mcast.geometry import Geometry
 from mcast.liveness import Liveness
 from mcast.nak_schedule import NakSchedule
@@ -107,6 +108,7 @@ class ReceiverConfig:
     nak_retry: float = 0.08  # a NAKed block that makes no progress for this long is NAKed again
     # (longer than the sender's repair_holdoff, or the re-NAK is taken for one in flight)
     status_interval: float = 1.0
+    status_rate: float = 100.0  # STATUS a second from the whole group, at most (RTCP-style)
     congestion_window: float = 0.1  # loss and socket drops are judged over windows this long
     congestion_loss_permille: int = 150  # more first-pass loss than this is reported at once
     congestion_backlog: float = 0.5  # a socket queue fuller than this is reported at once
@@ -258,6 +260,8 @@ class Receiver:
             self.stats.other_session += 1
             return
         if self.phase is Phase.WAITING and not isinstance(msg, Announce):
+            if isinstance(msg, Solicit):
+                return  # other receivers' requests are for the sender: nothing to keep
             self._early.keep(data)  # shards need the session's geometry: keep for later
             return  # (its freshness is judged when it is replayed, once, after the join)
         if not self._fresh(msg):
@@ -361,12 +365,14 @@ class Receiver:
         if self.phase is Phase.WAITING:
             if not self._reports.nonces.echoed(msg.echoes):
                 self.stats.unconfirmed_announces += 1  # live, or a recording? ask it
-                self._reports.solicit_soon(now)
+                if len(msg.echoes) < ECHOES_PER_ANNOUNCE:  # a full list: the sender is
+                    self._reports.solicit_soon(now)  # working through a backlog: wait
                 return
             geometry = _geometry_of(self.snapshot, msg)
             if geometry is None:
                 self.stats.bad_packets += 1
                 return
+            self._note_group(msg)
             self._join(msg, geometry, now)
         elif msg.session != self.session_id:
             return
@@ -376,6 +382,7 @@ class Receiver:
                 self.stats.bad_packets += 1  # not the session we joined: no say in it
                 return
         self.announce = msg
+        self._note_group(msg)
         authentic = self._key is not None  # unkeyed, anyone can repeat or forge an announce
         self._liveness.announced(msg, now, self.verified_units, authentic=authentic)
         assert self.geometry is not None
@@ -383,6 +390,11 @@ class Receiver:
         self._naks.advance(min(frontier, self.geometry.block_count), now)
         for data in self._early.drain():
             self.receive_datagram(data, None, now)
+
+    def _note_group(self, msg: Announce) -> None:
+        """The group size the sender announces: NAK back-off and STATUS spacing scale with
+        it, so that neither grows with the square of the receivers."""
+        self._naks.group = self._reports.group = max(1, msg.receivers)
 
     def _fresh(self, msg: Message) -> bool:
         """Whether a control message is newer than the last from its origin: the sender
