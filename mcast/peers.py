@@ -17,7 +17,7 @@ from typing import Protocol
 
 from mcast.wire import Status
 
-MAX_PEERS = 4096  # receivers tracked at once; inactive ones are pruned to make room
+MAX_PEERS = 65536  # receivers tracked at once; inactive ones are pruned to make room
 
 
 class PeerStats(Protocol):
