@@ -5,7 +5,8 @@ datagram, and parsing it (the tag check included) is a pure function of those by
 key. :class:`SharedDecoder` computes it once and gives every receiver the same result, so all
 of them hold one shared payload object instead of a copy each. Only good answers are kept: a
 datagram that fails (a forged tag, a garbled body) raises ``BadPacket`` afresh on every call.
-The memo is bounded: the last ``keep`` datagrams, which is all the fan-out of one needs.
+The memo is bounded: the last ``keep`` datagrams, enough for the fan-out of one and for
+the datagrams a receiver keeps from before its join and takes in when it joins.
 
 :class:`SharedBlockDecoder` does the same for Reed-Solomon decoding. A decode from exactly k
 symbols yields the one codeword that passes through them (an MDS code has no other), and it
@@ -30,7 +31,7 @@ ShardTuple = tuple[int, int, int, int, bytes]
 class SharedDecoder:
     """Memoizing drop-ins for ``decode_shard_untrusted`` and ``decode_untrusted`` (one key)."""
 
-    def __init__(self, key: bytes | None, *, keep: int = 256) -> None:
+    def __init__(self, key: bytes | None, *, keep: int = 4096) -> None:
         self.key = key
         self.keep = keep
         self._shards: OrderedDict[bytes, ShardTuple | None] = OrderedDict()
