@@ -22,6 +22,7 @@ class Geometry:
     parity_ratio_pct: int = 100
     _k: tuple[int, ...] = field(default=(), init=False, repr=False, compare=False)
     _first: tuple[int, ...] = field(default=(), init=False, repr=False, compare=False)
+    _spu: int = field(default=1, init=False, repr=False, compare=False)  # shards per unit
 
     def __post_init__(self) -> None:
         if self.packet_size < 2 or self.packet_size % 2:
@@ -30,6 +31,7 @@ class Geometry:
             raise ValueError("bad geometry")
         if not 1 <= self.parity_ratio_pct <= 400:
             raise ValueError("parity ratio must be 1..400 percent")
+        object.__setattr__(self, "_spu", -(-self.unit_size // self.packet_size))
         ks = []
         for b in range((self.unit_count + self.units_per_block - 1) // self.units_per_block):
             ks.append(sum(self.unit_shards(u) for u in self.block_units(b)))
@@ -42,7 +44,7 @@ class Geometry:
 
     @property
     def shards_per_unit(self) -> int:
-        return -(-self.unit_size // self.packet_size)
+        return self._spu
 
     @property
     def unit_count(self) -> int:
@@ -88,13 +90,15 @@ class Geometry:
         return ("parity", sym) if sym < r else ("source", sym - r)
 
     def shard_unit(self, block: int, index: int) -> int:
-        return block * self.units_per_block + index // self.shards_per_unit
+        return block * self.units_per_block + index // self._spu
 
     def unit_first_shard(self, unit: int) -> int:
-        return (unit % self.units_per_block) * self.shards_per_unit
+        return (unit % self.units_per_block) * self._spu
 
     def shard_span(self, block: int, index: int) -> tuple[int, int]:
         """Offset in the package and length of source shard ``index`` of ``block``."""
-        unit = self.shard_unit(block, index)
-        inner = (index % self.shards_per_unit) * self.packet_size
-        return unit * self.unit_size + inner, min(self.packet_size, self.unit_len(unit) - inner)
+        spu, size, ps = self._spu, self.unit_size, self.packet_size
+        unit = block * self.units_per_block + index // spu
+        inner = (index % spu) * ps
+        start = unit * size
+        return start + inner, min(ps, size - inner, self.total_size - start - inner)

@@ -246,7 +246,7 @@ class Receiver:
         elif shard[1] != self.session_id:
             self.stats.other_session += 1
         elif shard[0] == MsgType.DATA:
-            self._handle_data(Data(*shard[1:]), now)
+            self._take_data(shard[2], shard[3], shard[4], now)
         else:
             self._handle_parity(Parity(*shard[1:]), now)
 
@@ -286,18 +286,19 @@ class Receiver:
 
     def get_timer(self) -> float | None:
         """The earliest deadline of the parts the current phase runs."""
-        if self.phase in (Phase.COMPLETE, Phase.FAILED):
+        phase = self.phase
+        if phase is Phase.COMPLETE or phase is Phase.FAILED:
             return self._reports.final_deadline()
-        candidates = [self._liveness.deadline(joined=self.phase is Phase.RECEIVING)]
+        receiving = phase is Phase.RECEIVING
+        timer = self._liveness.deadline(joined=receiving)
         nak = self._naks.deadline()
-        if nak is not None:
-            candidates.append(nak)
-        if self.phase is Phase.RECEIVING:
-            candidates.append(self._reports.next_status)
-            candidates.append(self._overrun.deadline())
+        if nak is not None and nak < timer:
+            timer = nak
+        if receiving:
+            timer = min(timer, self._reports.next_status, self._overrun.deadline())
         else:
-            candidates.append(self._reports.next_solicit)
-        return min(candidates)
+            timer = min(timer, self._reports.next_solicit)
+        return timer
 
     def note_backlog(self, fraction: float) -> None:
         """The driver saw its socket queue this full (0..1)."""
@@ -308,6 +309,8 @@ class Receiver:
         self._overrun.note_socket_drops(total)
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
+        if not self._out:
+            return []
         out = self._out.copy()  # the list itself stays: the parts append to it
         self._out.clear()
         return out
@@ -407,18 +410,22 @@ class Receiver:
         return True
 
     def _handle_data(self, msg: Data, now: float) -> None:
+        self._take_data(msg.block, msg.index, msg.payload, now)
+
+    def _take_data(self, block: int, index: int, payload: bytes, now: float) -> None:
         g = self.geometry
         assert g is not None
-        if not self._assembler.fits_source(msg.block, msg.index, len(msg.payload)):
+        assembler = self._assembler
+        if not assembler.fits_source(block, index, len(payload)):
             return
         self._liveness.shard(now, authentic=self._key is not None)
-        if msg.block + 1 > self._naks.frontier:
-            self._naks.advance(msg.block, now)  # the sender has moved past earlier blocks
+        if block > self._naks.frontier:
+            self._naks.advance(block, now)  # the sender has moved past earlier blocks
         self.stats.data_shards += 1
-        self._overrun.note_shard(g.first_shard(msg.block) + msg.index)
-        before = self.verified_units
-        if self._assembler.add_source(msg.block, msg.index, msg.payload):
-            self._after_arrival(msg.block, now, before)
+        self._overrun.note_shard(g.first_shard(block) + index)
+        before = assembler.verified_count
+        if assembler.add_source(block, index, payload):
+            self._after_arrival(block, now, before)
 
     def _handle_parity(self, msg: Parity, now: float) -> None:
         g = self.geometry
