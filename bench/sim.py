@@ -85,12 +85,13 @@ def simulate(
     failed: dict[str, str] = {}
     wrong_bytes = 0
     verified_units: dict[str, int] = {}
-    view = memoryview(data)
+    unit = snap.block_size
+    units = [data[off : off + unit] for off in range(0, len(data), unit)]  # one copy in all
 
     def on_event(now: float, name: str, event: Any) -> None:
         nonlocal wrong_bytes
         if isinstance(event, UnitVerified):
-            if view[event.offset : event.offset + len(event.data)] != event.data:
+            if event.offset != event.unit * unit or units[event.unit] != event.data:
                 wrong_bytes += 1
             verified_units[name] = verified_units.get(name, 0) + 1
         elif isinstance(event, SessionJoined):
@@ -117,7 +118,7 @@ def simulate(
             name,
             functools.partial(receiver, r),
             start_at=late_join if r in late else 0.0,
-            link=Link(loss=loss, jitter=jitter, drop=_solicit),
+            link=Link(loss=loss, jitter=jitter, drop=_solicit, drop_by_content=True),
         )  # fmt: skip
     sender_link = net.nodes["sender"].link
     sender_link.loss = loss  # feedback is lost as often as data

@@ -38,6 +38,8 @@ class Link:
     duplicate: float = 0.0
     jitter: float = 0.0  # uniform extra delay in [0, jitter): reorders datagrams
     drop: Callable[[bytes], bool] | None = None  # a custom filter: True drops the datagram
+    drop_by_content: bool = False  # ``drop`` depends on the datagram alone: asked once for
+    # all the links that share it, not once per recipient
 
 
 @dataclass
@@ -163,14 +165,24 @@ class SimNet:
         one delivery, jittered ones each on their own (the draws are the same either way)."""
         rng, now = self.rng, self.now
         together: list[str] = []
+        verdicts: dict[Callable[[bytes], bool], bool] = {}  # drop_by_content filters' answers
         for name, dst in self.nodes.items():
             if name == src or dst.stopped or dst.start_at > now:
                 continue
             link = dst.link
             if link.loss and rng.random() < link.loss:
                 continue
-            if link.drop is not None and link.drop(dgram):
-                continue
+            drop = link.drop
+            if drop is not None:
+                if not link.drop_by_content:
+                    if drop(dgram):
+                        continue
+                else:
+                    verdict = verdicts.get(drop)
+                    if verdict is None:
+                        verdict = verdicts[drop] = drop(dgram)
+                    if verdict:
+                        continue
             copies = 2 if link.duplicate and rng.random() < link.duplicate else 1
             if not link.jitter:
                 together.extend([name] * copies)
