@@ -80,6 +80,7 @@ MessageDecoder = Callable[[bytes, bytes | None], Message]
 
 _log = logging.getLogger(__name__)
 _PARITY_AHEAD = 1  # parity is kept up to the block the sender is known to be sending
+_MAX_GROUP = 65536  # no sender tracks more receivers (mcast.peers.MAX_PEERS)
 
 
 def _same_shape(g: Geometry, a: Announce) -> bool:
@@ -397,7 +398,7 @@ class Receiver:
     def _note_group(self, msg: Announce) -> None:
         """The group size the sender announces: NAK back-off and STATUS spacing scale with
         it, so that neither grows with the square of the receivers."""
-        self._naks.group = self._reports.group = max(1, msg.receivers)
+        self._naks.group = self._reports.group = min(max(1, msg.receivers), _MAX_GROUP)
 
     def _fresh(self, msg: Message) -> bool:
         """Whether a control message is newer than the last from its origin: the sender
