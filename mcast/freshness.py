@@ -68,7 +68,8 @@ class Nonces:
         return nonce
 
     def echoed(self, echoes: Iterable[int]) -> bool:
-        return any(n in self._recent for n in echoes)
+        echoed = echoes if isinstance(echoes, tuple) else tuple(echoes)
+        return any(n in echoed for n in self._recent)  # a few of ours against up to 64
 
 
 ECHOES_PER_ANNOUNCE = 64
