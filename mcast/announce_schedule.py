@@ -3,9 +3,9 @@
 Announces: ``fast`` of them ``fast_spacing`` apart at the start (a receiver that misses one
 joins a few milliseconds later) and again as soon as the first pass ends (receivers learn at
 once that the tail is passed), then one per ``interval``; a SOLICIT brings the next one
-forward to ``min_gap`` after the last, or sooner while more nonces wait to be echoed than
-one announce carries (the gap shrinks with the backlog, to ``min_gap / 100``: ten thousand
-receivers asking at once are all answered within a tenth of a second). END: ``copies`` of
+forward to ``min_gap`` after the last, or to ``min_gap / 100`` while more nonces wait to be
+echoed than one announce carries: ten thousand receivers asking at once are all answered
+within a tenth of a second. END: ``copies`` of
 them ``spacing`` apart from the moment the sender closes, since any one may be lost. Each
 schedule's ``deadline`` is when its next datagram is due; the sender builds the datagrams.
 """
@@ -48,9 +48,7 @@ class AnnounceSchedule:
     def solicited(self, backlog: int = 0, per_announce: int = 64) -> None:
         """Someone asked for an announce: the next one goes out soon, but not in a flood;
         with ``backlog`` nonces waiting, ``per_announce`` to an announce, sooner."""
-        gap = self.min_gap
-        if backlog > per_announce:
-            gap = max(gap / 100, gap * per_announce / backlog)
+        gap = self.min_gap / 100 if backlog > per_announce else self.min_gap
         self.deadline = min(self.deadline, self._last + gap)
 
     def pass_done(self, now: float) -> None:
