@@ -142,10 +142,10 @@ class Assembler:
         """Whether a DATA shard of this block, index and length can exist; counts it if not."""
         g = self.geometry
         assert g is not None
-        if b >= g.block_count or index >= g.k(b):
+        if b >= len(self._block_done) or index >= g.k(b):
             self._stats.bad_packets += 1
             return False
-        if length != g.shard_span(b, index)[1]:
+        if length != g.shard_len(b, index):
             self._stats.wrong_length += 1
             return False
         return True
@@ -212,7 +212,7 @@ class Assembler:
     def _accept_source(self, b: int, blk: _Block, index: int, payload: bytes) -> bool:
         g = self.geometry
         assert g is not None
-        unit = g.shard_unit(b, index)
+        unit = b * g.units_per_block + index // g.shards_per_unit  # g.shard_unit(b, index)
         if index in blk.shards or self._verified[unit]:
             self._stats.duplicates += 1
             return False
@@ -261,9 +261,9 @@ class Assembler:
             return
         self._stats.decodes += 1
         for i, shard in recovered.items():
-            blk.shards[i] = shard[: g.shard_span(b, i)[1]]
-        for i, shard in source.items():
-            blk.shards.setdefault(i, shard[: g.shard_span(b, i)[1]])
+            blk.shards[i] = shard[: g.shard_len(b, i)]
+        for i in source.keys() - blk.shards.keys():  # read back from disk
+            blk.shards[i] = source[i][: g.shard_len(b, i)]
         bad = [
             u
             for u in g.block_units(b)

@@ -23,6 +23,8 @@ class Geometry:
     _k: tuple[int, ...] = field(default=(), init=False, repr=False, compare=False)
     _first: tuple[int, ...] = field(default=(), init=False, repr=False, compare=False)
     _spu: int = field(default=1, init=False, repr=False, compare=False)  # shards per unit
+    _last_unit: int = field(default=0, init=False, repr=False, compare=False)
+    _last_shards: int = field(default=0, init=False, repr=False, compare=False)  # of it
 
     def __post_init__(self) -> None:
         if self.packet_size < 2 or self.packet_size % 2:
@@ -32,6 +34,9 @@ class Geometry:
         if not 1 <= self.parity_ratio_pct <= 400:
             raise ValueError("parity ratio must be 1..400 percent")
         object.__setattr__(self, "_spu", -(-self.unit_size // self.packet_size))
+        last = max(0, self.unit_count - 1)
+        object.__setattr__(self, "_last_unit", last)
+        object.__setattr__(self, "_last_shards", -(-self.unit_len(last) // self.packet_size))
         ks = []
         for b in range((self.unit_count + self.units_per_block - 1) // self.units_per_block):
             ks.append(sum(self.unit_shards(u) for u in self.block_units(b)))
@@ -62,6 +67,8 @@ class Geometry:
         return min(self.unit_size, self.total_size - unit * self.unit_size)
 
     def unit_shards(self, unit: int) -> int:
+        if unit < self._last_unit:
+            return self._spu  # every unit but the last is whole
         return -(-self.unit_len(unit) // self.packet_size)
 
     def block_units(self, block: int) -> range:
@@ -94,6 +101,13 @@ class Geometry:
 
     def unit_first_shard(self, unit: int) -> int:
         return (unit % self.units_per_block) * self._spu
+
+    def shard_len(self, block: int, index: int) -> int:
+        """Length of source shard ``index`` of ``block`` (``shard_span(...)[1]``)."""
+        spu, size = self._spu, self.unit_size
+        inner = (index % spu) * self.packet_size
+        start = (block * self.units_per_block + index // spu) * size
+        return min(self.packet_size, size - inner, self.total_size - start - inner)
 
     def shard_span(self, block: int, index: int) -> tuple[int, int]:
         """Offset in the package and length of source shard ``index`` of ``block``."""

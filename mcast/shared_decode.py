@@ -26,6 +26,7 @@ from mcast import fec
 from mcast.wire import Message, decode_shard_untrusted, decode_untrusted
 
 ShardTuple = tuple[int, int, int, int, bytes]
+_UNSEEN = object()
 
 
 class SharedDecoder:
@@ -43,9 +44,10 @@ class SharedDecoder:
         if key != self.key:
             return decode_shard_untrusted(data, key)
         memo = self._shards
-        if data in memo:
+        result = memo.get(data, _UNSEEN)
+        if result is not _UNSEEN:
             self.shared += 1
-            return memo[data]
+            return result  # type: ignore[return-value]
         result = decode_shard_untrusted(data, key)  # raises BadPacket: nothing is kept
         self.computed += 1
         memo[data] = result

@@ -77,3 +77,19 @@ def test_too_few_shards_is_a_fec_error():
     parity = fec.encode(source, 2)
     with pytest.raises(fec.FecError):
         fec.decode(4, 2, {0: source[0]}, {0: parity[0]})
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    total=st.integers(0, 200_000),
+    unit=st.integers(1, 20_000),
+    packet=st.integers(1, 700).map(lambda n: 2 * n),
+    upb=st.integers(1, 5),
+)
+def test_the_fast_paths_agree_with_the_definitions(total, unit, packet, upb):
+    g = Geometry(total, unit, packet, upb)
+    for u in range(g.unit_count):
+        assert g.unit_shards(u) == -(-g.unit_len(u) // packet)
+    for b in range(g.block_count):
+        for i in range(g.k(b)):
+            assert g.shard_len(b, i) == g.shard_span(b, i)[1] > 0
