@@ -171,7 +171,7 @@ def run_mcast(lab: Lab, pkg: Package, work: Path, rate_bps: int, timeout: float)
             host, [*cli, "recv", "--out", str(out), "--interface", lab.addr(host), *common]
         )
     _wait_ready(lab, recv, MCAST_GROUP)
-    rate = ["--rate", format_rate(rate_bps)] if rate_bps else []
+    rate = ["--rate", format_rate(rate_bps) if rate_bps else "0"]  # 0: no cap, find the pace
     t0 = time.monotonic()
     sender = lab.popen(
         "h0", [*cli, "send", str(pkg.root), "--interface", lab.addr("h0"), *rate, *common]
@@ -257,7 +257,8 @@ def run_uftp(lab: Lab, pkg: Package, work: Path, rate_bps: int, timeout: float) 
             ],
         )
     _wait_ready(lab, recv, UFTP_PUB)
-    rate = ["-R", str(max(1, rate_bps // 1000))] if rate_bps else []
+    # UFTP's default is 1,000 kbit/s; -1 is "as fast as the interface allows"
+    rate = ["-R", str(max(1, rate_bps // 1000)) if rate_bps else "-1"]
     t0 = time.monotonic()
     sender = lab.popen(
         "h0",

@@ -6,7 +6,12 @@ user runs it, and reads the sender's own ``timeline`` from its JSON summary: ``s
 send driver begins) and ``first_send`` (the first datagram leaves), on the host's monotonic
 clock, which this process shares, so both are measured from the moment it started the child.
 Where the time goes: the imports of ``mcast.cli`` in a fresh interpreter
-(``python -X importtime``), largest first, and an empty interpreter's start for comparison.
+(``python -X importtime``), largest first, and an empty interpreter's start for comparison,
+with and without ``site`` (the ``.pth`` hooks of this host's site-packages run there).
+
+The package is byte-compiled first, as ``pip install`` does: with PYTHONDONTWRITEBYTECODE set
+(as on some CI hosts) every run would otherwise compile every module of ours from source
+again, about 30 ms that no installed copy pays.
 
     python -m bench.startup [--runs 7] [--size 4M]
 """
@@ -14,6 +19,7 @@ Where the time goes: the imports of ``mcast.cli`` in a fresh interpreter
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import statistics
@@ -50,6 +56,12 @@ def _one(argv: list[str]) -> dict[str, float]:
     return {"to_driver_s": tl["start"] - t0, "to_first_datagram_s": tl["first_send"] - t0}
 
 
+def _timed(argv: list[str]) -> float:
+    t0 = time.monotonic()
+    subprocess.run(argv, check=True)
+    return time.monotonic() - t0
+
+
 def _imports() -> dict[str, Any]:
     """Cumulative import time of mcast.cli and its largest direct imports (ms)."""
     proc = subprocess.run([PY, "-X", "importtime", "-c", "import mcast.cli"],
@@ -73,12 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--size", type=parse_size, default=4 * 2**20)
     args = ap.parse_args(argv)
+    import mcast  # here, not at the top: the timed runs must not find it imported already
+
+    compiled = compileall.compile_dir(Path(mcast.__file__).parent, quiet=1)
     with tempfile.TemporaryDirectory() as tmp:
         send = _package(Path(tmp), args.size)
         runs = [_one(send) for _ in range(args.runs)]
-    t0 = time.monotonic()
-    subprocess.run([PY, "-c", "pass"], check=True)
-    bare = time.monotonic() - t0
+    bare = min(_timed([PY, "-c", "pass"]) for _ in range(3))
+    bare_no_site = min(_timed([PY, "-S", "-c", "pass"]) for _ in range(3))
     first = [r["to_first_datagram_s"] for r in runs]
     json.dump({
         "runs": args.runs, "size": args.size,
@@ -86,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         "first_datagram_s_min": round(min(first), 4),
         "to_driver_s_median": round(statistics.median(r["to_driver_s"] for r in runs), 4),
         "bare_interpreter_s": round(bare, 4),
+        "bare_interpreter_without_site_s": round(bare_no_site, 4),
+        "bytecode_precompiled": bool(compiled),
         "imports": _imports(),
     }, sys.stdout)  # fmt: skip
     print()

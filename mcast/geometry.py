@@ -103,7 +103,7 @@ class Geometry:
         return (unit % self.units_per_block) * self._spu
 
     def shard_len(self, block: int, index: int) -> int:
-        """Length of source shard ``index`` of ``block`` (``shard_span(...)[1]``)."""
+        """Length of source shard ``index`` of ``block``: ``shard_span()[1]``, on the hot path."""
         spu, size = self._spu, self.unit_size
         inner = (index % spu) * self.packet_size
         start = (block * self.units_per_block + index // spu) * size

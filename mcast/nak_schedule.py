@@ -4,9 +4,15 @@ It owns the frontier (blocks below it have been sent once) and, per incomplete b
 it, one timer in one of two states. BACKOFF: a NAK is due after a random back-off unless an
 equivalent NAK from another receiver is heard first (suppression: it asks for at least as
 much and has seen no more of the block's repairs). WAIT: the block was NAKed, or the NAK was
-suppressed; if it makes no progress for ``retry`` seconds it goes back to BACKOFF and is
-NAKed again. Progress on a waiting block pushes its retry back. A block with no timer is
-idle: not yet passed, or complete.
+suppressed; if it makes no progress for a retry time it goes back to BACKOFF and is NAKed
+again. Progress on a waiting block pushes its retry back. A block with no timer is idle: not
+yet passed, or complete.
+
+The retry time follows how fast repairs answer a NAK here, as TCP's retransmission timeout
+follows the round trip (RFC 6298): the time from a NAK to the block's next arrival is
+smoothed (``srtt``, ``rttvar``) and the retry is ``srtt + 4 rttvar``, never below
+``min_retry`` nor above ``retry``, which is also where it starts. On a LAN one lost repair
+then costs a few milliseconds, not the worst case a slow path needs.
 
 The back-off is scaled to the group, as NORM's is (RFC 5740, after Nonnenmacher and
 Biersack): ``group`` is the number of receivers the sender announces it hears. The random
@@ -62,11 +68,16 @@ class NakSchedule:
         *,
         backoff: float,
         retry: float,
+        min_retry: float | None = None,
         group: int = 1,
     ) -> None:
         self.backoff = backoff  # the back-off window of a group of up to ten receivers
         self.group = group  # receivers in the session, as the sender announces them
-        self.retry = retry  # a NAKed block that makes no progress this long is NAKed again
+        self.retry = retry  # the longest a NAKed block waits for progress before a new NAK
+        self.min_retry = retry if min_retry is None else min(min_retry, retry)
+        self.srtt: float | None = None  # smoothed time from a NAK to the block's next arrival
+        self.rttvar = 0.0
+        self._asked: dict[int, float] = {}  # block -> when it was NAKed, until it progresses
         self.frontier = 0  # blocks below this have been passed by the sender
         self._blocks = blocks
         self._rng = rng
@@ -84,10 +95,19 @@ class NakSchedule:
                 self._arm(b, NakState.BACKOFF, now + self._backoff())
         self.frontier = max(self.frontier, frontier)
 
+    def retry_after(self) -> float:
+        """How long a NAKed block waits for progress before it is NAKed again."""
+        if self.srtt is None:
+            return self.retry
+        return min(self.retry, max(self.min_retry, self.srtt + 4 * self.rttvar))
+
     def progressed(self, b: int, now: float) -> None:
         """Something new arrived for block ``b``: a waiting block gets more time."""
+        asked = self._asked.pop(b, None)
+        if asked is not None:
+            self._sample(max(0.0, now - asked))
         if self.state(b) is NakState.WAIT:
-            self._arm(b, NakState.WAIT, now + self.retry)
+            self._arm(b, NakState.WAIT, now + self.retry_after())
 
     def heard(self, entries: Iterable[NakEntry], now: float) -> int:
         """Another receiver's NAK; returns how many of our pending NAKs it stands in for."""
@@ -98,16 +118,18 @@ class NakSchedule:
             b = entry.block
             if entry.need >= self._blocks.need(b) and entry.horizon <= self._blocks.horizon(b):
                 suppressed += 1
-                self._arm(b, NakState.WAIT, now + self.retry)
+                self._arm(b, NakState.WAIT, now + self.retry_after())
         return suppressed
 
     def forget(self, b: int) -> None:
         """Block ``b`` is complete: it never needs a NAK again."""
         self._armed.pop(b, None)
+        self._asked.pop(b, None)
 
     def clear(self) -> None:
         self._armed.clear()
         self._timers.clear()
+        self._asked.clear()
 
     def deadline(self) -> float | None:
         timers = self._timers
@@ -127,7 +149,8 @@ class NakSchedule:
                 need = self._blocks.need(b)
                 if need:
                     naks.append(NakEntry(b, need, self._blocks.horizon(b)))
-                self._arm(b, NakState.WAIT, now + self.retry)
+                    self._asked.setdefault(b, now)
+                self._arm(b, NakState.WAIT, now + self.retry_after())
             else:  # WAIT ran out with no progress: NAK again, after a fresh back-off
                 self._arm(b, NakState.BACKOFF, now + self._backoff())
         return naks
@@ -135,6 +158,14 @@ class NakSchedule:
     def _live(self, due: float, b: int) -> bool:
         armed = self._armed.get(b)
         return armed is not None and armed[1] == due
+
+    def _sample(self, rtt: float) -> None:
+        """One NAK-to-arrival time, smoothed as RFC 6298 smooths round trips."""
+        if self.srtt is None:
+            self.srtt, self.rttvar = rtt, rtt / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt
 
     def _backoff(self) -> float:
         return backoff_delay(self._rng.random(), self.backoff, self.group)

@@ -58,10 +58,6 @@ class OverrunMonitor:
             self.loss_permille = min(1000, lost * 1000 // expected)
         elif expected <= 0:
             self.loss_permille = 0
-        # Kept as it was before this class was split out: the window's backlog is reset
-        # before it is read, so backlog_pct is always 0 and a full socket queue is never
-        # reported (tests/test_overrun.py holds the intended behaviour as an xfail).
-        self._backlog = 0.0
         self._window_high, self._window_received = self._high, 0
         drops = self.socket_drops > self._reported_drops
         self._reported_drops = self.socket_drops

@@ -107,6 +107,7 @@ def _geometry_of(snapshot: Snapshot, a: Announce) -> Geometry | None:
 class ReceiverConfig:
     nak_backoff: float = 0.02  # a NAK waits a random time up to this, listening for others
     nak_retry: float = 0.08  # a NAKed block that makes no progress for this long is NAKed again
+    nak_min_retry: float = 0.01  # ... or sooner, as fast as repairs have been answering NAKs
     # (longer than the sender's repair_holdoff, or the re-NAK is taken for one in flight)
     status_interval: float = 1.0
     status_rate: float = 100.0  # STATUS a second from the whole group, at most (RTCP-style)
@@ -119,7 +120,7 @@ class ReceiverConfig:
     max_unit_failures: int = 16  # unkeyed: failures of one unit before the session has failed
     max_nak_entries: int = 128  # per NAK datagram
     done_status_repeats: int = 3  # the final status goes out this many times, spaced by:
-    done_status_spacing: float = 0.02
+    done_status_spacing: float = 0.005  # short: the receiver exits once they are out
     solicit_interval: float = 0.25  # while no session is heard, ask for an announce this often
     early_buffer: int = 1024  # datagrams kept from before the first announce, replayed on join
     min_progress_bytes_per_s: float = 64 * 1024  # the slow-session floor (0: none) ...
@@ -202,8 +203,9 @@ class Receiver:
             verified_units=verified_units, load_unit=load_unit, decode=decode_block,
         )  # fmt: skip
         self._naks = NakSchedule(
-            self._assembler, self._rng, backoff=cfg.nak_backoff, retry=cfg.nak_retry
-        )
+            self._assembler, self._rng, backoff=cfg.nak_backoff, retry=cfg.nak_retry,
+            min_retry=cfg.nak_min_retry,
+        )  # fmt: skip
         self._overrun = OverrunMonitor(
             now, window=cfg.congestion_window,
             loss_permille=cfg.congestion_loss_permille, backlog=cfg.congestion_backlog,
@@ -244,12 +246,14 @@ class Receiver:
             return
         if shard is None:
             self._receive_message(data, now)
-        elif shard[1] != self.session_id:
+            return
+        kind, session, block, index, payload = shard
+        if session != self.session_id:
             self.stats.other_session += 1
-        elif shard[0] == MsgType.DATA:
-            self._take_data(shard[2], shard[3], shard[4], now)
+        elif kind == MsgType.DATA:
+            self._data(block, index, payload, now)
         else:
-            self._handle_parity(Parity(*shard[1:]), now)
+            self._parity(block, index, payload, now)
 
     def _receive_message(self, data: bytes, now: float) -> None:
         try:
@@ -411,9 +415,13 @@ class Receiver:
         return True
 
     def _handle_data(self, msg: Data, now: float) -> None:
-        self._take_data(msg.block, msg.index, msg.payload, now)
+        self._data(msg.block, msg.index, msg.payload, now)
 
-    def _take_data(self, block: int, index: int, payload: bytes, now: float) -> None:
+    def _handle_parity(self, msg: Parity, now: float) -> None:
+        self._parity(msg.block, msg.seq, msg.payload, now)
+
+    def _data(self, block: int, index: int, payload: bytes, now: float) -> None:
+        """DATA, the hot path: taken apart by the caller, not built into a message object."""
         g = self.geometry
         assert g is not None
         assembler = self._assembler
@@ -428,19 +436,17 @@ class Receiver:
         if assembler.add_source(block, index, payload):
             self._after_arrival(block, now, before)
 
-    def _handle_parity(self, msg: Parity, now: float) -> None:
-        g = self.geometry
-        assert g is not None
-        if not self._assembler.fits_parity(msg.block, len(msg.payload)):
+    def _parity(self, block: int, seq: int, payload: bytes, now: float) -> None:
+        if not self._assembler.fits_parity(block, len(payload)):
             return
-        if msg.block >= self._naks.frontier + _PARITY_AHEAD:
+        if block >= self._naks.frontier + _PARITY_AHEAD:
             self.stats.bad_packets += 1  # repairs never precede the pass: nothing to hold
             return
         self._liveness.shard(now, authentic=self._key is not None)
         self.stats.parity_shards += 1
-        before = self.verified_units
-        if self._assembler.add_parity(msg.block, msg.seq, msg.payload):
-            self._after_arrival(msg.block, now, before)
+        before = self._assembler.verified_count
+        if self._assembler.add_parity(block, seq, payload):
+            self._after_arrival(block, now, before)
 
     def _after_arrival(self, b: int, now: float, verified_before: int) -> None:
         """Something new arrived for block ``b``: give a waiting NAK more time, decode when
@@ -451,9 +457,10 @@ class Receiver:
             self._naks.forget(b)
             if self._assembler.complete:
                 self._finish(now)
-        if self.verified_units > verified_before:
+        if self._assembler.verified_count > verified_before:
             self._liveness.progress(now)
-        self._check_failures(now)
+        if self.stats.verify_failures:  # nothing to judge until a unit has failed
+            self._check_failures(now)
 
     def _check_failures(self, now: float) -> None:
         """Keyed, every shard came from a key holder: a session whose data keeps failing has

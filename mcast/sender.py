@@ -86,7 +86,8 @@ class SenderConfig:
     wake_bytes: int = 16 * 1500  # sleep until this much may be sent: fewer, larger wake-ups
     wire_overhead: int = 42  # Ethernet + IPv4 + UDP bytes per datagram, counted by the pacer
     announce_interval: float = 0.5
-    repair_holdoff: float = 0.05  # parity sent this recently may still be on its way
+    repair_holdoff: float = 0.025  # parity sent this recently may still be on its way (the
+    # receivers' NAK back-off, 20 ms, and the LAN's round trip): a NAK for it is not answered
     linger: float = 1.0
     receiver_timeout: float = 5.0
     feedback_rate: float = 200.0  # NAK/status datagrams per second per receiver

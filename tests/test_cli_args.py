@@ -250,3 +250,30 @@ def test_the_report_says_whether_the_session_was_authenticated(
     warned = [line for line in proc.stderr.splitlines() if "warning: --insecure" in line]
     assert len(warned) == (0 if keyed else 1), proc.stderr
     shutil.rmtree(files["out"], ignore_errors=True)  # the table checks that it is never made
+
+
+@pytest.mark.parametrize(("command", "quick"), [("recv", True), ("send", True), ("fetch", False)])
+def test_only_send_and_recv_skip_the_interpreter_teardown(
+    monkeypatch: pytest.MonkeyPatch, command: str, quick: bool
+) -> None:
+    """send and recv end with os._exit once their output is flushed; other commands, whose
+    objects may still clean up at exit, end normally, with the same code."""
+    import mcast.cli as cli
+
+    class Exited(Exception):
+        pass
+
+    def fake_exit(code: int) -> None:
+        raise Exited(code)
+
+    monkeypatch.setattr(cli, "main", lambda: 3)
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    monkeypatch.setattr(cli.sys, "argv", ["mcast", command, "--json"])
+    if quick:
+        with pytest.raises(Exited) as exc:
+            cli.entry()
+        assert exc.value.args == (3,)
+    else:
+        with pytest.raises(SystemExit) as normal:
+            cli.entry()
+        assert normal.value.code == 3

@@ -211,3 +211,58 @@ def test_a_lone_receiver_still_naks_within_the_configured_backoff():
     naks.advance(1, 0.0)
     due = naks.deadline()
     assert due is not None and 0.0 <= due < BACKOFF
+
+
+# -- the retry time follows how fast repairs answer ----------------------------------------
+
+
+def _nak_then_answer(naks: NakSchedule, b: int, at: float, answer_after: float) -> None:
+    naks.advance(b + 1, at)
+    due = naks.deadline()
+    assert due is not None
+    assert [e.block for e in naks.fire(due)] == [b]
+    naks.progressed(b, due + answer_after)  # its repairs arrive and complete it
+    naks.forget(b)
+
+
+def test_the_retry_starts_at_its_ceiling_and_falls_to_how_fast_repairs_answer():
+    blocks = Blocks(40)
+    naks = NakSchedule(blocks, random.Random(1), backoff=BACKOFF, retry=RETRY, min_retry=0.005)
+    assert naks.retry_after() == RETRY  # nothing measured: the conservative wait
+    for b in range(30):
+        _nak_then_answer(naks, b, b * 1.0, 0.002)
+    assert 0.005 <= naks.retry_after() < 0.012  # answers in ~2 ms: a lost repair costs ~10 ms
+    # a block NAKed now whose repairs are lost is NAKed again after that short wait
+    naks.advance(31, 40.0)
+    first = naks.deadline()
+    assert first is not None and [e.block for e in naks.fire(first)] == [30]
+    wait_over = naks.deadline()
+    assert wait_over is not None and abs(wait_over - first - naks.retry_after()) < 1e-9
+
+
+def test_slow_answers_lengthen_the_retry_again_up_to_its_ceiling():
+    blocks = Blocks(60)
+    naks = NakSchedule(blocks, random.Random(2), backoff=BACKOFF, retry=RETRY, min_retry=0.005)
+    for b in range(20):
+        _nak_then_answer(naks, b, b * 1.0, 0.002)
+    fast = naks.retry_after()
+    for b in range(20, 50):
+        _nak_then_answer(naks, b, b * 1.0, 0.5)  # a queue builds up somewhere
+    assert naks.retry_after() == RETRY > fast
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0.0, 5.0), min_size=1, max_size=40), st.floats(0.001, 0.05))
+def test_the_retry_stays_between_its_floor_and_its_ceiling(answers: list[float], floor: float):
+    blocks = Blocks(len(answers) + 1)
+    naks = NakSchedule(blocks, random.Random(3), backoff=BACKOFF, retry=RETRY, min_retry=floor)
+    for b, after in enumerate(answers):
+        _nak_then_answer(naks, b, b * 10.0, after)
+        assert min(floor, RETRY) <= naks.retry_after() <= RETRY
+
+
+def test_without_a_floor_the_retry_is_fixed():
+    naks, _blocks = make(n=10)
+    for b in range(8):
+        _nak_then_answer(naks, b, b * 1.0, 0.001)
+    assert naks.retry_after() == RETRY

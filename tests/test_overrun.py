@@ -79,17 +79,21 @@ def test_socket_drops_are_reported_once_per_increase():
     assert o.poll(3 * WINDOW)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the window's backlog is reset before it is read (as before the split), so a "
-    "full socket queue is never reported; kept to keep behaviour identical",
-)
 def test_a_full_socket_queue_says_too_fast():
     o = make()
     o.poll(0.0)
     o.note_backlog(0.9)
     assert o.poll(WINDOW)
     assert o.backlog_pct == 90
+
+
+def test_a_backlog_is_reported_for_its_own_window_only():
+    o = make()
+    o.poll(0.0)
+    o.note_backlog(0.9)
+    assert o.poll(WINDOW)
+    assert not o.poll(2 * WINDOW)  # the queue was read down: the next window says so
+    assert o.backlog_pct == 0
 
 
 @given(st.lists(st.integers(0, 10_000), max_size=300))
