@@ -39,6 +39,7 @@ trio: the driver passes ``now`` into ``receive_datagram`` and ``handle_timer``, 
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections import deque
@@ -48,7 +49,7 @@ from enum import Enum
 from typing import Any
 
 from mcast import fec
-from mcast.assembler import Assembler, BlockDecoder
+from mcast.assembler import Assembler, BlockDecoder, UnitDigest, join_and_hash
 from mcast.early import EarlyBuffer
 from mcast.events import Completed, Event, FailureKind, SessionFailed, SessionJoined
 from mcast.freshness import ECHOES_PER_ANNOUNCE, ReplayGuard
@@ -92,7 +93,7 @@ def _same_shape(g: Geometry, a: Announce) -> bool:
 def _geometry_of(snapshot: Snapshot, a: Announce) -> Geometry | None:
     """The geometry an announce describes for our snapshot; None if it cannot be one."""
     try:
-        return Geometry(
+        return _geometry(
             snapshot.total_size,
             snapshot.block_size,
             a.packet_size,
@@ -101,6 +102,12 @@ def _geometry_of(snapshot: Snapshot, a: Announce) -> Geometry | None:
         )
     except ValueError:
         return None
+
+
+@functools.lru_cache(maxsize=64)
+def _geometry(total: int, unit: int, packet: int, per_block: int, parity_pct: int) -> Geometry:
+    """Geometries are immutable: receivers of one session in one process share one."""
+    return Geometry(total, unit, packet, per_block, parity_pct)
 
 
 @dataclass(frozen=True)
@@ -180,10 +187,12 @@ class Receiver:
         decode_shard: ShardDecoder = decode_shard_untrusted,
         decode_message: MessageDecoder = decode_untrusted,
         decode_block: BlockDecoder = fec.decode,
+        digest_unit: UnitDigest = join_and_hash,
     ) -> None:
-        """``decode_shard``, ``decode_message`` and ``decode_block`` are the wire and erasure
-        decoders (pure functions); a simulator of many receivers passes memoizing ones that
-        give the same answers, so that one datagram is parsed once, not once per receiver."""
+        """``decode_shard``, ``decode_message``, ``decode_block`` and ``digest_unit`` are the
+        wire and erasure decoders and the unit hash (pure functions); a simulator of many
+        receivers passes memoizing ones that give the same answers, so that one datagram is
+        parsed once, and one unit joined and hashed once, not once per receiver."""
         self.snapshot = snapshot
         self.receiver_id = receiver_id
         self.config = cfg = config or ReceiverConfig()
@@ -201,6 +210,7 @@ class Receiver:
         self._assembler = Assembler(
             snapshot, self.stats, self._events.append,
             verified_units=verified_units, load_unit=load_unit, decode=decode_block,
+            digest=digest_unit,
         )  # fmt: skip
         self._naks = NakSchedule(
             self._assembler, self._rng, backoff=cfg.nak_backoff, retry=cfg.nak_retry,

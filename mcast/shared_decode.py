@@ -14,7 +14,12 @@ is remembered with every symbol seen to belong to it. A later decode whose every
 equals the remembered codeword's symbol at that position has that codeword as its answer too,
 so the missing source shards are handed out from it; any other input (a symbol never seen, a
 forged one) is decoded for real. Answers are therefore exactly what :func:`mcast.fec.decode`
-returns. None of this is used by the real drivers, which decode each datagram once anyway.
+returns.
+
+:class:`SharedUnitDigest` does it for a unit's bytes and SHA-256: receivers that hold the very
+same shards of a unit (the shared payload objects; equal ones would do too) get the same
+joined bytes and digest, computed once. None of this is used by the real drivers, which
+decode each datagram once anyway.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from mcast import fec
+from mcast.assembler import join_and_hash
 from mcast.wire import Message, decode_shard_untrusted, decode_untrusted
 
 ShardTuple = tuple[int, int, int, int, bytes]
@@ -126,9 +132,8 @@ class SharedBlockDecoder:
     @staticmethod
     def _matches(word: _Codeword, source: dict[int, bytes], parity: dict[int, bytes]) -> bool:
         ws, wp = word.source, word.parity
-        for i, s in source.items():
-            if not _same(ws[i], s):
-                return False
+        if [ws[i] for i in source] != list(source.values()):  # "is", else ==, element-wise
+            return False
         for j, p in parity.items():
             known = wp.get(j)
             if known is None or not _same(known, p):
@@ -152,3 +157,26 @@ class SharedBlockDecoder:
             if len(self._codewords) > self.keep:
                 self._codewords.popitem(last=False)
         word.parity.update(parity)
+
+
+class SharedUnitDigest:
+    """A memoizing drop-in for :func:`mcast.assembler.join_and_hash`, ``keep`` units."""
+
+    def __init__(self, *, keep: int = 256) -> None:
+        self.keep = keep
+        self._units: OrderedDict[tuple[bytes, ...], tuple[bytes, bytes]] = OrderedDict()
+        self.computed = 0
+        self.shared = 0
+
+    def __call__(self, parts: list[bytes]) -> tuple[bytes, bytes]:
+        key = tuple(parts)  # equal only to the same shards, element by element
+        memo = self._units
+        found = memo.get(key)
+        if found is not None:
+            self.shared += 1
+            return found
+        found = memo[key] = join_and_hash(parts)
+        self.computed += 1
+        if len(memo) > self.keep:
+            memo.popitem(last=False)
+        return found

@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 
 from bench.sim import main, make_package, simulate
 from mcast import fec, wire
+from mcast.assembler import join_and_hash
 from mcast.receiver import Receiver
 from mcast.sender import BytesSource, Sender, SenderConfig
-from mcast.shared_decode import SharedBlockDecoder, SharedDecoder
+from mcast.shared_decode import SharedBlockDecoder, SharedDecoder, SharedUnitDigest
 from mcast.simnet import SimNet
 
 
@@ -170,3 +171,11 @@ def test_a_decode_from_symbols_of_a_known_codeword_is_answered_from_it():
     assert (shared.computed, shared.shared) == (1, 1)
     assert first == {0: source[0], 1: source[1]} and again == {5: source[5]}
     assert again[5] is first[0] or again[5] == source[5]
+
+
+@settings(max_examples=100, deadline=None)
+@given(units=st.lists(st.lists(st.binary(max_size=8), min_size=1, max_size=4), max_size=12))
+def test_the_shared_unit_digest_answers_as_join_and_hash(units):
+    shared = SharedUnitDigest(keep=3)
+    for parts in units + units:
+        assert shared(list(parts)) == join_and_hash(list(parts))
