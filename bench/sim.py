@@ -71,7 +71,7 @@ def simulate(
     snap, data = make_package(size, seed)
     rng = random.Random(seed)
     key = rng.randbytes(32) if keyed else None
-    net = SimNet(seed=seed, delay=delay)
+    net = SimNet(seed=seed, delay=delay, by_node=True)
     scfg = sender_config or SenderConfig(rate_bps=rate_bps)
     net.add(
         "sender",
