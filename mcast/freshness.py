@@ -68,23 +68,32 @@ class Nonces:
         return nonce
 
     def echoed(self, echoes: Iterable[int]) -> bool:
-        return any(n in self._recent for n in echoes)
+        echoed = echoes if isinstance(echoes, tuple) else tuple(echoes)
+        return any(n in echoed for n in self._recent)  # a few of ours against up to 64
+
+
+ECHOES_PER_ANNOUNCE = 64
 
 
 class Echoes:
     """A sender's record of the nonces it was asked with: each is echoed by the next
-    ``repeat`` announces (one may be lost), at most ``limit`` per announce, newest first."""
+    ``repeat`` announces (one may be lost), at most ``limit`` per announce, newest first.
+    Up to ``backlog`` nonces wait their turn (thousands of receivers ask at once when a
+    session starts); ``len()`` is how many are waiting."""
 
-    def __init__(self, limit: int = 64, repeat: int = 2) -> None:
+    def __init__(
+        self, limit: int = ECHOES_PER_ANNOUNCE, repeat: int = 2, backlog: int = 16384
+    ) -> None:
         self.limit = limit
         self.repeat = repeat
+        self.backlog = max(backlog, limit)
         self._pending: OrderedDict[int, int] = OrderedDict()  # nonce -> announces left
 
     def add(self, nonce: int) -> None:
         if nonce:
             self._pending[nonce] = self.repeat
             self._pending.move_to_end(nonce)
-            while len(self._pending) > 4 * self.limit:
+            while len(self._pending) > self.backlog:
                 self._pending.popitem(last=False)
 
     def take(self) -> tuple[int, ...]:
@@ -100,3 +109,6 @@ class Echoes:
 
     def __bool__(self) -> bool:
         return bool(self._pending)
+
+    def __len__(self) -> int:
+        return len(self._pending)

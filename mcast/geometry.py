@@ -23,6 +23,8 @@ class Geometry:
     _k: tuple[int, ...] = field(default=(), init=False, repr=False, compare=False)
     _first: tuple[int, ...] = field(default=(), init=False, repr=False, compare=False)
     _spu: int = field(default=1, init=False, repr=False, compare=False)  # shards per unit
+    _last_unit: int = field(default=0, init=False, repr=False, compare=False)
+    _last_shards: int = field(default=0, init=False, repr=False, compare=False)  # of it
 
     def __post_init__(self) -> None:
         if self.packet_size < 2 or self.packet_size % 2:
@@ -31,6 +33,10 @@ class Geometry:
             raise ValueError("bad geometry")
         if not 1 <= self.parity_ratio_pct <= 400:
             raise ValueError("parity ratio must be 1..400 percent")
+        object.__setattr__(self, "_spu", -(-self.unit_size // self.packet_size))
+        last = max(0, self.unit_count - 1)
+        object.__setattr__(self, "_last_unit", last)
+        object.__setattr__(self, "_last_shards", -(-self.unit_len(last) // self.packet_size))
         ks = []
         for b in range((self.unit_count + self.units_per_block - 1) // self.units_per_block):
             ks.append(sum(self.unit_shards(u) for u in self.block_units(b)))
@@ -40,11 +46,10 @@ class Geometry:
             firsts.append(total)
             total += k
         object.__setattr__(self, "_first", tuple(firsts))
-        object.__setattr__(self, "_spu", self.shards_per_unit)
 
     @property
     def shards_per_unit(self) -> int:
-        return -(-self.unit_size // self.packet_size)
+        return self._spu
 
     @property
     def unit_count(self) -> int:
@@ -62,6 +67,8 @@ class Geometry:
         return min(self.unit_size, self.total_size - unit * self.unit_size)
 
     def unit_shards(self, unit: int) -> int:
+        if unit < self._last_unit:
+            return self._spu  # every unit but the last is whole
         return -(-self.unit_len(unit) // self.packet_size)
 
     def block_units(self, block: int) -> range:
@@ -90,21 +97,22 @@ class Geometry:
         return ("parity", sym) if sym < r else ("source", sym - r)
 
     def shard_unit(self, block: int, index: int) -> int:
-        return block * self.units_per_block + index // self.shards_per_unit
+        return block * self.units_per_block + index // self._spu
 
     def unit_first_shard(self, unit: int) -> int:
-        return (unit % self.units_per_block) * self.shards_per_unit
+        return (unit % self.units_per_block) * self._spu
 
     def shard_len(self, block: int, index: int) -> int:
         """Length of source shard ``index`` of ``block``: ``shard_span()[1]``, on the hot path."""
-        spu = self._spu
-        unit = block * self.units_per_block + index // spu
+        spu, size = self._spu, self.unit_size
         inner = (index % spu) * self.packet_size
-        unit_len = min(self.unit_size, self.total_size - unit * self.unit_size)
-        return min(self.packet_size, unit_len - inner)
+        start = (block * self.units_per_block + index // spu) * size
+        return min(self.packet_size, size - inner, self.total_size - start - inner)
 
     def shard_span(self, block: int, index: int) -> tuple[int, int]:
         """Offset in the package and length of source shard ``index`` of ``block``."""
-        unit = self.shard_unit(block, index)
-        inner = (index % self.shards_per_unit) * self.packet_size
-        return unit * self.unit_size + inner, min(self.packet_size, self.unit_len(unit) - inner)
+        spu, size, ps = self._spu, self.unit_size, self.packet_size
+        unit = block * self.units_per_block + index // spu
+        inner = (index % spu) * ps
+        start = unit * size
+        return start + inner, min(ps, size - inner, self.total_size - start - inner)

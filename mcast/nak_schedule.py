@@ -14,6 +14,14 @@ smoothed (``srtt``, ``rttvar``) and the retry is ``srtt + 4 rttvar``, never belo
 ``min_retry`` nor above ``retry``, which is also where it starts. On a LAN one lost repair
 then costs a few milliseconds, not the worst case a slow path needs.
 
+The back-off is scaled to the group, as NORM's is (RFC 5740, after Nonnenmacher and
+Biersack): ``group`` is the number of receivers the sender announces it hears. The random
+wait is exponentially biased towards the end of a window, ``t = T * ln((e**L - 1) x + 1) / L``
+for x uniform in [0, 1) and ``L = ln(group) + 1``, so that among many receivers only a few
+timers fall early, and the window ``T`` grows with the decades of the group
+(``backoff * max(1, log10(group))``), so that those few are heard before the rest fire:
+the NAKs per block grow with the logarithm of the group, not with the group.
+
 What a block still needs comes from a ``BlockView`` (the assembler); the schedule never
 holds shards. ``deadline()`` is the earliest live timer; ``fire(now)`` returns the NAK
 entries due, which the receiver core packs into datagrams.
@@ -22,6 +30,7 @@ entries due, which the receiver core packs into datagrams.
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from collections.abc import Iterable
 from enum import Enum
@@ -42,6 +51,15 @@ class BlockView(Protocol):
     def horizon(self, b: int) -> int: ...
 
 
+def backoff_delay(x: float, backoff: float, group: int) -> float:
+    """The back-off for a uniform draw ``x`` in [0, 1), in a group of ``group`` receivers:
+    exponentially biased towards the end of a window that grows with log10(group)."""
+    n = max(1, group)
+    window = backoff * max(1.0, math.log10(n))
+    lam = math.log(n) + 1.0
+    return window * math.log((math.exp(lam) - 1.0) * x + 1.0) / lam
+
+
 class NakSchedule:
     def __init__(
         self,
@@ -51,8 +69,10 @@ class NakSchedule:
         backoff: float,
         retry: float,
         min_retry: float | None = None,
+        group: int = 1,
     ) -> None:
-        self.backoff = backoff  # a NAK waits a random time up to this, listening for others
+        self.backoff = backoff  # the back-off window of a group of up to ten receivers
+        self.group = group  # receivers in the session, as the sender announces them
         self.retry = retry  # the longest a NAKed block waits for progress before a new NAK
         self.min_retry = retry if min_retry is None else min(min_retry, retry)
         self.srtt: float | None = None  # smoothed time from a NAK to the block's next arrival
@@ -148,7 +168,7 @@ class NakSchedule:
             self.srtt = 0.875 * self.srtt + 0.125 * rtt
 
     def _backoff(self) -> float:
-        return self._rng.uniform(0.0, self.backoff)
+        return backoff_delay(self._rng.random(), self.backoff, self.group)
 
     def _arm(self, b: int, state: NakState, due: float) -> None:
         self._armed[b] = (state, due)

@@ -6,18 +6,20 @@ totals they leave behind still count in ``tally()``; when every entry is active,
 receiver is refused (counted in ``feedback_refused``). A receiver known only from SOLICITs
 gets one grace period from its first: a replayed SOLICIT (authentic for every session of the
 package) cannot keep a sender alive. ``quiet_at()`` is the table's deadline: when the last
-receiver that has not finished times out.
+receiver that has not finished times out. It costs O(log n) per datagram heard, not O(n): a
+heap of the times receivers were last heard, whose stale entries are dropped as they surface.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 from mcast.wire import Status
 
-MAX_PEERS = 4096  # receivers tracked at once; inactive ones are pruned to make room
+MAX_PEERS = 65536  # receivers tracked at once; inactive ones are pruned to make room
 
 
 class PeerStats(Protocol):
@@ -58,6 +60,7 @@ class PeerTable:
         self._peers: dict[int, Peer] = {}
         self._forgotten_done = 0  # pruned receivers, for the totals in tally()
         self._forgotten_lost = 0
+        self._latest: list[tuple[float, int]] = []  # (-last_heard, id): a max-heap, lazy
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -90,7 +93,17 @@ class PeerTable:
             peer.last_heard = now
         elif not peer.solicit_only:
             peer.last_heard = now
+        else:
+            return peer
+        self._note_heard(receiver_id, peer.last_heard)
         return peer
+
+    def _note_heard(self, receiver_id: int, last_heard: float) -> None:
+        latest = self._latest
+        if len(latest) > 4 * len(self._peers) + 64:  # mostly stale: rebuilt, O(1) amortized
+            self._latest = latest = [(-p.last_heard, r) for r, p in self._peers.items()]
+            heapq.heapify(latest)
+        heapq.heappush(latest, (-last_heard, receiver_id))
 
     def is_active(self, peer: Peer, now: float) -> bool:
         return not peer.finished and now - peer.last_heard < self.receiver_timeout
@@ -103,10 +116,14 @@ class PeerTable:
 
     def quiet_at(self) -> float | None:
         """When the last receiver that has not finished times out; None if none is waiting."""
-        waiting = [
-            p.last_heard + self.receiver_timeout for p in self._peers.values() if not p.finished
-        ]
-        return max(waiting) if waiting else None
+        latest = self._latest
+        while latest:
+            neg, rid = latest[0]
+            peer = self._peers.get(rid)
+            if peer is not None and not peer.finished and peer.last_heard == -neg:
+                return -neg + self.receiver_timeout
+            heapq.heappop(latest)  # forgotten, finished, or heard again since
+        return None
 
     def tally(self) -> tuple[int, int]:
         """Receivers done, and receivers lost (failed or silent), forgotten ones included."""

@@ -10,8 +10,9 @@ loss recovery:
 - ``Assembler`` (``mcast/assembler.py``): shards checked against the geometry, per-block
   reception state, Reed-Solomon decoding, verification of every unit against the signed
   snapshot, and the map of verified units on which completion alone rests;
-- ``NakSchedule`` (``mcast/nak_schedule.py``): the sender's frontier, random back-off,
-  suppression on hearing an equivalent NAK, re-NAK when a block makes no progress;
+- ``NakSchedule`` (``mcast/nak_schedule.py``): the sender's frontier, random back-off
+  scaled to the group size the sender announces, suppression on hearing an equivalent NAK,
+  re-NAK when a block makes no progress;
 - ``OverrunMonitor`` (``mcast/overrun.py``): first-pass loss, socket backlog and drops over
   short windows, the signals the sender's rate control reads;
 - ``Reports`` (``mcast/reports.py``): NAK datagrams, SOLICITs while no session is heard,
@@ -38,6 +39,7 @@ trio: the driver passes ``now`` into ``receive_datagram`` and ``handle_timer``, 
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections import deque
@@ -46,10 +48,11 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from mcast.assembler import Assembler
+from mcast import fec
+from mcast.assembler import Assembler, BlockDecoder, UnitDigest, join_and_hash
 from mcast.early import EarlyBuffer
 from mcast.events import Completed, Event, FailureKind, SessionFailed, SessionJoined
-from mcast.freshness import ReplayGuard
+from mcast.freshness import ECHOES_PER_ANNOUNCE, ReplayGuard
 from mcast.geometry import Geometry
 from mcast.ledbat import DelayMeter
 from mcast.liveness import Liveness
@@ -74,8 +77,12 @@ from mcast.wire import (
     decode_untrusted,
 )
 
+ShardDecoder = Callable[[bytes, bytes | None], tuple[int, int, int, int, bytes] | None]
+MessageDecoder = Callable[[bytes, bytes | None], Message]
+
 _log = logging.getLogger(__name__)
 _PARITY_AHEAD = 1  # parity is kept up to the block the sender is known to be sending
+_MAX_GROUP = 65536  # no sender tracks more receivers (mcast.peers.MAX_PEERS)
 
 
 def _same_shape(g: Geometry, a: Announce) -> bool:
@@ -87,7 +94,7 @@ def _same_shape(g: Geometry, a: Announce) -> bool:
 def _geometry_of(snapshot: Snapshot, a: Announce) -> Geometry | None:
     """The geometry an announce describes for our snapshot; None if it cannot be one."""
     try:
-        return Geometry(
+        return _geometry(
             snapshot.total_size,
             snapshot.block_size,
             a.packet_size,
@@ -98,6 +105,12 @@ def _geometry_of(snapshot: Snapshot, a: Announce) -> Geometry | None:
         return None
 
 
+@functools.lru_cache(maxsize=64)
+def _geometry(total: int, unit: int, packet: int, per_block: int, parity_pct: int) -> Geometry:
+    """Geometries are immutable: receivers of one session in one process share one."""
+    return Geometry(total, unit, packet, per_block, parity_pct)
+
+
 @dataclass(frozen=True)
 class ReceiverConfig:
     nak_backoff: float = 0.02  # a NAK waits a random time up to this, listening for others
@@ -105,6 +118,7 @@ class ReceiverConfig:
     nak_min_retry: float = 0.01  # ... or sooner, as fast as repairs have been answering NAKs
     # (longer than the sender's repair_holdoff, or the re-NAK is taken for one in flight)
     status_interval: float = 1.0
+    status_rate: float = 100.0  # STATUS a second from the whole group, at most (RTCP-style)
     congestion_window: float = 0.1  # loss and socket drops are judged over windows this long
     congestion_loss_permille: int = 150  # more first-pass loss than this is reported at once
     congestion_backlog: float = 0.5  # a socket queue fuller than this is reported at once
@@ -171,7 +185,15 @@ class Receiver:
         verified_units: Iterable[int] = (),
         load_unit: Callable[[int], bytes] | None = None,
         session_id: int | None = None,
+        decode_shard: ShardDecoder = decode_shard_untrusted,
+        decode_message: MessageDecoder = decode_untrusted,
+        decode_block: BlockDecoder = fec.decode,
+        digest_unit: UnitDigest = join_and_hash,
     ) -> None:
+        """``decode_shard``, ``decode_message``, ``decode_block`` and ``digest_unit`` are the
+        wire and erasure decoders and the unit hash (pure functions); a simulator of many
+        receivers passes memoizing ones that give the same answers, so that one datagram is
+        parsed once, and one unit joined and hashed once, not once per receiver."""
         self.snapshot = snapshot
         self.receiver_id = receiver_id
         self.config = cfg = config or ReceiverConfig()
@@ -184,9 +206,12 @@ class Receiver:
         self._key = check_key(key)
         self._events: deque[Event] = deque()
         self._out: list[bytes] = []
+        self._decode_shard = decode_shard
+        self._decode_message = decode_message
         self._assembler = Assembler(
             snapshot, self.stats, self._events.append,
-            verified_units=verified_units, load_unit=load_unit,
+            verified_units=verified_units, load_unit=load_unit, decode=decode_block,
+            digest=digest_unit,
         )  # fmt: skip
         self._naks = NakSchedule(
             self._assembler, self._rng, backoff=cfg.nak_backoff, retry=cfg.nak_retry,
@@ -234,7 +259,7 @@ class Receiver:
                 self._receive_message(data, now)
             return
         try:
-            shard = decode_shard_untrusted(data, self._key)
+            shard = self._decode_shard(data, self._key)
         except BadPacket:
             self.stats.bad_packets += 1
             return
@@ -251,7 +276,7 @@ class Receiver:
 
     def _receive_message(self, data: bytes, now: float) -> None:
         try:
-            msg = decode_untrusted(data, self._key)
+            msg = self._decode_message(data, self._key)
         except BadPacket:
             self.stats.bad_packets += 1
             return
@@ -259,6 +284,8 @@ class Receiver:
             self.stats.other_session += 1
             return
         if self.phase is Phase.WAITING and not isinstance(msg, Announce):
+            if isinstance(msg, Solicit):
+                return  # other receivers' requests are for the sender: nothing to keep
             self._early.keep(data)  # shards need the session's geometry: keep for later
             return  # (its freshness is judged when it is replayed, once, after the join)
         if not self._fresh(msg):
@@ -283,18 +310,19 @@ class Receiver:
 
     def get_timer(self) -> float | None:
         """The earliest deadline of the parts the current phase runs."""
-        if self.phase in (Phase.COMPLETE, Phase.FAILED):
+        phase = self.phase
+        if phase is Phase.COMPLETE or phase is Phase.FAILED:
             return self._reports.final_deadline()
-        candidates = [self._liveness.deadline(joined=self.phase is Phase.RECEIVING)]
+        receiving = phase is Phase.RECEIVING
+        timer = self._liveness.deadline(joined=receiving)
         nak = self._naks.deadline()
-        if nak is not None:
-            candidates.append(nak)
-        if self.phase is Phase.RECEIVING:
-            candidates.append(self._reports.next_status)
-            candidates.append(self._overrun.deadline())
+        if nak is not None and nak < timer:
+            timer = nak
+        if receiving:
+            timer = min(timer, self._reports.next_status, self._overrun.deadline())
         else:
-            candidates.append(self._reports.next_solicit)
-        return min(candidates)
+            timer = min(timer, self._reports.next_solicit)
+        return timer
 
     def note_backlog(self, fraction: float) -> None:
         """The driver saw its socket queue this full (0..1)."""
@@ -305,6 +333,8 @@ class Receiver:
         self._overrun.note_socket_drops(total)
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
+        if not self._out:
+            return []
         out = self._out.copy()  # the list itself stays: the parts append to it
         self._out.clear()
         return out
@@ -367,12 +397,14 @@ class Receiver:
         if self.phase is Phase.WAITING:
             if not self._reports.nonces.echoed(msg.echoes):
                 self.stats.unconfirmed_announces += 1  # live, or a recording? ask it
-                self._reports.solicit_soon(now)
+                if len(msg.echoes) < ECHOES_PER_ANNOUNCE:  # a full list: the sender is
+                    self._reports.solicit_soon(now)  # working through a backlog: wait
                 return
             geometry = _geometry_of(self.snapshot, msg)
             if geometry is None:
                 self.stats.bad_packets += 1
                 return
+            self._note_group(msg)
             self._join(msg, geometry, now)
         elif msg.session != self.session_id:
             return
@@ -382,6 +414,7 @@ class Receiver:
                 self.stats.bad_packets += 1  # not the session we joined: no say in it
                 return
         self.announce = msg
+        self._note_group(msg)
         # Fresh (the replay guard passed it) and of our session: its seq is the sender's clock
         # when it left, so its arrival now is a one-way delay sample (mcast.ledbat).
         self._delay.sample(msg.seq, self._arrived)
@@ -393,6 +426,11 @@ class Receiver:
         self._naks.advance(min(frontier, self.geometry.block_count), now)
         for data in self._early.drain():
             self.receive_datagram(data, None, now)
+
+    def _note_group(self, msg: Announce) -> None:
+        """The group size the sender announces: NAK back-off and STATUS spacing scale with
+        it, so that neither grows with the square of the receivers."""
+        self._naks.group = self._reports.group = min(max(1, msg.receivers), _MAX_GROUP)
 
     def _fresh(self, msg: Message) -> bool:
         """Whether a control message is newer than the last from its origin: the sender
@@ -418,7 +456,7 @@ class Receiver:
         if not assembler.fits_source(block, index, len(payload)):
             return
         self._liveness.shard(now, authentic=self._key is not None)
-        if block + 1 > self._naks.frontier:
+        if block > self._naks.frontier:
             self._naks.advance(block, now)  # the sender has moved past earlier blocks
         self.stats.data_shards += 1
         self._overrun.note_shard(g.first_shard(block) + index)

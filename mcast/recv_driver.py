@@ -21,13 +21,15 @@ import trio
 from mcast.events import Completed, FailureKind, SessionFailed, SessionJoined, UnitVerified
 from mcast.partial import PartialDownload
 from mcast.receiver import Receiver, ReceiverConfig, ReceiverStats
+from mcast.reports import MAX_FINAL_SPREAD
 from mcast.snapshot import Snapshot
 from mcast.udp import Channel, Endpoint
 from mcast.wire import Announce
 
 _CHECKPOINT_EVERY = 1.0
 _PROGRESS_EVERY = 0.25
-_DONE_LINGER = 0.1  # keep running for the repeated done statuses
+# keep running for the final statuses (at most this long: a large group spreads them)
+_DONE_LINGER = MAX_FINAL_SPREAD + 0.1
 
 
 @dataclass

@@ -13,6 +13,15 @@ nonce, which ``nonces`` remembers: the receiver joins only a session whose annou
 of them; an announce that echoes none brings the next SOLICIT forward (``solicit_soon``).
 Datagrams go to ``send`` in the order they are made; the receiver core reads ``next_solicit``,
 ``next_status`` or ``final_deadline()`` as its phase selects.
+
+STATUS is multicast, so every receiver hears every other's: in a large group the reports are
+spread as RTCP spreads its own (RFC 3550, 6.2 and 6.3.7). ``group`` is the number of
+receivers the sender announces; the group as a whole sends at most ``status_rate`` STATUS a
+second, so each receiver reports every ``group / status_rate`` seconds when that is longer
+than ``status_interval``, its first report after a random part of that interval rather than
+at the join, and its final one once, at a random moment within ``final_spread()``, rather
+than at once and repeated: ten thousand receivers finishing together must not each hear ten
+thousand reports in a burst.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from mcast.wire import Nak, NakEntry, Solicit, Status, encode
 
 _SOON = 0.02  # an announce we cannot trust yet is answered with a SOLICIT within this
 _MIN_GAP = 0.05  # and no more often than this, however many such announces arrive
+MAX_FINAL_SPREAD = 2.0  # a large group's final reports are spread over at most this long
 
 
 class ReportStats(Protocol):
@@ -46,6 +56,8 @@ class ReportConfig(Protocol):
     def done_status_spacing(self) -> float: ...
     @property
     def max_nak_entries(self) -> int: ...
+    @property
+    def status_rate(self) -> float: ...
     @property
     def rank(self) -> int: ...
 
@@ -83,6 +95,8 @@ class Reports:
         self._final_spacing = config.done_status_spacing
         self._nak_entries = config.max_nak_entries
         self._rank = config.rank
+        self._status_rate = config.status_rate
+        self.group = 1  # receivers in the session, as the sender announces them
         self.next_status = now
         self.next_solicit = now
         self._repeats_left = 0
@@ -106,10 +120,27 @@ class Reports:
         self.next_solicit = min(self.next_solicit, soon)
 
     # -- while receiving -------------------------------------------------------------------------
+    def interval(self) -> float:
+        """Seconds between this receiver's STATUS reports, in a group of ``group``."""
+        if self._status_rate <= 0:
+            return self._status_interval
+        return max(self._status_interval, self.group / self._status_rate)
+
+    def final_spread(self) -> float:
+        """How long a large group's final reports are spread over (0: sent at once). Large
+        means more receivers than ``status_rate`` allows at our own interval: a yielding
+        session's faster reports do not make a small group wait to say it is done."""
+        interval = self.interval()
+        return min(MAX_FINAL_SPREAD, interval) if interval > self._own_interval else 0.0
+
     def joined(self, session_id: int, now: float) -> None:
         self.session_id = session_id
+        interval = self.interval()
+        if interval > self._status_interval:  # a large group: first report at random
+            self.next_status = now + self._rng.uniform(0.0, interval)
+            return
         self.status(now, done=False)
-        self.next_status = now + self._status_interval
+        self.next_status = now + interval
 
     def asked_every(self, report_ms: int, now: float) -> None:
         """The session's announce asks for a STATUS every ``report_ms`` (0: our own
@@ -124,7 +155,7 @@ class Reports:
     def periodic(self, now: float, *, urgent: bool) -> None:
         if urgent or now >= self.next_status:
             self.status(now, done=False)
-            self.next_status = now + self._status_interval
+            self.next_status = now + self.interval()
 
     def naks(self, entries: list[NakEntry], now: float) -> None:
         """The NAK entries the schedule says are due, ``max_nak_entries`` to a datagram."""
@@ -141,6 +172,11 @@ class Reports:
     # -- after the end ---------------------------------------------------------------------------
     def final(self, now: float, *, done: bool) -> None:
         """The session is over for us: complete (``done``) or failed."""
+        spread = self.final_spread()
+        if spread:  # a large group: one report, at a random moment of the spread
+            self._repeats_left = 1
+            self.next_status = now + self._rng.uniform(0.0, spread)
+            return
         self.status(now, done=done, failed=not done)
         self._repeats_left = self._final_repeats - 1 if done else 0
         self.next_status = now + self._final_spacing

@@ -52,7 +52,7 @@ from mcast.freshness import Counter, Echoes, ReplayGuard
 from mcast.geometry import Geometry
 from mcast.ledbat import DelayController
 from mcast.pacing import Pacer, SourceLimiter
-from mcast.peers import PeerTable
+from mcast.peers import MAX_PEERS, PeerTable
 from mcast.repair_queue import RepairQueue
 from mcast.snapshot import Snapshot
 from mcast.wire import (
@@ -190,8 +190,8 @@ class Sender:
             cfg.rate_bps, cfg.start_rate_bps, cfg.burst_bytes, now, yielding=self._yield
         )
         self._sync_rate()
-        self._limiter = SourceLimiter(cfg.feedback_rate, cfg.feedback_burst)
-        self._guard = ReplayGuard()
+        self._limiter = SourceLimiter(cfg.feedback_rate, cfg.feedback_burst, MAX_PEERS)
+        self._guard = ReplayGuard(MAX_PEERS)
         self._seq = Counter()
         self._echoes = Echoes()
         self._pass = FirstPass(g, hold_until=now + cfg.hold_s if cfg.hold_s > 0 else 0.0)
@@ -275,7 +275,7 @@ class Sender:
         self._pass.end_hold(now)
         if self._announces.due(now):
             out.append(self._announce_datagram(now))
-            self._announces.sent(now)
+            self._announces.sent(now, len(self._echoes), self._echoes.limit)
         overhead = self.config.wire_overhead
         while len(out) < self.config.max_batch:
             dgram = self._pending or self._next_datagram(now)
@@ -364,7 +364,7 @@ class Sender:
             return
         self.peers.heard(msg.receiver_id, now, solicit=True)  # waiting: do not end without it
         self._echoes.add(msg.nonce)
-        self._announces.solicited()
+        self._announces.solicited(len(self._echoes), self._echoes.limit)
 
     def _handle_status(self, msg: Status, addr: object, now: float) -> None:
         self.stats.status_received += 1

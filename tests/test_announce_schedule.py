@@ -49,3 +49,18 @@ def test_end_copies_go_out_spaced_then_the_schedule_is_over():
     sent = [t for t in (2.0, 2.01, 2.05, 2.06, 2.1, 2.2, 2.3) if e.due(t)]
     assert sent == [2.0, 2.05, 2.1]
     assert not e.over(2.1) and e.over(2.15) and e.reason == "done"
+
+
+def test_a_backlog_of_nonces_brings_announces_closer_together():
+    """Ten thousand SOLICITs at once: 64 echoed per announce, each twice, must not take
+    20 ms an announce (six seconds): while more wait than one carries, 0.2 ms apart."""
+    s = AnnounceSchedule(0.0, interval=0.5, fast=0)
+    s.sent(0.0)
+    s.solicited(backlog=10_000)
+    assert s.deadline == pytest.approx(0.0002)
+    s.sent(0.0002, backlog=65)
+    assert s.deadline == pytest.approx(0.0004)
+    s.sent(0.0004, backlog=64)
+    assert s.deadline == pytest.approx(0.0004 + 0.02)
+    s.sent(0.0204)
+    assert s.deadline == pytest.approx(0.5204)

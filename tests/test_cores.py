@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mcast import wire
+from mcast.freshness import ECHOES_PER_ANNOUNCE
 from mcast.receiver import Receiver, ReceiverConfig
 from mcast.sender import SenderConfig
 from mcast.simnet import Link
@@ -337,3 +338,44 @@ def test_repairs_flow_during_the_pass_and_the_tail_after_it_is_short():
     at, parity_before_end = pass_done_at[0]
     assert parity_before_end > 0.6 * run.sender().stats.parity_sent  # most repairs mid-pass
     assert max(run.completed.values()) - at < 0.06  # no retry round in the tail
+
+
+def _announce(snap, *, receivers: int, echoes: tuple[int, ...] = (), seq: int = 1) -> bytes:
+    ann = wire.Announce(
+        session=9, package_hash=snap.package_hash, sender_id=1, packet_size=1432,
+        units_per_block=16, parity_ratio_pct=100, rate_bps=10**8, group="239.1.1.1",
+        port=1, next_block=0, pass_done=False, receivers=receivers, progress_pct=0,
+        complete=False, rank=0, verified_units=0, hold_ms=0, seq=seq, echoes=echoes,
+    )  # fmt: skip
+    return wire.encode(ann)
+
+
+def test_a_waiting_receiver_keeps_no_solicits_and_waits_its_turn_in_a_crowd():
+    """Other receivers' SOLICITs are for the sender: not kept for after the join. An announce
+    that echoes a full list of other nonces means the sender is working through a backlog:
+    no SOLICIT at once (ten thousand of them would only lengthen it)."""
+    snap = make_snapshot(random.Random(1).randbytes(5000), 4096)
+    rcv = Receiver(snap, receiver_id=1, now=0.0, rng=random.Random(2))
+    rcv.handle_timer(0.0)
+    assert len(rcv.datagrams_to_send(0.0)) == 1  # its first SOLICIT
+    other = wire.encode(wire.Solicit(0, snap.package_hash, 2, 5, 6))
+    rcv.receive_datagram(other, None, 0.001)
+    assert len(rcv._early) == 0
+    full = tuple(range(1, ECHOES_PER_ANNOUNCE + 1))
+    rcv.receive_datagram(_announce(snap, receivers=10_000, echoes=full), None, 0.002)
+    assert rcv._reports.next_solicit > 0.1  # the regular interval, not 20 ms
+    rcv.receive_datagram(_announce(snap, receivers=10_000, echoes=(1,), seq=2), None, 0.003)
+    assert rcv._reports.next_solicit <= 0.05 + 1e-9  # a short list: ours was lost, ask again
+
+
+def test_the_announced_group_sets_the_nak_backoff_and_status_spacing():
+    snap = make_snapshot(random.Random(1).randbytes(5000), 4096)
+    rcv = Receiver(snap, receiver_id=1, now=0.0, rng=random.Random(2))
+    rcv.handle_timer(0.0)
+    nonce = wire.decode_untrusted(rcv.datagrams_to_send(0.0)[0]).nonce  # type: ignore[union-attr]
+    rcv.receive_datagram(_announce(snap, receivers=5000, echoes=(nonce,)), None, 0.01)
+    assert rcv.session_id == 9
+    assert rcv._naks.group == rcv._reports.group == 5000
+    assert rcv.datagrams_to_send(0.01) == []  # no STATUS at the join in a group this large
+    rcv.receive_datagram(_announce(snap, receivers=2**32 - 1, seq=2), None, 0.02)
+    assert rcv._naks.group == 65536  # capped: no sender tracks more

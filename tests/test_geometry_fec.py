@@ -90,3 +90,11 @@ def test_shard_len_is_shard_span_length(total: int, unit: int, packet: int, upb:
     for b in range(g.block_count):
         for i in range(g.k(b)):
             assert g.shard_len(b, i) == g.shard_span(b, i)[1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(total=st.integers(0, 300_000), unit=st.integers(1, 70_000), packet=st.integers(1, 800))
+def test_unit_shards_fast_path_is_the_definition(total: int, unit: int, packet: int) -> None:
+    g = Geometry(total, unit, 2 * packet, 4)
+    for u in range(g.unit_count):
+        assert g.unit_shards(u) == -(-g.unit_len(u) // (2 * packet))

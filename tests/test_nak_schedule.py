@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcast.nak_schedule import NakSchedule, NakState
+from mcast.nak_schedule import NakSchedule, NakState, backoff_delay
 from mcast.wire import NakEntry
 
 BACKOFF, RETRY = 0.02, 0.08
@@ -162,6 +163,54 @@ def test_the_deadline_is_the_earliest_live_timer_and_forgotten_blocks_stay_quiet
             assert not {e.block for e in naks.fire(now)} & forgotten
         armed = [due for _, due in naks._armed.values()]
         assert naks.deadline() == (min(armed) if armed else None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(x=st.floats(0, 1, exclude_max=True), group=st.integers(1, 10**6))
+def test_the_backoff_stays_in_a_window_that_grows_with_the_decades_of_the_group(x, group):
+    window = BACKOFF * max(1.0, math.log10(group))
+    delay = backoff_delay(x, BACKOFF, group)
+    assert 0.0 <= delay < window * (1 + 1e-9)
+    assert backoff_delay(0.0, BACKOFF, group) == 0.0
+
+
+def naks_for_one_block(listeners: int, seed: int, delay: float = 0.0005) -> int:
+    """``listeners`` receivers that all miss the same shards of block 0 and hear each
+    other's NAKs ``delay`` after they go out: how many NAKs the group sends."""
+    schedules = []
+    for n in range(listeners):
+        blocks = Blocks(1)
+        naks = NakSchedule(
+            blocks, random.Random(seed * 100_003 + n), backoff=BACKOFF, retry=RETRY,
+            group=listeners,
+        )  # fmt: skip
+        naks.advance(1, 0.0)
+        schedules.append(naks)
+    sent: list[float] = []
+    for due, naks in sorted(((s.deadline() or 0.0, s) for s in schedules), key=lambda t: t[0]):
+        heard = [t for t in sent if t + delay <= due]
+        if heard:
+            naks.heard([NakEntry(0, 10, 0)], heard[0] + delay)
+        if naks.fire(due):
+            sent.append(due)
+    return len(sent)
+
+
+def test_naks_per_block_grow_with_the_log_of_the_group_not_with_the_group():
+    """With a uniform back-off of 20 ms and 0.5 ms to be heard, a thousand receivers send
+    about 26 NAKs for a block that ten send 1-2 for; scaled to the group, a handful."""
+    seeds = range(20)
+    small = sum(naks_for_one_block(10, s) for s in seeds) / len(seeds)
+    large = sum(naks_for_one_block(1000, s) for s in seeds) / len(seeds)
+    assert large <= 3 * max(small, 1.0)
+    assert large <= 6
+
+
+def test_a_lone_receiver_still_naks_within_the_configured_backoff():
+    naks, _ = make()
+    naks.advance(1, 0.0)
+    due = naks.deadline()
+    assert due is not None and 0.0 <= due < BACKOFF
 
 
 # -- the retry time follows how fast repairs answer ----------------------------------------

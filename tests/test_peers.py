@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mcast.peers import PeerTable
@@ -106,3 +106,25 @@ def test_the_table_never_exceeds_its_bound_and_the_tally_covers_everyone(events)
         assert len(peers) <= 5
     done, lost = peers.tally()
     assert done + lost == stats.receivers_heard
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(st.integers(0, 6), st.sampled_from(["status", "nak", "solicit", "done"])),
+        max_size=60,
+    )
+)
+def test_quiet_at_matches_a_scan_of_the_unfinished_receivers(ops):
+    peers, _ = make()
+    now = 0.0
+    for rid, op in ops:
+        now += 0.5
+        if op == "done":
+            peer = peers.heard(rid, now)
+            if peer is not None:
+                peer.done = True
+        else:
+            peers.heard(rid, now, solicit=op == "solicit")
+        waiting = [peers[r].last_heard + TIMEOUT for r in peers if not peers[r].finished]
+        assert peers.quiet_at() == (max(waiting) if waiting else None)

@@ -132,3 +132,44 @@ def test_nak_entries_are_packed_max_nak_entries_to_a_datagram():
     assert len({m.seq for m in msgs}) == 3  # one counter, even within one instant
     reports.naks([], 1.0)
     assert len(sent) == 3
+
+
+def test_a_small_group_reports_at_once_on_joining_and_every_interval():
+    reports, sent, *_ = make()
+    reports.group = 50
+    reports.joined(5, 1.0)
+    assert len(sent) == 1 and reports.next_status == 1.0 + CFG.status_interval
+    assert reports.final_spread() == 0.0
+
+
+def test_a_large_group_spreads_its_statuses_as_rtcp_does():
+    """Ten thousand receivers, at most status_rate STATUS a second from all of them: each
+    reports every group / status_rate seconds, the first at a random point of that."""
+    firsts = []
+    for seed in range(40):
+        reports, sent, *_ = make(seed=seed)
+        reports.group = 10_000
+        interval = reports.interval()
+        assert interval == 10_000 / CFG.status_rate
+        reports.joined(5, 1.0)
+        assert sent == []  # not at the join: ten thousand would report at once
+        assert 1.0 <= reports.next_status <= 1.0 + interval
+        firsts.append(reports.next_status)
+        reports.periodic(reports.next_status, urgent=False)
+        assert len(sent) == 1 and reports.next_status == firsts[-1] + interval
+    assert len(set(firsts)) == len(firsts)
+
+
+def test_a_large_group_sends_its_final_status_once_within_the_spread():
+    reports, sent, *_ = make(seed=4)
+    reports.group = 10_000
+    reports.joined(5, 0.0)
+    reports.final(3.0, done=True)
+    assert sent == [] and 3.0 <= reports.next_status <= 3.0 + reports.final_spread()
+    assert reports.final_spread() == 2.0
+    deadline = reports.final_deadline()
+    assert deadline is not None
+    reports.repeat_final(deadline, done=True)
+    reports.repeat_final(deadline + 5, done=True)
+    assert [type(m) for m in decoded(sent)] == [wire.Status] and reports.final_deadline() is None
+    assert decoded(sent)[0].done  # type: ignore[union-attr]
