@@ -116,7 +116,8 @@ class ReceiverConfig:
     nak_backoff: float = 0.02  # a NAK waits a random time up to this, listening for others
     nak_retry: float = 0.08  # a NAKed block that makes no progress for this long is NAKed again
     nak_min_retry: float = 0.01  # ... or sooner, as fast as repairs have been answering NAKs
-    # (longer than the sender's repair_holdoff, or the re-NAK is taken for one in flight)
+    # (a re-NAK within the sender's repair_holdoff of its last repair is answered only for
+    # repairs below our horizon: the ones we lost while later ones arrived, the common case)
     status_interval: float = 1.0
     status_rate: float = 100.0  # STATUS a second from the whole group, at most (RTCP-style)
     congestion_window: float = 0.1  # loss and socket drops are judged over windows this long
