@@ -85,7 +85,7 @@ class SenderConfig:
     rate_bps: int = 100_000_000  # the cap; 0 = no cap: find the receivers' pace (AIMD)
     start_rate_bps: int = 400_000_000  # where an uncapped session starts
     congestion_loss_permille: int = 150  # a status above this means "too fast" too
-    burst_bytes: int = 128 * 1024  # a late wake-up may catch up this much (tbf bursts 256k)
+    burst_bytes: int = 256 * 1024  # a late wake-up may catch up this much (tbf bursts 256k)
     wake_bytes: int = 16 * 1500  # sleep until this much may be sent: fewer, larger wake-ups
     wire_overhead: int = 42  # Ethernet + IPv4 + UDP bytes per datagram, counted by the pacer
     announce_interval: float = 0.5
