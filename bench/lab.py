@@ -70,6 +70,7 @@ from bench.labpkg import (
     receiver_verified,
     sha256_file,
 )
+from bench.pyc import compile_engine
 from mcast.udp import DISCOVERY_GROUP, DISCOVERY_PORT
 from mcast.units import format_rate, parse_rate, parse_size
 
@@ -645,6 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
     stale = cleanup_stale() + cleanup_stale_workdirs(args.workdir)
+    compile_engine()  # as installed: its processes do not compile our modules from source
     if stale:
         print(f"lab: removed stale {stale}", file=sys.stderr)
     try:

@@ -48,6 +48,7 @@ from bench.lab import (
 )
 from bench.labnet import Lab, LabError, Proc, cleanup_stale
 from bench.labpkg import BIG_NAME, Package, make_package, sha256_file
+from bench.pyc import compile_engine
 from mcast.units import format_rate, parse_rate, parse_size
 
 TOOLS = ("mcast", "udpcast", "uftp", "http")
@@ -479,6 +480,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     cleanup_stale()
     cleanup_stale_workdirs(args.workdir)
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    compile_engine()  # as installed: its processes do not compile our modules from source
     report = run_peers(
         args.receivers,
         args.size,

@@ -9,9 +9,7 @@ Where the time goes: the imports of ``mcast.cli`` in a fresh interpreter
 (``python -X importtime``), largest first, and an empty interpreter's start for comparison,
 with and without ``site`` (the ``.pth`` hooks of this host's site-packages run there).
 
-The package is byte-compiled first, as ``pip install`` does: with PYTHONDONTWRITEBYTECODE set
-(as on some CI hosts) every run would otherwise compile every module of ours from source
-again, about 30 ms that no installed copy pays.
+The package is byte-compiled first, as ``pip install`` does (:mod:`bench.pyc`).
 
     python -m bench.startup [--runs 7] [--size 4M]
 """
@@ -19,7 +17,6 @@ again, about 30 ms that no installed copy pays.
 from __future__ import annotations
 
 import argparse
-import compileall
 import json
 import os
 import statistics
@@ -30,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.pyc import compile_engine
 from mcast.units import parse_size
 
 PY = sys.executable
@@ -85,9 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--size", type=parse_size, default=4 * 2**20)
     args = ap.parse_args(argv)
-    import mcast  # here, not at the top: the timed runs must not find it imported already
-
-    compiled = compileall.compile_dir(Path(mcast.__file__).parent, quiet=1)
+    compiled = compile_engine()
     with tempfile.TemporaryDirectory() as tmp:
         send = _package(Path(tmp), args.size)
         runs = [_one(send) for _ in range(args.runs)]
