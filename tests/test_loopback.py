@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -290,7 +291,9 @@ def _cli(*args: str, stdin: str | None = None, timeout: float = 60) -> subproces
                           text=True, timeout=timeout, input=stdin)  # fmt: skip
 
 
-def test_cli_snapshot_send_recv_end_to_end(tmp_path: Path) -> None:
+def _snapshot_send_recv(tmp_path: Path, *send_args: str) -> dict[str, Any]:
+    """The CLI end to end on loopback: snapshot a tree, recv it (listening first), send it
+    with ``send_args``; checks the receiver verified the exact tree, returns the send summary."""
     src = make_tree(tmp_path / "src")
     snapshot, key = tmp_path / "s.xml", tmp_path / "signing.pem"
     made = _cli("snapshot", str(src), "-o", str(snapshot), "--key", str(key), "--json")
@@ -305,44 +308,31 @@ def test_cli_snapshot_send_recv_end_to_end(tmp_path: Path) -> None:
                      "--out", str(tmp_path / "out"), *common])  # fmt: skip
     try:
         wait_joined(ch.group)  # the receiver listens before the sender starts
-        sent = _cli("send", str(src), "--linger", "0.3", "--rate", "200mbit", *common)
+        sent = _cli("send", str(src), "--linger", "0.3", "--rate", "200mbit", *send_args,
+                    *common)  # fmt: skip
         assert sent.returncode == 0, sent.stderr
         done = expect_json(recv, event_is("done", "error"), "the receiver's summary")
         assert recv.wait() == 0, recv.describe()
     finally:
         recv.kill()
     assert done["event"] == "done" and done["verified"] is True
-    assert json.loads(sent.stdout.splitlines()[-1])["receivers_done"] == 1
     assert same_tree(src, tmp_path / "out")
+    summary: dict[str, Any] = json.loads(sent.stdout.splitlines()[-1])
+    assert summary["receivers_done"] == 1
+    return summary
+
+
+def test_cli_snapshot_send_recv_end_to_end(tmp_path: Path) -> None:
+    assert _snapshot_send_recv(tmp_path)["yield_bandwidth"] is False
 
 
 def test_cli_send_yield_completes_and_reports_what_it_yielded(tmp_path: Path) -> None:
     """--yield on an idle loopback: the session completes, and its summary says how long it
     spent backed off and the worst queueing delay the receiver reported."""
-    src = make_tree(tmp_path / "src")
-    snapshot, key = tmp_path / "s.xml", tmp_path / "signing.pem"
-    assert _cli("snapshot", str(src), "-o", str(snapshot), "--key", str(key)).returncode == 0
-    sk = tmp_path / "session.key"
-    sk.write_text(os.urandom(32).hex())
-    ch = channel()
-    common = ["--snapshot", str(snapshot), "--group", ch.group, "--port", str(ch.port),
-              "--session-key-file", str(sk), "--json"]  # fmt: skip
-    recv = JsonProc([sys.executable, "-m", "mcast.cli", "recv", "--trust-key", f"{key}.pub",
-                     "--out", str(tmp_path / "out"), *common])  # fmt: skip
-    try:
-        wait_joined(ch.group)
-        sent = _cli("send", str(src), "--linger", "0.3", "--rate", "200mbit", "--yield", *common)
-        assert sent.returncode == 0, sent.stderr
-        done = expect_json(recv, event_is("done", "error"), "the receiver's summary")
-        assert recv.wait() == 0, recv.describe()
-    finally:
-        recv.kill()
-    assert done["event"] == "done" and done["verified"] is True
-    summary = json.loads(sent.stdout.splitlines()[-1])
-    assert summary["receivers_done"] == 1 and summary["yield_bandwidth"] is True
+    summary = _snapshot_send_recv(tmp_path, "--yield")
+    assert summary["yield_bandwidth"] is True
     assert summary["yield_backed_off_s"] >= 0 and summary["yield_max_qdelay_ms"] >= 0
     assert 0 < summary["yield_min_rate_bps"] <= 200_000_000
-    assert same_tree(src, tmp_path / "out")
 
 
 def test_cli_exit_codes_say_what_went_wrong(tmp_path: Path) -> None:
