@@ -192,7 +192,7 @@ class Assembler:
         blk.horizon = max(blk.horizon, min(seq + 1, _MAX_HORIZON))
         kind, index = g.repair_symbol(b, seq)
         if kind == "source":  # a source shard resent as a repair: padded to full size
-            return self._accept_source(b, blk, index, payload[: g.shard_span(b, index)[1]])
+            return self._accept_source(b, blk, index, payload[: g.shard_len(b, index)])
         if index in blk.parity:
             self._stats.duplicates += 1
             return False

@@ -414,8 +414,8 @@ class Receiver:
             if not _same_shape(self.geometry, msg):
                 self.stats.bad_packets += 1  # not the session we joined: no say in it
                 return
+            self._note_group(msg)  # (a joining announce was noted before the join)
         self.announce = msg
-        self._note_group(msg)
         # Fresh (the replay guard passed it) and of our session: its seq is the sender's clock
         # when it left, so its arrival now is a one-way delay sample (mcast.ledbat).
         self._delay.sample(msg.seq, self._arrived)
