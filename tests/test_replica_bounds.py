@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcast.snapshot import TrustStore, load_public_key
@@ -57,14 +58,20 @@ async def upstream(pop: Populated) -> AsyncIterator[tuple[str, Counting]]:
         yield url, counting
 
 
+def _package_server(pop: Populated, upstream_url: str, ps_dir: Path) -> Starlette:
+    """A package server for site "lab" in ``ps_dir``, replicating from ``upstream_url``."""
+    trust = TrustStore.of(load_public_key((pop.data_dir / repo.PUB_NAME).read_bytes()))
+    (ps_dir / "packages").mkdir(parents=True)
+    return create_app(ps_dir, mode="package-server", site="lab", upstream=upstream_url,
+                      trust=trust)  # fmt: skip
+
+
 async def test_flood_of_random_hashes_is_bounded_and_a_real_package_still_replicates(
     pop: Populated, upstream: tuple[str, Counting], tmp_path: Path
 ) -> None:
     url, counting = upstream
-    trust = TrustStore.of(load_public_key((pop.data_dir / repo.PUB_NAME).read_bytes()))
     ps_dir = tmp_path / "ps"
-    (ps_dir / "packages").mkdir(parents=True)
-    app = create_app(ps_dir, mode="package-server", site="lab", upstream=url, trust=trust)
+    app = _package_server(pop, url, ps_dir)
     clock = Clock()
     gate = ReplicaGate(clock=clock, burst=BURST, refill_per_s=1.0, miss_ttl_s=30.0)
     app.state.server.replicas = gate
@@ -107,10 +114,8 @@ async def test_same_missing_hash_asked_at_once_costs_one_upstream_call(
     pop: Populated, upstream: tuple[str, Counting], tmp_path: Path
 ) -> None:
     url, counting = upstream
-    trust = TrustStore.of(load_public_key((pop.data_dir / repo.PUB_NAME).read_bytes()))
     ps_dir = tmp_path / "ps"
-    (ps_dir / "packages").mkdir(parents=True)
-    app = create_app(ps_dir, mode="package-server", site="lab", upstream=url, trust=trust)
+    app = _package_server(pop, url, ps_dir)
     gate = app.state.server.replicas
     missing = os.urandom(32).hex()
     statuses: list[int] = []
