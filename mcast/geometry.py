@@ -103,7 +103,8 @@ class Geometry:
         return (unit % self.units_per_block) * self._spu
 
     def shard_len(self, block: int, index: int) -> int:
-        """Length of source shard ``index`` of ``block``: ``shard_span()[1]``, on the hot path."""
+        """Length of source shard ``index`` of ``block`` (the receiver's hot path needs only
+        this; ``shard_span`` adds the offset)."""
         spu, size = self._spu, self.unit_size
         inner = (index % spu) * self.packet_size
         start = (block * self.units_per_block + index // spu) * size
@@ -111,8 +112,7 @@ class Geometry:
 
     def shard_span(self, block: int, index: int) -> tuple[int, int]:
         """Offset in the package and length of source shard ``index`` of ``block``."""
-        spu, size, ps = self._spu, self.unit_size, self.packet_size
+        spu = self._spu
         unit = block * self.units_per_block + index // spu
-        inner = (index % spu) * ps
-        start = unit * size
-        return start + inner, min(ps, size - inner, self.total_size - start - inner)
+        offset = unit * self.unit_size + (index % spu) * self.packet_size
+        return offset, self.shard_len(block, index)

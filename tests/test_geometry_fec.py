@@ -85,11 +85,19 @@ def test_too_few_shards_is_a_fec_error():
     packet=st.integers(1, 800).map(lambda n: 2 * n), upb=st.integers(1, 20),
 )  # fmt: skip
 def test_shard_len_is_shard_span_length(total: int, unit: int, packet: int, upb: int) -> None:
-    """The hot path's shard_len must say exactly what shard_span says, for every shard."""
+    """The hot path's shard_len must say exactly what shard_span says, for every shard, and
+    both what the cut says: the shards of a unit tile it, each ``packet`` bytes but its last."""
     g = Geometry(total, unit, packet, upb)
     for b in range(g.block_count):
         for i in range(g.k(b)):
             assert g.shard_len(b, i) == g.shard_span(b, i)[1]
+    for u in range(g.unit_count):
+        b, first = divmod(u, upb)[0], g.unit_first_shard(u)
+        spans = [g.shard_span(b, first + n) for n in range(g.unit_shards(u))]
+        assert spans[0][0] == u * unit
+        assert all(o + n == spans[j + 1][0] for j, (o, n) in enumerate(spans[:-1]))
+        assert all(n == packet for _, n in spans[:-1]) and 0 < spans[-1][1] <= packet
+        assert spans[-1][0] + spans[-1][1] == u * unit + g.unit_len(u)
 
 
 @settings(max_examples=200, deadline=None)
