@@ -212,7 +212,10 @@ class Endpoint:
         self.socket_drops = 0  # what the kernel dropped because we read too slowly
         # With stamps: when the kernel received each datagram of the last batch (time.time()
         # seconds; NaN where it did not say), so a reader that is late does not count its own
-        # lateness as network delay (mcast.ledbat).
+        # lateness as network delay (mcast.ledbat). Linux turns stamping on for the whole
+        # host from a work item the first time a socket asks; what arrives before that runs
+        # is stamped when read, so the first samples of a fresh host may include the reader's
+        # lateness.
         self.stamps = False
         self.arrivals: list[float] = []
 
