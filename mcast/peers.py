@@ -1,13 +1,18 @@
 """The sender's table of receivers: who has been heard, how far each is, who is still active.
 
 It owns one entry per receiver id, bounded at ``max_peers``: when full, receivers no longer
-active (done, failed, or silent for ``receiver_timeout``) are forgotten to make room, and the
+active (done, failed, or silent for ``timeout()``) are forgotten to make room, and the
 totals they leave behind still count in ``tally()``; when every entry is active, a new
 receiver is refused (counted in ``feedback_refused``). A receiver known only from SOLICITs
 gets one grace period from its first: a replayed SOLICIT (authentic for every session of the
 package) cannot keep a sender alive. ``quiet_at()`` is the table's deadline: when the last
 receiver that has not finished times out. It costs O(log n) per datagram heard, not O(n): a
 heap of the times receivers were last heard, whose stale entries are dropped as they surface.
+
+Silent means heard from less recently than ``timeout()``: ``receiver_timeout``, or in a large
+group the time a receiver takes to send ``SILENT_REPORTS`` STATUS when the whole group shares
+``status_rate`` STATUS a second (RTCP-style, ``mcast/reports.py``): at 1,000 receivers each
+reports every 10 s, and is not given up after 5.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Protocol
 from mcast.wire import Status
 
 MAX_PEERS = 65536  # receivers tracked at once; inactive ones are pruned to make room
+SILENT_REPORTS = 3  # a large group's receiver is silent after missing this many reports
 
 
 class PeerStats(Protocol):
@@ -52,9 +58,15 @@ class Peer:
 
 class PeerTable:
     def __init__(
-        self, stats: PeerStats, *, receiver_timeout: float, max_peers: int = MAX_PEERS
+        self,
+        stats: PeerStats,
+        *,
+        receiver_timeout: float,
+        status_rate: float = 0.0,
+        max_peers: int = MAX_PEERS,
     ) -> None:
         self.receiver_timeout = receiver_timeout
+        self.status_rate = status_rate  # the group's STATUS a second (0: no group limit)
         self.max_peers = max_peers
         self._stats = stats
         self._peers: dict[int, Peer] = {}
@@ -105,14 +117,19 @@ class PeerTable:
             heapq.heapify(latest)
         heapq.heappush(latest, (-last_heard, receiver_id))
 
-    def is_active(self, peer: Peer, now: float) -> bool:
-        return not peer.finished and now - peer.last_heard < self.receiver_timeout
+    def timeout(self) -> float:
+        """How long a receiver may go unheard before it counts as gone, in this group."""
+        if self.status_rate <= 0:
+            return self.receiver_timeout
+        return max(self.receiver_timeout, SILENT_REPORTS * len(self._peers) / self.status_rate)
 
     def active(self, now: float) -> int:
-        return sum(1 for p in self._peers.values() if self.is_active(p, now))
+        since = now - self.timeout()
+        return sum(1 for p in self._peers.values() if not p.finished and p.last_heard > since)
 
     def any_active(self, now: float) -> bool:
-        return any(self.is_active(p, now) for p in self._peers.values())
+        since = now - self.timeout()
+        return any(not p.finished and p.last_heard > since for p in self._peers.values())
 
     def quiet_at(self) -> float | None:
         """When the last receiver that has not finished times out; None if none is waiting."""
@@ -121,7 +138,7 @@ class PeerTable:
             neg, rid = latest[0]
             peer = self._peers.get(rid)
             if peer is not None and not peer.finished and peer.last_heard == -neg:
-                return -neg + self.receiver_timeout
+                return -neg + self.timeout()
             heapq.heappop(latest)  # forgotten, finished, or heard again since
         return None
 
@@ -132,7 +149,8 @@ class PeerTable:
         return done + self._forgotten_done, lost
 
     def _prune(self, now: float) -> None:
-        for rid in [r for r, p in self._peers.items() if not self.is_active(p, now)]:
+        since = now - self.timeout()
+        for rid in [r for r, p in self._peers.items() if p.finished or p.last_heard <= since]:
             peer = self._peers.pop(rid)
             self._forgotten_done += peer.done
             self._forgotten_lost += not peer.done

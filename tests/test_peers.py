@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mcast.peers import PeerTable
-from mcast.sender import SenderStats
+from mcast.sender import SenderConfig, SenderStats
 from mcast.wire import Status
+from tests.test_reports import make as make_reports
 
 TIMEOUT = 5.0
 
@@ -92,6 +93,38 @@ def test_quiet_at_is_when_the_last_unfinished_receiver_times_out():
     assert peers.active(3.0 + TIMEOUT - 0.01) == 1
     assert peers.active(3.0 + TIMEOUT) == 0
     assert peers.tally() == (1, 2)
+
+
+def test_a_large_group_gives_a_receiver_as_long_as_three_of_its_reports():
+    """1,000 receivers share 100 STATUS a second: each reports every 10 s, so one heard 6 s
+    ago is still there (the old flat 5 s gave it up), and one unheard for 30 s is gone."""
+    stats = SenderStats()
+    peers = PeerTable(stats, receiver_timeout=TIMEOUT, status_rate=100.0, max_peers=2000)
+    for rid in range(1000):
+        peers.heard(rid, 0.0)
+    assert peers.timeout() == 30.0
+    assert peers.active(6.0) == 1000 and peers.active(30.0) == 0
+    assert peers.quiet_at() == 30.0
+    small = PeerTable(stats, receiver_timeout=TIMEOUT, status_rate=100.0)
+    small.heard(1, 0.0)
+    assert small.timeout() == TIMEOUT and small.active(TIMEOUT) == 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 65536))
+@example(1)
+@example(167)
+@example(65536)
+def test_a_receiver_reporting_on_schedule_is_never_given_up(group):
+    """Whatever the group, the sender waits at least two of the intervals at which a
+    receiver of that group reports (one report may be lost)."""
+    reports, *_ = make_reports()
+    reports.group = group
+    peers = PeerTable(SenderStats(), receiver_timeout=SenderConfig().receiver_timeout,
+                      status_rate=SenderConfig().status_rate, max_peers=65536)  # fmt: skip
+    for rid in range(group):
+        peers.heard(rid, 0.0)
+    assert peers.timeout() >= 2 * reports.interval()
 
 
 @given(st.lists(st.tuples(st.integers(0, 20), st.booleans(), st.floats(0, 3)), max_size=80))
