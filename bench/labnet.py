@@ -28,8 +28,10 @@ import contextlib
 import functools
 import itertools
 import json
+import math
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -271,6 +273,30 @@ class Proc:
         rc = self.popen.wait(timeout)
         self._readers[0].join(5)
         return rc
+
+    def exit_time(self, deadline: float) -> float | None:
+        """When the process exited (monotonic), None if it still runs at ``deadline``. Told by
+        a pidfd the moment it happens: a wait with a timeout polls, up to 50 ms late."""
+        if self.popen.returncode is not None:  # reaped already: its pid may be another's now
+            return time.monotonic()
+        try:
+            fd = os.pidfd_open(self.popen.pid)
+        except (AttributeError, OSError):  # no pidfds here, or already reaped
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(max(0.0, deadline - time.monotonic()))
+                return time.monotonic()
+            return None
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            while not poller.poll(max(0, math.ceil((deadline - time.monotonic()) * 1000))):
+                if time.monotonic() >= deadline:
+                    return None
+            ended = time.monotonic()
+            self.popen.wait()
+            return ended
+        finally:
+            os.close(fd)
 
     def kill(self) -> None:
         if self.popen.poll() is None:

@@ -25,7 +25,6 @@ disk. A tool that is not installed is skipped with the reason.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -86,9 +85,7 @@ def _exit_times(procs: dict[str, Proc], deadline: float) -> dict[str, float | No
     times: dict[str, float | None] = {}
 
     def watch(host: str, proc: Proc) -> None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.popen.wait(max(0.0, deadline - time.monotonic()))
-            times[host] = time.monotonic()
+        times[host] = proc.exit_time(deadline)
 
     threads = [threading.Thread(target=watch, args=item, daemon=True) for item in procs.items()]
     for th in threads:

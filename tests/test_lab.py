@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,32 @@ def test_cross_traffic_share_is_over_the_overlap_with_the_session() -> None:
                         plan, 13.0, 100_000_000, t0=12.0)  # fmt: skip
     assert early["window_s"] == 1.0 and early["bytes_in_window"] == 5 * mb
     assert "error" in cross_share([], plan, 13.0, 100_000_000)
+
+
+def _child(code: str) -> labnet.Proc:
+    popen = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, bufsize=1)  # fmt: skip
+    return labnet.Proc("here", ["python"], popen)
+
+
+def test_a_process_exit_is_timed_by_the_kernel_and_a_running_one_has_none() -> None:
+    """bench.peers stops a tool's clock at its receivers' exits: the time comes after the
+    process's own last clock reading, close to it; one still running at the deadline has
+    no exit time, and is told so at the deadline."""
+    done = _child("import json, time; print(json.dumps({'t': time.monotonic()}), flush=True)")
+    ended = done.exit_time(time.monotonic() + WAIT_S)
+    done.wait(5)
+    (_, last), = done.json_lines()  # fmt: skip
+    assert ended is not None and last["t"] <= ended < last["t"] + 1.0
+    assert done.exit_time(time.monotonic() + WAIT_S) is not None  # already reaped: still a time
+
+    running = _child("import time; time.sleep(60)")
+    try:
+        start = time.monotonic()
+        assert running.exit_time(start + 0.2) is None
+        assert 0.2 <= time.monotonic() - start < WAIT_S
+    finally:
+        running.kill()
 
 
 def test_nft_ruleset_shape() -> None:
