@@ -110,6 +110,20 @@ def test_a_large_group_gives_a_receiver_as_long_as_three_of_its_reports():
     assert small.timeout() == TIMEOUT and small.active(TIMEOUT) == 0
 
 
+def test_receivers_known_only_from_solicits_do_not_lengthen_the_wait():
+    """A SOLICIT replays from any session of the package: a thousand of them make no large
+    group, and each gets one receiver_timeout; a STATUS makes a receiver count."""
+    peers = PeerTable(SenderStats(), receiver_timeout=TIMEOUT, status_rate=100.0, max_peers=2000)
+    for rid in range(1000):
+        peers.heard(rid, 0.0, solicit=True)
+    assert peers.timeout() == TIMEOUT and peers.quiet_at() == TIMEOUT
+    assert peers.active(TIMEOUT) == 0
+    for rid in range(200):
+        peers.heard(rid, 1.0)
+    assert peers.timeout() == 6.0 and peers.quiet_at() == 7.0
+    assert peers.active(TIMEOUT + 0.5) == 200
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.integers(1, 65536))
 @example(1)
@@ -146,10 +160,11 @@ def test_the_table_never_exceeds_its_bound_and_the_tally_covers_everyone(events)
     ops=st.lists(
         st.tuples(st.integers(0, 6), st.sampled_from(["status", "nak", "solicit", "done"])),
         max_size=60,
-    )
+    ),
+    rate=st.sampled_from([0.0, 1.0]),  # 1 STATUS/s for the group: a group of 2 waits 6 s
 )
-def test_quiet_at_matches_a_scan_of_the_unfinished_receivers(ops):
-    peers, _ = make()
+def test_quiet_at_matches_a_scan_of_the_unfinished_receivers(ops, rate):
+    peers = PeerTable(SenderStats(), receiver_timeout=TIMEOUT, status_rate=rate, max_peers=4)
     now = 0.0
     for rid, op in ops:
         now += 0.5
@@ -159,5 +174,7 @@ def test_quiet_at_matches_a_scan_of_the_unfinished_receivers(ops):
                 peer.done = True
         else:
             peers.heard(rid, now, solicit=op == "solicit")
-        waiting = [peers[r].last_heard + TIMEOUT for r in peers if not peers[r].finished]
+        waiting = [p.last_heard + (TIMEOUT if p.solicit_only else peers.timeout())
+                   for p in map(peers.__getitem__, peers) if not p.finished]  # fmt: skip
         assert peers.quiet_at() == (max(waiting) if waiting else None)
+        assert peers.active(now) == sum(w > now for w in waiting)
