@@ -24,9 +24,8 @@ through ``_set_phase`` and its table. It hands the rest to parts that each own o
   encoding parity on demand.
 
 The session ends when the pass is done, no repair is queued, and every receiver heard from is
-done or has gone silent (``receiver_timeout``, longer in a large group), after ``linger``
-seconds without activity; ``get_timer()`` is the earliest of the parts' deadlines that matter
-in the phase.
+done or has gone silent for ``receiver_timeout``, after ``linger`` seconds without activity;
+``get_timer()`` is the earliest of the parts' deadlines that matter in the phase.
 
 Feedback is authenticated first (the session's tag key), then checked for freshness (each
 receiver's counter must grow: a replayed NAK or STATUS changes nothing, see
@@ -94,8 +93,6 @@ class SenderConfig:
     # receivers' NAK back-off, 20 ms, and the LAN's round trip): a NAK for it is not answered
     linger: float = 1.0
     receiver_timeout: float = 5.0
-    status_rate: float = 100.0  # the group's STATUS a second (ReceiverConfig.status_rate): in a
-    # large group a receiver is heard less often, and given up after longer (mcast.peers)
     feedback_rate: float = 200.0  # NAK/status datagrams per second per receiver
     feedback_burst: float = 100.0
     parity_cache_blocks: int = 8
@@ -178,9 +175,7 @@ class Sender:
         )  # fmt: skip
         self.stats = SenderStats()
         self.phase = SenderPhase.SENDING
-        self.peers = PeerTable(
-            self.stats, receiver_timeout=cfg.receiver_timeout, status_rate=cfg.status_rate
-        )
+        self.peers = PeerTable(self.stats, receiver_timeout=cfg.receiver_timeout)
         self._key = check_key(key)
         self._encoder = BlockEncoder(source, g, cache_blocks=cfg.parity_cache_blocks)
         self._repairs = RepairQueue(g, holdoff=cfg.repair_holdoff)
