@@ -15,8 +15,9 @@ One lab (:class:`bench.labnet.Lab`: h0 sends, h1..hN receive, tbf rate, nftables
 Each tool is timed the same way: its receivers start first and are ready (joined their
 multicast group, seen in the namespace's ``ip maddr``; for http the server answers), the
 clock runs from the sender's process start (http: the clients' start) to the last
-receiver's exit, nobody is niced, and a receiver counts only if its file re-hashes equal on
-disk. A tool that is not installed is skipped with the reason.
+receiver's exit (told by a pidfd the moment it happens), nobody is niced, and a receiver
+counts only if its file re-hashes equal on disk. A tool that is not installed is skipped
+with the reason.
 
     python -m bench.peers --receivers 8 --size 64M --rate 100mbit --loss 2 \\
         --tools mcast,udpcast,uftp [--plot peers.png]
