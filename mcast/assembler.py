@@ -221,7 +221,7 @@ class Assembler:
     def _accept_source(self, b: int, blk: _Block, index: int, payload: bytes) -> bool:
         g = self.geometry
         assert g is not None
-        unit = b * g.units_per_block + index // g.shards_per_unit  # g.shard_unit(b, index)
+        unit = g.shard_unit(b, index)
         if index in blk.shards or self._verified[unit]:
             self._stats.duplicates += 1
             return False

@@ -112,7 +112,5 @@ class Geometry:
 
     def shard_span(self, block: int, index: int) -> tuple[int, int]:
         """Offset in the package and length of source shard ``index`` of ``block``."""
-        spu = self._spu
-        unit = block * self.units_per_block + index // spu
-        offset = unit * self.unit_size + (index % spu) * self.packet_size
-        return offset, self.shard_len(block, index)
+        offset = self.shard_unit(block, index) * self.unit_size
+        return offset + (index % self._spu) * self.packet_size, self.shard_len(block, index)

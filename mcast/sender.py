@@ -198,12 +198,11 @@ class Sender:
         self._repairs_in_row = 0
         self._pending: bytes | None = None  # built, waiting for pacing tokens
         interval = cfg.announce_interval
+        self._report_ms = 0  # what the announces ask of the receivers: 0, their own interval
         if self._yield is not None:  # each announce is a delay sample for the receivers
             interval = min(interval, cfg.yield_probe_s)
-        self._announces = AnnounceSchedule(now, interval=interval)
-        self._report_ms = 0  # what the announces ask of the receivers: 0, their own interval
-        if self._yield is not None:
             self._report_ms = max(MIN_REPORT_MS, min(MAX_REPORT_MS, cfg.yield_report_ms))
+        self._announces = AnnounceSchedule(now, interval=interval)
         self._ends = EndSchedule()
         self._last_activity = now
         self._events: deque[Event] = deque()
