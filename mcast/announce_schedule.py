@@ -12,6 +12,8 @@ schedule's ``deadline`` is when its next datagram is due; the sender builds the 
 
 from __future__ import annotations
 
+from mcast.wire import MAX_ECHOES
+
 
 class AnnounceSchedule:
     def __init__(
@@ -34,7 +36,7 @@ class AnnounceSchedule:
     def due(self, now: float) -> bool:
         return now >= self.deadline
 
-    def sent(self, now: float, backlog: int = 0, per_announce: int = 64) -> None:
+    def sent(self, now: float, backlog: int = 0, per_announce: int = MAX_ECHOES) -> None:
         """An announce went out; ``backlog`` nonces still wait to be echoed."""
         self._last = now
         if self._fast_left:
@@ -45,7 +47,7 @@ class AnnounceSchedule:
         if backlog:
             self.solicited(backlog, per_announce)
 
-    def solicited(self, backlog: int = 0, per_announce: int = 64) -> None:
+    def solicited(self, backlog: int = 0, per_announce: int = MAX_ECHOES) -> None:
         """Someone asked for an announce: the next one goes out soon, but not in a flood;
         with ``backlog`` nonces waiting, ``per_announce`` to an announce, sooner."""
         gap = self.min_gap / 100 if backlog > per_announce else self.min_gap

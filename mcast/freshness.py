@@ -21,6 +21,8 @@ import random
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 
+from mcast.wire import MAX_ECHOES
+
 _MAX_U64 = 2**64 - 1
 
 
@@ -72,18 +74,13 @@ class Nonces:
         return any(n in echoed for n in self._recent)  # a few of ours against up to 64
 
 
-ECHOES_PER_ANNOUNCE = 64
-
-
 class Echoes:
     """A sender's record of the nonces it was asked with: each is echoed by the next
     ``repeat`` announces (one may be lost), at most ``limit`` per announce, newest first.
     Up to ``backlog`` nonces wait their turn (thousands of receivers ask at once when a
     session starts); ``len()`` is how many are waiting."""
 
-    def __init__(
-        self, limit: int = ECHOES_PER_ANNOUNCE, repeat: int = 2, backlog: int = 16384
-    ) -> None:
+    def __init__(self, limit: int = MAX_ECHOES, repeat: int = 2, backlog: int = 16384) -> None:
         self.limit = limit
         self.repeat = repeat
         self.backlog = max(backlog, limit)

@@ -52,7 +52,7 @@ from mcast import fec
 from mcast.assembler import Assembler, BlockDecoder, UnitDigest, join_and_hash
 from mcast.early import EarlyBuffer
 from mcast.events import Completed, Event, FailureKind, SessionFailed, SessionJoined
-from mcast.freshness import ECHOES_PER_ANNOUNCE, ReplayGuard
+from mcast.freshness import ReplayGuard
 from mcast.geometry import Geometry
 from mcast.ledbat import DelayMeter
 from mcast.liveness import Liveness
@@ -62,6 +62,7 @@ from mcast.peer_view import PeerView
 from mcast.reports import Reports
 from mcast.snapshot import Snapshot
 from mcast.wire import (
+    MAX_ECHOES,
     Announce,
     BadPacket,
     Data,
@@ -398,7 +399,7 @@ class Receiver:
         if self.phase is Phase.WAITING:
             if not self._reports.nonces.echoed(msg.echoes):
                 self.stats.unconfirmed_announces += 1  # live, or a recording? ask it
-                if len(msg.echoes) < ECHOES_PER_ANNOUNCE:  # a full list: the sender is
+                if len(msg.echoes) < MAX_ECHOES:  # a full list: the sender is
                     self._reports.solicit_soon(now)  # working through a backlog: wait
                 return
             geometry = _geometry_of(self.snapshot, msg)

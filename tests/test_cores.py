@@ -9,7 +9,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mcast import wire
-from mcast.freshness import ECHOES_PER_ANNOUNCE
 from mcast.receiver import Receiver, ReceiverConfig
 from mcast.sender import SenderConfig
 from mcast.simnet import Link
@@ -361,7 +360,7 @@ def test_a_waiting_receiver_keeps_no_solicits_and_waits_its_turn_in_a_crowd():
     other = wire.encode(wire.Solicit(0, snap.package_hash, 2, 5, 6))
     rcv.receive_datagram(other, None, 0.001)
     assert len(rcv._early) == 0
-    full = tuple(range(1, ECHOES_PER_ANNOUNCE + 1))
+    full = tuple(range(1, wire.MAX_ECHOES + 1))
     rcv.receive_datagram(_announce(snap, receivers=10_000, echoes=full), None, 0.002)
     assert rcv._reports.next_solicit > 0.1  # the regular interval, not 20 ms
     rcv.receive_datagram(_announce(snap, receivers=10_000, echoes=(1,), seq=2), None, 0.003)
